@@ -1,0 +1,165 @@
+"""The channel language: one YAML file per channel, validated by these models.
+
+A channel names a source, how and when the sender is answered, which mapping turns messages into FHIR,
+and where the resulting bundles go. Source and destination configs are declared by their own modules
+(``engine.sources.*``, ``engine.destinations.*``) and composed here by their ``type``.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from engine.destinations.fhir import FhirConfig
+from engine.destinations.file import FileConfig
+from engine.errors import ConfigError
+from engine.sources.mllp import MLLPConfig
+from engine.spec import yamlfile
+from engine.spec.model import Model
+
+SourceConfig = Annotated[MLLPConfig, Field(discriminator="type")]
+DestinationConfig = Annotated[FhirConfig | FileConfig, Field(discriminator="type")]
+
+
+class ReplyPolicy(StrEnum):
+    on_commit = "on_commit"
+    after_transform = "after_transform"
+
+
+class Validation(StrEnum):
+    full = "full"
+    sampled = "sampled"
+    off = "off"
+
+
+class Dedupe(Model):
+    """Recognise a message resent under the same MSH-10 by the same sender."""
+
+    enabled: bool = Field(True, description="Detect duplicate MSH-10 per sending application/facility.")
+    window_s: int = Field(
+        7 * 86400, ge=0, description="How far back (seconds) a duplicate MSH-10 is recognised."
+    )
+
+
+class EnvCondition(Model):
+    """Turn a destination on or off by whether an environment variable is set (non-empty)."""
+
+    env_set: str | None = Field(None, description="Enabled only when this environment variable is set.")
+    env_unset: str | None = Field(None, description="Enabled only when this environment variable is unset.")
+
+    def holds(self) -> bool:
+        if self.env_set is not None and not os.environ.get(self.env_set):
+            return False
+        return not (self.env_unset is not None and os.environ.get(self.env_unset))
+
+
+class Channel(Model):
+    """One channel: source → store → transform → destinations."""
+
+    name: str = Field(description="Unique channel name (letters, digits, '-', '_').", pattern=r"^[A-Za-z0-9_-]+$")
+    description: str = Field("", description="What the channel is for.")
+    enabled: bool = Field(True, description="A disabled channel is checked but not started.")
+    source: SourceConfig = Field(description="Where messages come from.")
+    response: ReplyPolicy = Field(
+        ReplyPolicy.on_commit,
+        description="When the sender is answered: once the raw message is committed (on_commit), "
+        "or once it has also been parsed and mapped (after_transform), so mapping errors are NAKed.",
+    )
+    charset: str = Field(
+        "utf-8", description="Charset used when MSH-18 is empty (MSH-18, when valued, takes precedence)."
+    )
+    accept: list[str] = Field(
+        default_factory=list,
+        description="Message types accepted (MSH-9 as 'ORU^R01' or just 'ADT'); empty accepts all that map.",
+    )
+    mapping: str | None = Field(
+        None, description="Message map to use (path under mappings/); default: chosen from MSH-9."
+    )
+    validation: Validation = Field(
+        Validation.sampled, description="FHIR validation of each bundle: full, sampled (1 in 100) or off."
+    )
+    dedupe: Dedupe = Field(default_factory=Dedupe, description="Duplicate MSH-10 detection.")
+    ordering: Literal["none"] = Field("none", description="Delivery ordering (only 'none' so far).")
+    destinations: list[DestinationConfig] = Field(description="Where bundles are delivered.", min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_destination_names(self) -> Channel:
+        names = [d.name for d in self.destinations]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"destination names must be unique: {sorted(dupes)}")
+        return self
+
+    def destination(self, name: str) -> DestinationConfig:
+        for d in self.destinations:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def accepts(self, message_type: str) -> bool:
+        if not self.accept:
+            return True
+        code = message_type.split("^", 1)[0]
+        return message_type in self.accept or code in self.accept
+
+
+def _active_destinations(doc: yamlfile.YamlDoc) -> Any:
+    """Drop destinations whose ``when`` does not hold (before their own fields are validated)."""
+    data = doc.data
+    if not isinstance(data, dict) or not isinstance(data.get("destinations"), list):
+        return data
+    kept = []
+    for i, d in enumerate(data["destinations"]):
+        if isinstance(d, dict) and "when" in d:
+            cond = doc.validate(EnvCondition, d["when"], base=("destinations", i, "when"))
+            if not cond.holds():
+                continue
+            d = {k: v for k, v in d.items() if k != "when"}
+        kept.append(d)
+    if not kept and data["destinations"]:
+        raise doc.error("no destination is enabled (check the destinations' `when` conditions)", ("destinations",))
+    return {**data, "destinations": kept}
+
+
+def load_channel(path: str | Path) -> Channel:
+    """Load and validate one channel file; errors are ``ConfigError`` with file:line."""
+    doc = yamlfile.load(path)
+    if not isinstance(doc.data, dict):
+        raise doc.error("a channel file must be a mapping with name, source and destinations")
+    return doc.validate(Channel, _active_destinations(doc))
+
+
+def channel_files(paths: list[Path]) -> list[Path]:
+    """Expand directories to their ``*.yaml``/``*.yml`` files, sorted."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted([*p.glob("*.yaml"), *p.glob("*.yml")]))
+        else:
+            out.append(p)
+    return out
+
+
+def load_channels(paths: list[Path]) -> list[Channel]:
+    """Load every channel file; all errors are collected and raised together."""
+    channels: list[Channel] = []
+    errors: list[str] = []
+    seen: dict[str, Path] = {}
+    for f in channel_files(paths):
+        try:
+            ch = load_channel(f)
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
+        if ch.name in seen:
+            errors.append(f"{f}: channel name {ch.name!r} is already used by {seen[ch.name]}")
+            continue
+        seen[ch.name] = f
+        channels.append(ch)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return channels
