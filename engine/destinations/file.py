@@ -1,11 +1,22 @@
-"""NDJSON file destination (placeholder: owned by the destinations work)."""
+"""NDJSON file destination: append each bundle as one JSON line.
+
+The file stays open between sends; a lock keeps lines from interleaving across worker threads. A
+failed write (disk full) is cut back so the file never holds a partial line, and is retried. When the
+file is moved away (log rotation), the next send opens a new one at ``path``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import Any, Literal
 
+import orjson
 from pydantic import Field
 
+from engine.destinations.base import Outcome, Result, RetryPolicy, failure_result
 from engine.spec.model import Model
 
 
@@ -15,3 +26,70 @@ class FileConfig(Model):
     type: Literal["file"] = Field(description="Destination kind.")
     name: str = Field(description="Destination name, unique in the channel.")
     path: str = Field(description="NDJSON file to append to (directories are created).")
+    fsync: bool = Field(False, description="fsync after every line (survives power loss; much slower).")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retry policy for failed writes.")
+
+
+class FileDestination:
+    """Appends bundles to an NDJSON file; thread-safe."""
+
+    def __init__(self, config: FileConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self._path = Path(config.path)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+
+    def send(self, bundle: dict[str, Any], *, message_id: str) -> Result:
+        try:
+            body = orjson.dumps(bundle)
+        except TypeError as exc:
+            return failure_result(exc)
+        with self._lock:
+            try:
+                self._append(body + b"\n")
+            except OSError as exc:
+                self._close()
+                return failure_result(exc, request=body)
+        return Result(Outcome.SENT, request=body)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _append(self, line: bytes) -> None:
+        fd = self._open()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.config.fsync:
+                os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # never leave a partial line behind
+            raise
+
+    def _open(self) -> int:
+        if self._fd is not None and not self._moved(self._fd):
+            return self._fd
+        self._close()
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        return self._fd
+
+    def _moved(self, fd: int) -> bool:
+        """True when ``path`` no longer names the open file (rotated or deleted)."""
+        try:
+            now = os.stat(self._path)
+        except FileNotFoundError:
+            return True
+        then = os.fstat(fd)
+        return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -1,17 +1,476 @@
-"""MLLP source (placeholder: owned by the MLLP work)."""
+"""MLLP source: HL7 v2 over TCP (optionally TLS), one asyncio listener per channel.
+
+Framing is MLLP release 1: ``0x0B`` message ``0x1C 0x0D``. Each connection is served strictly in order:
+read one frame, await the handler's reply, send it, read the next. Bytes outside a frame are skipped and
+counted (never logged). Limits and what happens past them:
+
+- a frame longer than ``max_frame_bytes`` is read to its end block without being kept; the handler gets
+  its first ``max_frame_bytes`` bytes with an ``HL7Error`` (code 207) and its reply (a NAK) is sent;
+- a frame not finished within ``read_timeout_s`` is passed to the handler with an ``HL7Error`` so it is
+  stored, nothing is sent for it, and the connection is closed;
+- a connection with no frame for ``idle_timeout_s`` is closed; connections past ``max_connections`` or
+  from outside ``allow_from`` are closed at once;
+- if the handler raises, or gives no reply within ``reply_timeout_s``, the sender gets an AE
+  "internal error" and the connection stays usable.
+
+Public API: :class:`MLLPConfig`, :class:`MLLPTLSConfig`, :class:`MLLPSource`, :class:`MLLPStats`,
+:func:`frame`. A small client (``send_messages``, ``send``) is in :mod:`engine.sources.mllp_client`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork, model_validator
 
+from engine import hl7v2, response
+from engine.errors import ConfigError, HL7Error
+from engine.sources.base import Handler, Inbound
 from engine.spec.model import Model
+
+__all__ = ["CR", "EB", "SB", "MLLPConfig", "MLLPSource", "MLLPStats", "MLLPTLSConfig", "frame"]
+
+log = logging.getLogger(__name__)
+
+SB = b"\x0b"  # start block
+EB = b"\x1c"  # end block
+CR = b"\x0d"  # trailer after the end block
+
+_CR = 0x0D
+_TRAILER = EB + CR
+_READ_CHUNK = 256 * 1024
+_CLOSE_WAIT_S = 1.0
+
+
+def frame(payload: bytes) -> bytes:
+    """Wrap one message in MLLP framing."""
+    return b"".join((SB, payload, _TRAILER))
+
+
+class MLLPTLSConfig(Model):
+    """TLS for an MLLP listener (MLLP over TLS, optionally with client certificates)."""
+
+    cert_file: Path = Field(description="PEM certificate (chain) the listener presents to senders.")
+    key_file: Path = Field(description="PEM private key for cert_file (unencrypted).")
+    ca_file: Path | None = Field(
+        None, description="PEM CA certificates trusted to sign sender certificates (for mutual TLS)."
+    )
+    require_client_cert: bool = Field(
+        False, description="Refuse senders that do not present a certificate signed by ca_file."
+    )
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Oldest TLS protocol version accepted.")
+    handshake_timeout_s: float = Field(10.0, gt=0, description="Time allowed for a sender's TLS handshake.")
+
+    @model_validator(mode="after")
+    def _client_cert_needs_ca(self) -> MLLPTLSConfig:
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file to verify sender certificates")
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A server-side SSL context; unreadable files raise :class:`ConfigError`."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"tls: cannot load cert_file/key_file: {_reason(exc)}") from None
+        if self.ca_file is not None:
+            try:
+                ctx.load_verify_locations(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"tls: cannot load ca_file: {_reason(exc)}") from None
+            ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
+        return ctx
 
 
 class MLLPConfig(Model):
     """An MLLP (HL7 v2 over TCP) listener."""
 
     type: Literal["mllp"] = Field(description="Source kind.")
-    host: str = Field("127.0.0.1", description="Address to listen on.")
-    port: int = Field(description="TCP port to listen on.", ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 or :: for every interface).")
+    port: int = Field(description="TCP port to listen on (0 picks a free port, for tests).", ge=0, le=65535)
+    max_frame_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="Largest message accepted; a longer one is stored truncated with an error and NAKed.",
+    )
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="A frame that has started must end within this; else it is dropped unACKed."
+    )
+    idle_timeout_s: float = Field(
+        600.0, gt=0, description="A connection with no message for this long is closed."
+    )
+    reply_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for the engine's reply (commit) to a message; past it the sender gets AE.",
+    )
+    write_timeout_s: float = Field(
+        30.0, gt=0, description="A sender that does not read its reply within this is disconnected."
+    )
+    max_connections: int = Field(
+        100, ge=1, description="Concurrent connections; further connections are closed at once."
+    )
+    allow_from: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Sender addresses or networks (CIDR) allowed to connect; empty allows any.",
+    )
+    keepalive: bool = Field(
+        True, description="Enable TCP keepalive so dead peers (e.g. behind a dropped VPN) are noticed."
+    )
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, description="On stop, how long replies already being prepared may take to be sent."
+    )
+    tls: MLLPTLSConfig | None = Field(None, description="Serve MLLP over TLS; plain TCP when absent.")
+
+
+@dataclass
+class MLLPStats:
+    """Counters since the source was created."""
+
+    connections: int = 0  # accepted
+    refused: int = 0  # closed at once: over max_connections, not in allow_from, or stopping
+    messages: int = 0  # frames passed to the handler
+    replies: int = 0  # replies sent
+    skipped_bytes: int = 0  # bytes outside any frame
+    oversize: int = 0  # frames longer than max_frame_bytes
+    unterminated: int = 0  # frames cut off by read_timeout_s
+    handler_errors: int = 0  # handler raised, returned a non-bytes value, or timed out
+
+
+class _Conn:
+    __slots__ = ("busy", "peer", "reader", "skipped", "task", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.busy = False  # a complete frame is being answered
+        self.skipped = 0
+        self.task: asyncio.Task[None] | None = None
+
+
+class MLLPSource:
+    """Listen for MLLP connections and answer each frame with ``await handler(raw, inbound)``."""
+
+    def __init__(self, config: MLLPConfig, handler: Handler, *, name: str = "") -> None:
+        self.config = config
+        self.name = name or f"mllp:{config.port}"
+        self.stats = MLLPStats()
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+        self._conns: dict[asyncio.Task[None], _Conn] = {}
+        self._stopping = False
+        self._networks = list(config.allow_from)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the configured port is 0); the configured one before start."""
+        if self._server is not None and self._server.sockets:
+            return int(self._server.sockets[0].getsockname()[1])
+        return self.config.port
+
+    @property
+    def connections(self) -> int:
+        """Connections currently open."""
+        return len(self._conns)
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        if self._server is not None:
+            raise RuntimeError(f"{self.name}: already started")
+        cfg = self.config
+        ssl_ctx = cfg.tls.context() if cfg.tls else None
+        self._stopping = False
+        self._server = await asyncio.start_server(
+            self._on_client,
+            cfg.host,
+            cfg.port,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=cfg.tls.handshake_timeout_s if cfg.tls else None,
+            limit=_READ_CHUNK,
+        )
+        log.info("%s: listening on %s:%d%s", self.name, cfg.host, self.port, " (TLS)" if ssl_ctx else "")
+
+    async def stop(self) -> None:
+        """Stop accepting, let replies in progress finish (``shutdown_grace_s``), close every connection."""
+        server = self._server
+        if server is None:
+            return
+        self._stopping = True
+        server.close()
+        for task, conn in list(self._conns.items()):
+            if not conn.busy:
+                task.cancel()
+        tasks = set(self._conns)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=_CLOSE_WAIT_S * 2)
+        await server.wait_closed()
+        self._server = None
+        log.info("%s: stopped", self.name)
+
+    # -- connections ---------------------------------------------------------------------------------
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer(writer)
+        reason = self._refusal(writer)
+        if reason:
+            self.stats.refused += 1
+            log.warning("%s: refused connection from %s: %s", self.name, peer, reason)
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        conn = _Conn(reader, writer, peer)
+        conn.task = task
+        self._conns[task] = conn
+        self.stats.connections += 1
+        if self.config.keepalive:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        log.debug("%s: connection from %s", self.name, peer)
+        try:
+            await self._serve(conn)
+        except asyncio.CancelledError:
+            pass  # stop(): the connection is closed below
+        except TimeoutError:
+            log.warning(
+                "%s: %s did not read its reply within %gs; closing",
+                self.name,
+                peer,
+                self.config.write_timeout_s,
+            )
+        except (OSError, EOFError) as exc:  # resets, TLS errors (ssl.SSLError is an OSError)
+            log.debug("%s: connection from %s lost: %s", self.name, peer, type(exc).__name__)
+        except Exception as exc:  # a bug here must never take the listener down
+            log.error("%s: connection from %s failed: %s", self.name, peer, _where(exc))
+        finally:
+            del self._conns[task]
+            if conn.skipped:
+                log.warning("%s: %d bytes outside MLLP frames skipped from %s", self.name, conn.skipped, peer)
+            await _close(writer)
+            log.debug("%s: connection from %s closed", self.name, peer)
+
+    def _refusal(self, writer: asyncio.StreamWriter) -> str:
+        if self._stopping:
+            return "source is stopping"
+        if len(self._conns) >= self.config.max_connections:
+            return f"max_connections ({self.config.max_connections}) reached"
+        if self._networks:
+            addr = writer.get_extra_info("peername")
+            try:
+                ip = ipaddress.ip_address(addr[0])
+            except (TypeError, ValueError, IndexError):
+                return "peer address unknown"
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if not any(ip in net for net in self._networks):
+                return "address not in allow_from"
+        return ""
+
+    async def _serve(self, conn: _Conn) -> None:
+        cfg = self.config
+        limit = cfg.max_frame_bytes
+        reader, writer = conn.reader, conn.writer
+        loop = asyncio.get_running_loop()
+        buf = bytearray()
+        in_frame = False  # a start block was seen; buf holds the frame's bytes from index 0
+        scanned = 0  # bytes of buf already searched for the end block
+        kept: bytearray | None = None  # first `limit` bytes of an oversize frame being discarded
+        dropped = 0  # bytes of that frame discarded so far
+        trailer = False  # the byte after an end block may be its CR
+        frame_deadline = 0.0
+        idle_deadline = loop.time() + cfg.idle_timeout_s
+        while True:
+            while buf:
+                if not in_frame:
+                    if trailer:
+                        trailer = False
+                        if buf[0] == _CR:
+                            del buf[:1]
+                            continue
+                    start = buf.find(SB)
+                    if start == -1:
+                        self._skip(conn, len(buf))
+                        buf.clear()
+                        break
+                    if start:
+                        self._skip(conn, start)
+                    del buf[: start + 1]
+                    in_frame = True
+                    scanned = 0
+                    frame_deadline = loop.time() + cfg.read_timeout_s
+                end = buf.find(EB, scanned)
+                if end == -1:
+                    if kept is not None:
+                        dropped += len(buf)
+                        buf.clear()
+                    elif len(buf) > limit:
+                        dropped = len(buf) - limit
+                        del buf[limit:]
+                        kept, buf = buf, bytearray()
+                    scanned = len(buf)
+                    break
+                error = None
+                if kept is not None:
+                    payload = bytes(kept)
+                    kept = None
+                    error = self._oversize(conn, limit + dropped + end)
+                elif end > limit:
+                    payload = bytes(buf[:limit])
+                    error = self._oversize(conn, end)
+                else:
+                    payload = bytes(buf[:end])
+                del buf[: end + 1]
+                in_frame = False
+                trailer = True
+                conn.busy = True
+                reply = await self._reply(payload, Inbound(conn.peer, error))
+                if reply:
+                    writer.write(frame(reply))
+                    if writer.transport.get_write_buffer_size():
+                        async with asyncio.timeout(cfg.write_timeout_s):
+                            await writer.drain()
+                    self.stats.replies += 1
+                conn.busy = False
+                if self._stopping:
+                    return
+                idle_deadline = loop.time() + cfg.idle_timeout_s
+            try:
+                async with asyncio.timeout_at(frame_deadline if in_frame else idle_deadline):
+                    data = await reader.read(_READ_CHUNK)
+            except TimeoutError:
+                if in_frame:
+                    await self._unterminated(conn, bytes(kept if kept is not None else buf[:limit]))
+                else:
+                    log.info(
+                        "%s: closing connection from %s idle for %gs",
+                        self.name,
+                        conn.peer,
+                        cfg.idle_timeout_s,
+                    )
+                return
+            if not data:
+                if in_frame:
+                    log.info(
+                        "%s: %s disconnected in the middle of a frame (%d bytes received); nothing stored",
+                        self.name,
+                        conn.peer,
+                        (limit + dropped) if kept is not None else len(buf),
+                    )
+                return
+            buf += data
+
+    def _skip(self, conn: _Conn, n: int) -> None:
+        conn.skipped += n
+        self.stats.skipped_bytes += n
+
+    def _oversize(self, conn: _Conn, size: int) -> HL7Error:
+        limit = self.config.max_frame_bytes
+        self.stats.oversize += 1
+        log.warning(
+            "%s: %d-byte message from %s exceeds max_frame_bytes (%d)", self.name, size, conn.peer, limit
+        )
+        return HL7Error(f"message exceeds {limit} bytes", code="207", reject=True)
+
+    async def _unterminated(self, conn: _Conn, partial: bytes) -> None:
+        """Pass a frame cut off by ``read_timeout_s`` to the handler (to store it); send nothing."""
+        timeout = self.config.read_timeout_s
+        self.stats.unterminated += 1
+        log.warning(
+            "%s: frame from %s not terminated within %gs (%d bytes kept); closing without reply",
+            self.name,
+            conn.peer,
+            timeout,
+            len(partial),
+        )
+        error = HL7Error(f"message not terminated within {timeout:g} s", code="207", reject=True)
+        conn.busy = True
+        await self._reply(partial, Inbound(conn.peer, error))
+
+    async def _reply(self, payload: bytes, inbound: Inbound) -> bytes:
+        """The handler's reply, or an AE "internal error" if it fails or takes too long."""
+        self.stats.messages += 1
+        try:
+            async with asyncio.timeout(self.config.reply_timeout_s):
+                reply = await self._handler(payload, inbound)
+            if isinstance(reply, bytes | bytearray | memoryview):
+                return reply
+            raise TypeError(f"handler returned {type(reply).__name__}, not bytes")
+        except TimeoutError:
+            self.stats.handler_errors += 1
+            log.error(
+                "%s: no reply from the handler within %gs for a message from %s",
+                self.name,
+                self.config.reply_timeout_s,
+                inbound.peer,
+            )
+            return _internal_error(payload, "internal error: no reply in time")
+        except Exception as exc:
+            self.stats.handler_errors += 1
+            # The exception's text may quote message content: log its type and where it was raised only.
+            log.error("%s: handler failed for a message from %s: %s", self.name, inbound.peer, _where(exc))
+            return _internal_error(payload, "internal error")
+
+
+def _internal_error(payload: bytes, text: str) -> bytes:
+    """AE for a message the engine failed to handle, addressed from its MSH when readable."""
+    error = HL7Error(text, code="207")
+    head = payload[:4096].decode("latin-1")  # MSH is ASCII in every charset allowed over MLLP
+    try:
+        header = hl7v2.read_header(head)
+    except HL7Error:
+        return response.hl7_nak_unparsed(head, error).encode("latin-1")
+    return response.hl7_ack(header, "AE", text, error).encode("latin-1", "replace")
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a connection; abort it if it does not close promptly (e.g. a TLS peer that never answers)."""
+    try:
+        writer.close()
+        async with asyncio.timeout(_CLOSE_WAIT_S):
+            await writer.wait_closed()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
+    except Exception:
+        writer.transport.abort()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    addr = writer.get_extra_info("peername")
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr or "unknown")
+
+
+def _where(exc: BaseException) -> str:
+    """An exception's type and innermost frame, without its message (which may hold PHI)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if not tb:
+        return type(exc).__name__
+    last = tb[-1]
+    return f"{type(exc).__name__} at {Path(last.filename).name}:{last.lineno} in {last.name}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__

@@ -1,0 +1,310 @@
+"""The ``interlink`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from engine import hl7v2
+from engine.errors import ConfigError, HL7Error, TransformError
+from engine.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Interlink healthcare integration engine.")
+dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay dead letters.")
+messages_app = typer.Typer(no_args_is_help=True, help="Inspect stored messages.")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(messages_app, name="messages")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (default config/engine.yaml).")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return Settings.load(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _store(config: Path | None):  # type: ignore[no-untyped-def]
+    from engine.store import Store
+
+    return Store(_settings(config).database_url)
+
+
+@app.command()
+def run(config: ConfigOpt = None) -> None:
+    """Run the engine: channels listen, workers process and deliver (in-process with memory://)."""
+    from engine.observability import setup_logging
+    from engine.runtime import Engine
+
+    settings = _settings(config)
+    setup_logging(settings)
+    try:
+        engine = Engine(settings, workers=True)
+    except ConfigError as exc:
+        _fail(str(exc))
+    asyncio.run(engine.serve())
+
+
+@app.command()
+def worker(config: ConfigOpt = None) -> None:
+    """Run workers only (for a shared redis:// or amqp:// queue)."""
+    from engine.observability import setup_logging
+    from engine.runtime import Engine
+
+    settings = _settings(config)
+    setup_logging(settings)
+    if settings.queue_url.startswith("memory://"):
+        _fail("interlink worker needs a shared queue (queue_url redis://… or amqp://…); memory:// runs in `interlink run`")
+    try:
+        engine = Engine(settings, sources=False, workers=True, sweeper=True)
+    except ConfigError as exc:
+        _fail(str(exc))
+    asyncio.run(engine.serve())
+
+
+@app.command()
+def check(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Channel files or folders (default: channels/).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Validate channel files and compile their mappings; exit 1 on any error."""
+    from engine.runtime import load_config
+
+    settings = _settings(config)
+    try:
+        channels, mappings = load_config(settings, paths)
+    except ConfigError as exc:
+        _fail(str(exc))
+    for c in channels:
+        typer.echo(f"ok  channel {c.name} ({c.source.type} → {', '.join(d.name for d in c.destinations)})")
+    typer.echo(f"ok  {len(mappings.message_types)} message type(s) mapped: {', '.join(sorted(mappings.message_types))}")
+
+
+@app.command()
+def convert(
+    file: Annotated[Path, typer.Argument(help="A file holding one HL7 v2 message.")],
+    channel: Annotated[str | None, typer.Option(help="Use this channel's mapping and charset.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the FHIR Bundle (JSON) a message becomes, without delivering it."""
+    from engine.spec.channel import load_channels
+    from engine.transform import load_mappings
+
+    settings = _settings(config)
+    try:
+        mappings = load_mappings(settings.mappings_dir)
+        ch = None
+        if channel:
+            found = [c for c in load_channels([settings.channels_dir]) if c.name == channel]
+            if not found:
+                _fail(f"no channel named {channel!r} in {settings.channels_dir}")
+            ch = found[0]
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        _fail(f"{file}: cannot read ({exc.strerror})")
+    try:
+        message = hl7v2.Message.parse(hl7v2.decode(raw, ch.charset if ch else "utf-8"))
+        bundle = mappings.transform(
+            message, mapping=ch.mapping if ch else None, validation=ch.validation if ch else "full"
+        )
+    except HL7Error as exc:
+        _fail(f"{file}: {exc.location or 'message'}: {exc.message}")
+    except TransformError as exc:
+        _fail(f"{file}: {exc}" + (f" (rule {exc.rule})" if exc.rule else ""))
+    sys.stdout.buffer.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+@app.command("test")
+def test_mappings(
+    config: ConfigOpt = None,
+) -> None:
+    """Run every mapping's sibling test cases."""
+    from engine.transform import load_mappings
+    from engine.transform.testing import run_mapping_tests
+
+    settings = _settings(config)
+    try:
+        mappings = load_mappings(settings.mappings_dir)
+    except ConfigError as exc:
+        _fail(str(exc))
+    results = run_mapping_tests(mappings)
+    failed = [r for r in results if not r.passed]
+    for r in results:
+        mark = "ok  " if r.passed else "FAIL"
+        typer.echo(f"{mark} {r.file}:{r.line} {r.name}")
+        for f in r.failures:
+            typer.echo(f"       {f}")
+    typer.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed or not results:
+        raise typer.Exit(1)
+
+
+@app.command()
+def send(
+    files: Annotated[list[Path], typer.Argument(help="HL7 v2 message files (one message per file).")],
+    channel: Annotated[str | None, typer.Option(help="Send to this channel's MLLP port.")] = None,
+    host: Annotated[str, typer.Option(help="MLLP host.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="MLLP port (default: the channel's, else 2575).")] = None,
+    timeout_s: Annotated[float, typer.Option(help="Seconds to wait for each ACK.")] = 30.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Send message files over MLLP and print each acknowledgement code."""
+    from engine.sources.mllp_client import send as mllp_send
+
+    if port is None:
+        port = 2575
+        if channel:
+            from engine.spec.channel import load_channels
+
+            found = [c for c in load_channels([_settings(config).channels_dir]) if c.name == channel]
+            if not found:
+                _fail(f"no channel named {channel!r}")
+            port = found[0].source.port
+    payloads = []
+    for f in files:
+        try:
+            payloads.append(f.read_bytes().lstrip(b"\xef\xbb\xbf").replace(b"\r\n", b"\r").replace(b"\n", b"\r"))
+        except OSError as exc:
+            _fail(f"{f}: cannot read ({exc.strerror})")
+    try:
+        replies = mllp_send(host, port, payloads, timeout_s=timeout_s)
+    except OSError as exc:
+        _fail(f"cannot send to {host}:{port}: {exc}")
+    bad = 0
+    for f, reply in zip(files, replies, strict=True):
+        code, text = _ack_code(reply)
+        bad += code not in ("AA", "CA")
+        typer.echo(f"{f}: {code}" + (f" {text}" if text else ""))
+    if bad:
+        raise typer.Exit(1)
+
+
+def _ack_code(reply: bytes) -> tuple[str, str]:
+    try:
+        msg = hl7v2.Message.parse(reply.decode("utf-8", "replace"))
+        msa = msg.first("MSA")
+    except HL7Error:
+        return "??", "unreadable reply"
+    if msa is None:
+        return "??", "reply has no MSA"
+    return msa.field(1), msa.field(3)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+@messages_app.command("list")
+def messages_list(
+    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    limit: Annotated[int, typer.Option(help="How many (newest first).")] = 50,
+    config: ConfigOpt = None,
+) -> None:
+    """List stored messages, newest first."""
+    for r in _store(config).list_messages(channel=channel, status=status, limit=limit):
+        err = f"  {r.error}" if r.error else ""
+        typer.echo(f"{r.id}  {_when(r.received_at)}  {r.channel:<14} {r.message_type:<9} {r.status:<11}{err}")
+
+
+@messages_app.command("show")
+def messages_show(
+    message_id: Annotated[str, typer.Argument(help="Message id.")],
+    content: Annotated[bool, typer.Option(help="Also print the raw and transformed content (PHI!).")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show one message: status, deliveries and attempts."""
+    from engine.store import ContentKind
+
+    store = _store(config)
+    m = store.message(message_id)
+    if m is None:
+        _fail(f"no message {message_id}")
+    typer.echo(f"message {m.id}\n  channel {m.channel}  type {m.message_type}  status {m.status}")
+    typer.echo(f"  received {_when(m.received_at)} from {m.peer}  control id {m.control_id}  {m.size_bytes} bytes")
+    if m.duplicate_of:
+        typer.echo(f"  duplicate of {m.duplicate_of}")
+    if m.error:
+        typer.echo(f"  error: {m.error}")
+    for d in store.deliveries_of(message_id):
+        typer.echo(f"  delivery {d.destination}: {d.status}, {d.attempts} attempt(s), last: {d.last_status_code} {d.last_error or ''}")
+    for a in store.attempts_of(message_id):
+        typer.echo(f"    attempt {a.number} → {a.destination}: {a.outcome} {a.status_code or ''} {a.duration_ms:.0f} ms {a.error or ''}")
+    if content:
+        for kind in (ContentKind.raw, ContentKind.transformed):
+            data = store.content(message_id, kind)
+            if data is not None:
+                typer.echo(f"--- {kind}\n{data.decode('utf-8', 'replace')}")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
+    limit: Annotated[int, typer.Option(help="How many.")] = 100,
+    config: ConfigOpt = None,
+) -> None:
+    """List dead deliveries with their last error."""
+    rows = _store(config).dead_letters(channel=channel, limit=limit)
+    for r in rows:
+        typer.echo(
+            f"{r.message_id}  {r.channel:<14} → {r.destination:<10} {r.attempts} attempt(s)  "
+            f"{r.last_status_code or ''} {r.last_error or ''}"
+        )
+    typer.echo(f"{len(rows)} dead letter(s)")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    message_id: Annotated[str | None, typer.Argument(help="Replay this message (default: use --all).")] = None,
+    destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
+    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter (that matches the filters).")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Send dead letters again (the stored bundle, attempts restart). Workers must be running."""
+    if not message_id and not all_:
+        _fail("name a message id, or pass --all")
+    from engine.queue.actors import Actors
+    from engine.queue.broker import make_broker
+    from engine.runtime import load_config
+
+    settings = _settings(config)
+    from engine.pipeline import Pipeline
+
+    channels, mappings = load_config(settings)
+    store = _store(config)
+    in_process = settings.queue_url.startswith("memory://")
+    pairs = store.replay_dead(message_id=message_id, destination=destination, channel=channel, for_sweeper=in_process)
+    if not in_process:
+        actors = Actors(make_broker(settings.queue_url), Pipeline(store, mappings, channels))
+        for m, d in pairs:
+            actors.enqueue_deliver(m, d, 0)
+        note = "enqueued"
+    else:
+        note = f"marked pending; the running engine sends them within {settings.sweeper.interval_s:g} s (its sweeper)"
+    typer.echo(f"{len(pairs)} delivery(ies) {note}")
+
+
+@app.command()
+def status(config: ConfigOpt = None) -> None:
+    """Message counts per channel and status."""
+    counts = _store(config).status_counts()
+    if not counts:
+        typer.echo("no messages stored")
+    for (ch, st), n in sorted(counts.items()):
+        typer.echo(f"{ch:<16} {st:<12} {n}")

@@ -1,0 +1,148 @@
+"""HTTP delivery: the client options every HTTP destination shares, and the plain JSON POST destination.
+
+One ``httpx.Client`` per destination (a connection pool shared by the worker threads). A response is
+turned into a ``Result`` by ``response_result``; a failed request by ``base.failure_result``. Both go
+through ``classify``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Literal
+
+import httpx
+import orjson
+from pydantic import Field
+
+from engine.destinations.auth import AuthConfig, build_auth
+from engine.destinations.base import Outcome, Result, RetryPolicy, classify, failure_result, parse_retry_after
+from engine.spec.model import Model
+
+MESSAGE_ID_HEADER = "X-Interlink-Message-Id"
+
+
+class HttpOptions(Model):
+    """Connection settings shared by HTTP-based destinations."""
+
+    timeout_s: float = Field(30, gt=0, description="Connect and read timeout of each request (s).")
+    verify_tls: bool = Field(True, description="Verify the server's TLS certificate (keep on in production).")
+    ca_file: str | None = Field(
+        None, description="PEM file of CA certificates to trust instead of the system's."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra request headers (put credentials under `auth`, not here)."
+    )
+    auth: AuthConfig | None = Field(
+        None, description="Authentication: bearer token or OAuth2 client credentials."
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retry policy for failed deliveries.")
+
+
+def make_client(options: HttpOptions, *, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """The pooled client for one destination (``transport`` replaces the network, e.g. in tests)."""
+    verify: ssl.SSLContext | bool = options.verify_tls
+    if options.ca_file and options.verify_tls:
+        verify = ssl.create_default_context(cafile=options.ca_file)
+    return httpx.Client(
+        timeout=httpx.Timeout(options.timeout_s),
+        verify=verify,
+        auth=build_auth(options.auth),
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+def outcome_reason(body: bytes) -> str | None:
+    """Summarise an OperationOutcome as issue codes and element paths, never its diagnostics text."""
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("resourceType") != "OperationOutcome":
+        return None
+    return issues_reason(data)
+
+
+def issues_reason(outcome: dict[str, Any]) -> str:
+    """``OperationOutcome error invalid at Patient.birthDate; …`` for at most three issues."""
+    parts = []
+    issues = outcome.get("issue")
+    for issue in issues[:3] if isinstance(issues, list) else []:
+        if not isinstance(issue, dict):
+            continue
+        text = f"{_short(issue.get('severity'))} {_short(issue.get('code'))}".strip()
+        paths = issue.get("expression") or issue.get("location")
+        if isinstance(paths, list) and paths:
+            text += " at " + ", ".join(_short(p) for p in paths[:3])
+        parts.append(text)
+    return "OperationOutcome " + "; ".join(parts) if parts else "OperationOutcome"
+
+
+def _short(value: object) -> str:
+    return value[:80] if isinstance(value, str) else ""
+
+
+def response_result(response: httpx.Response, request: bytes) -> Result:
+    """The Result of an HTTP response: classified by status, Retry-After read when retrying."""
+    status = response.status_code
+    outcome = classify(status)
+    if outcome is Outcome.SENT:
+        return Result(outcome, status_code=status, request=request, response=response.content)
+    reason = outcome_reason(response.content)
+    return Result(
+        outcome,
+        status_code=status,
+        error=f"HTTP {status}: {reason}" if reason else f"HTTP {status}",
+        retry_after_s=parse_retry_after(response.headers.get("Retry-After"))
+        if outcome is Outcome.RETRY
+        else None,
+        request=request,
+        response=response.content,
+    )
+
+
+def request_headers(defaults: dict[str, str], extra: dict[str, str]) -> httpx.Headers:
+    """``defaults`` overridden, case-insensitively, by the configured ``extra`` headers."""
+    headers = httpx.Headers(defaults)
+    headers.update(extra)
+    return headers
+
+
+def post(client: httpx.Client, url: str, body: bytes, headers: httpx.Headers) -> Result:
+    """POST ``body``; never raises for delivery problems."""
+    try:
+        response = client.post(url, content=body, headers=headers)
+    except Exception as exc:  # every failure is classified, none escapes
+        return failure_result(exc, request=body)
+    return response_result(response, body)
+
+
+class HttpConfig(HttpOptions):
+    """POST each bundle as JSON to a URL."""
+
+    type: Literal["http"] = Field(description="Destination kind.")
+    name: str = Field(description="Destination name, unique in the channel.")
+    url: str = Field(description="URL the bundle is POSTed to.")
+    content_type: str = Field("application/json", description="Content-Type of the request.")
+
+
+class HttpDestination:
+    """Delivers bundles with one JSON POST each."""
+
+    def __init__(self, config: HttpConfig, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        self._client = make_client(config, transport=transport)
+
+    def send(self, bundle: dict[str, Any], *, message_id: str) -> Result:
+        try:
+            body = orjson.dumps(bundle)
+        except TypeError as exc:
+            return failure_result(exc)
+        headers = request_headers(
+            {"Content-Type": self.config.content_type, MESSAGE_ID_HEADER: message_id}, self.config.headers
+        )
+        return post(self._client, self.config.url, body, headers)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,143 @@
+"""The work done for each stored message: process (parse → map → store) and deliver.
+
+Both steps are idempotent: they start from what the store says and advance it with conditional updates,
+so at-least-once queue delivery (and the recovery sweeper) never does anything twice that matters.
+Actors (``engine.queue.actors``) are thin wrappers around these two methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+from engine import hl7v2
+from engine.destinations import Destination, Outcome, make_destination
+from engine.errors import HL7Error, TransformError
+from engine.queue.deadletter import DeadLetter
+from engine.spec.channel import Channel
+from engine.store import AttemptRecord, ContentKind, DeliveryStatus, MessageStatus, Store
+from engine.transform import MappingSet
+
+log = logging.getLogger(__name__)
+
+EnqueueDeliver = Callable[[str, str, int], None]
+
+
+@dataclass(slots=True, frozen=True)
+class Processed:
+    """Outcome of processing one message."""
+
+    status: str
+    error: TransformError | HL7Error | None = None
+
+
+class Pipeline:
+    """Everything a worker needs: the store, compiled mappings, channels and their destinations."""
+
+    def __init__(self, store: Store, mappings: MappingSet, channels: list[Channel]) -> None:
+        self.store = store
+        self.mappings = mappings
+        self.channels = {c.name: c for c in channels}
+        self.destinations: dict[tuple[str, str], Destination] = {
+            (c.name, d.name): make_destination(d) for c in channels for d in c.destinations
+        }
+        self.enqueue_deliver: EnqueueDeliver = lambda _m, _d, _delay: None
+
+    def close(self) -> None:
+        for d in self.destinations.values():
+            d.close()
+
+    # -- process ------------------------------------------------------------------------------------
+
+    def process(self, message_id: str) -> Processed:
+        """received → transformed (deliveries queued) | error | filtered. A no-op for any other status."""
+        row = self.store.message(message_id)
+        if row is None or row.status != MessageStatus.received:
+            return Processed(row.status if row else "missing")
+        channel = self.channels.get(row.channel)
+        if channel is None:
+            self.store.mark_error(message_id, f"channel {row.channel} is not configured in this process")
+            return Processed(MessageStatus.error)
+        raw = self.store.content(message_id, ContentKind.raw) or b""
+        try:
+            message = hl7v2.Message.parse(hl7v2.decode(raw, channel.charset))
+            bundle = self.mappings.transform(message, mapping=channel.mapping, validation=channel.validation)
+        except (HL7Error, TransformError) as exc:
+            self.store.mark_error(message_id, _reason(exc))
+            return Processed(MessageStatus.error, exc)
+        if not bundle.get("entry"):
+            self.store.mark_filtered(message_id, "mapping produced no resources")
+            return Processed(MessageStatus.filtered)
+        names = [d.name for d in channel.destinations]
+        if self.store.mark_transformed(message_id, orjson.dumps(bundle), names):
+            for name in names:
+                self.enqueue_deliver(message_id, name, 0)
+        return Processed(MessageStatus.transformed)
+
+    # -- deliver ------------------------------------------------------------------------------------
+
+    def deliver(self, message_id: str, destination: str) -> DeliveryStatus | None:
+        """Send the stored bundle to one destination; schedule a retry or give up (DeadLetter)."""
+        d = self.store.delivery(message_id, destination)
+        if d is None or d.status in (DeliveryStatus.sent, DeliveryStatus.dead):
+            return None
+        msg = self.store.message(message_id)
+        dest = self.destinations.get((msg.channel, destination)) if msg else None
+        if dest is None:
+            raise DeadLetter(f"destination {destination} is not configured in this process")
+        stored = self.store.content(message_id, ContentKind.transformed) or b"{}"
+        bundle = orjson.loads(stored)
+        number = d.attempts + 1
+        started = time.time()
+        t0 = time.perf_counter()
+        result = dest.send(bundle, message_id=message_id)
+        duration_ms = (time.perf_counter() - t0) * 1000
+        policy = dest.config.retry
+        record = AttemptRecord(
+            number=number,
+            started_at=started,
+            duration_ms=duration_ms,
+            outcome=result.outcome,
+            status_code=result.status_code,
+            error=result.error,
+            # the sent request is stored only when it is not the stored bundle itself (e.g. split transactions)
+            sent=None if result.request == stored else result.request,
+            response=result.response,
+        )
+        if result.outcome == Outcome.SENT:
+            self.store.record_attempt(message_id, destination, record, status=DeliveryStatus.sent, next_attempt_at=started)
+            return DeliveryStatus.sent
+        if result.outcome == Outcome.RETRY and number < policy.max_attempts:
+            delay = policy.delay_ms(number, result.retry_after_s)
+            self.store.record_attempt(
+                message_id, destination, record, status=DeliveryStatus.retrying, next_attempt_at=started + delay / 1000
+            )
+            log.info("delivery to %s failed (attempt %d, %s); retrying in %d ms", destination, number, result.error, delay)
+            self.enqueue_deliver(message_id, destination, delay)
+            return DeliveryStatus.retrying
+        self.store.record_attempt(message_id, destination, record, status=DeliveryStatus.retrying, next_attempt_at=1e18)
+        why = "retries exhausted" if result.outcome == Outcome.RETRY else "permanent failure"
+        raise DeadLetter(f"{why} after {number} attempt(s): {result.error or result.status_code}")
+
+    # -- dead letters -------------------------------------------------------------------------------
+
+    def on_dead(self, actor: str, args: tuple[object, ...], reason: str) -> None:
+        """Called by the DeadLetters middleware for every nacked queue message."""
+        if actor == "deliver" and len(args) == 2:
+            self.store.mark_dead(str(args[0]), str(args[1]), reason)
+            log.warning("delivery of message %s to %s is dead: %s", args[0], args[1], reason)
+        elif actor == "process" and args:
+            self.store.mark_error(str(args[0]), reason)
+            log.warning("processing of message %s failed for good: %s", args[0], reason)
+
+
+def _reason(exc: HL7Error | TransformError) -> str:
+    if isinstance(exc, TransformError):
+        rule = f" (rule {exc.rule})" if exc.rule else ""
+        return f"{exc.field or 'message'}: {exc.message}{rule}"
+    return f"{exc.location or 'message'}: {exc.message}"
+

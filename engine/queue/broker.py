@@ -1,0 +1,54 @@
+"""Broker factory: ``memory://`` (in-process), ``redis://…``, ``amqp://…``."""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+
+from engine.queue.deadletter import DeadLetters
+
+
+class MemoryBroker(StubBroker):
+    """Dramatiq's in-memory broker, for the embedded engine.
+
+    Failed messages are recorded in the SQL store by :class:`DeadLetters`; the stub's own dead-letter
+    list keeps only the last few so a long-running process does not grow without bound.
+    """
+
+    def __init__(self, middleware: list[dramatiq.Middleware] | None = None) -> None:
+        super().__init__(middleware=middleware)
+        self.dead_letters_by_queue = defaultdict(lambda: deque(maxlen=100))  # type: ignore[assignment]
+
+
+def default_middleware() -> list[dramatiq.Middleware]:
+    # Retries apply to unexpected failures only (a database hiccup, a bug); delivery retries with
+    # backoff are scheduled explicitly from the store's attempt count (see engine.pipeline).
+    return [
+        AgeLimit(),
+        TimeLimit(time_limit=10 * 60_000),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(max_retries=5, min_backoff=1000, max_backoff=60_000),
+    ]
+
+
+def make_broker(url: str, dead_letters: DeadLetters | None = None) -> dramatiq.Broker:
+    """Build the broker for a queue URL; ``dead_letters`` records nacked messages in the store."""
+    middleware = default_middleware()
+    if dead_letters is not None:
+        middleware.append(dead_letters)
+    if url.startswith("memory://"):
+        return MemoryBroker(middleware=middleware)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=url, middleware=middleware, namespace="interlink")
+    if url.startswith(("amqp://", "amqps://")):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url, middleware=middleware)
+    raise ValueError(f"unsupported queue URL scheme: {url.split(':', 1)[0]}")

@@ -1,0 +1,232 @@
+"""Replies to senders: HL7 v2 acknowledgements.
+
+Public API:
+
+``hl7_ack(header, code, text="", error=None, *, now=None) -> str``
+    An ACK for a message whose MSH could be read. ``code`` is ``AA``/``AE``/``AR``; in enhanced mode
+    (MSH-15 or MSH-16 valued) the accept codes ``CA``/``CE``/``CR`` are sent instead. The reply uses the
+    inbound delimiters, swaps sending and receiving application/facility, copies MSH-11, MSH-12 (default
+    ``2.5.1``) and MSH-18, answers MSH-10 in MSA-2 and, when ``error`` is given, adds an ERR segment
+    (location, table 0357 code, severity ``E``, user message).
+
+``hl7_nak_unparsed(text, error, *, now=None) -> str``
+    A NAK for input whose MSH cannot be read (``text`` is ``None`` when it could not even be decoded):
+    default delimiters, ``AR`` when ``error.reject`` else ``AE``, MSH-10 salvaged into MSA-2 when it can
+    be found.
+
+Both return text with segments joined by ``\\r``; the caller encodes it (MSH-18 or the channel charset)
+and the source frames it. Texts come from the engine's own error messages, which name fields and rules,
+never values: nothing from the message body is echoed back except the MSH fields an ACK must carry.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+from datetime import datetime
+
+from engine.errors import HL7Error, TransformError
+from engine.hl7v2 import DEFAULT_DELIMITERS, Delimiters, Header
+
+__all__ = ["hl7_ack", "hl7_nak_unparsed"]
+
+DEFAULT_VERSION = "2.5.1"
+
+#: HL7 table 0357 (message error condition codes) display texts.
+ERROR_CODES: dict[str, str] = {
+    "0": "Message accepted",
+    "100": "Segment sequence error",
+    "101": "Required field missing",
+    "102": "Data type error",
+    "103": "Table value not found",
+    "104": "Value too long",
+    "200": "Unsupported message type",
+    "201": "Unsupported event code",
+    "202": "Unsupported processing id",
+    "203": "Unsupported version id",
+    "204": "Unknown key identifier",
+    "205": "Duplicate key identifier",
+    "206": "Application record locked",
+    "207": "Application internal error",
+}
+
+_ENHANCED = {"AA": "CA", "AE": "CE", "AR": "CR", "CA": "CA", "CE": "CE", "CR": "CR"}
+_ORIGINAL = {"AA": "AA", "AE": "AE", "AR": "AR", "CA": "AA", "CE": "AE", "CR": "AR"}
+
+# Control ids: a random per-process prefix and a counter, 20 characters (fits MSH-10 in every version).
+_ID_PREFIX = secrets.token_hex(4).upper()
+_ID_COUNTER = itertools.count(1)
+
+# An HL7 path as the mapping language writes it: PID-3, PID-5[2].1, OBX-5.1.2
+_PATH = re.compile(r"^([A-Z][A-Z0-9]{2})-(\d+)(?:\[(\d+|\*)\])?(?:\.(\d+))?(?:\.(\d+))?$")
+
+
+# An MSH segment at the start of the text or of a line (the first 4 KiB are searched).
+_MSH_LINE = re.compile(r"(?:^[\ufeff \t]*|(?<=[\r\n]))(MSH[^\r\n]{2,})")
+
+
+def _control_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012d}"
+
+
+def _timestamp(now: datetime | None) -> str:
+    now = datetime.now().astimezone() if now is None else now.astimezone()
+    return now.strftime("%Y%m%d%H%M%S%z")
+
+
+def _escape(value: str, d: Delimiters) -> str:
+    """Escape delimiters and line breaks so ``value`` is one HL7 text value."""
+    e = d.escape
+    if e in value:
+        value = value.replace(e, f"{e}E{e}")
+    for ch, seq in (
+        (d.field, "F"),
+        (d.component, "S"),
+        (d.subcomponent, "T"),
+        (d.repetition, "R"),
+        (d.truncation, "P"),
+    ):
+        if ch and ch in value:
+            value = value.replace(ch, f"{e}{seq}{e}")
+    if "\r" in value or "\n" in value:
+        value = value.replace("\r", f"{e}X0D{e}").replace("\n", f"{e}X0A{e}")
+    return value
+
+
+def _error_location(error: HL7Error | TransformError, d: Delimiters) -> str:
+    """ERR-2 (ERL) from an HL7Error location (``PID^1^7``) or a TransformError field (``PID-7``)."""
+    if isinstance(error, TransformError):
+        m = _PATH.match(error.field)
+        if m is None:
+            return ""
+        seg, fld, rep, comp, sub = m.groups()
+        parts = [seg, "1", fld]
+        if comp:
+            parts += ["1" if rep in (None, "*") else rep, comp]
+            if sub:
+                parts.append(sub)
+    else:
+        parts = error.location.split("^") if error.location else []
+    return d.component.join(_escape(p, d) for p in parts)
+
+
+def _error_text(error: HL7Error | TransformError) -> str:
+    if isinstance(error, TransformError) and error.rule:
+        return f"{error.message} (rule {error.rule})"
+    return error.message
+
+
+def _err_segment(error: HL7Error | TransformError, d: Delimiters) -> str:
+    code = error.code or "207"
+    cwe = d.component.join((_escape(code, d), _escape(ERROR_CODES.get(code, ""), d), "HL70357"))
+    fields = ["ERR", "", _error_location(error, d), cwe, "E", "", "", "", _escape(_error_text(error), d)]
+    return d.field.join(fields)
+
+
+def _msh(
+    d: Delimiters,
+    *,
+    sending: tuple[str, str],
+    receiving: tuple[str, str],
+    now: datetime | None,
+    message_type: str,
+    processing_id: str,
+    version: str,
+    charset: str,
+) -> str:
+    fields = [
+        "MSH" + d.field + d.encoding_characters,
+        sending[0],
+        sending[1],
+        receiving[0],
+        receiving[1],
+        _timestamp(now),
+        "",
+        message_type,
+        _control_id(),
+        processing_id or "P",
+        version or DEFAULT_VERSION,
+    ]
+    if charset:
+        fields += ["", "", "", "", "", charset]
+    return d.field.join(fields)
+
+
+def hl7_ack(
+    header: Header,
+    code: str,
+    text: str = "",
+    error: HL7Error | TransformError | None = None,
+    *,
+    now: datetime | None = None,
+) -> str:
+    """Acknowledge the message whose MSH is ``header`` (see the module docstring)."""
+    try:
+        ack_code = (_ENHANCED if header.enhanced_mode else _ORIGINAL)[code]
+    except KeyError:
+        raise ValueError(f"acknowledgement code must be AA, AE or AR, not {code!r}") from None
+    d = header.delimiters
+    f = header.fields
+
+    def raw(i: int) -> str:
+        return f[i] if i < len(f) else ""
+
+    trigger = header.message_type.partition("^")[2]
+    msh = _msh(
+        d,
+        sending=(raw(5), raw(6)),
+        receiving=(raw(3), raw(4)),
+        now=now,
+        message_type=d.component.join(("ACK", trigger, "ACK")),
+        processing_id=raw(11),
+        version=raw(12),
+        charset=raw(18),
+    )
+    if not text and error is not None:
+        text = _error_text(error)
+    msa = d.field.join(("MSA", ack_code, raw(10), _escape(text, d)) if text else ("MSA", ack_code, raw(10)))
+    if error is None:
+        return f"{msh}\r{msa}"
+    return f"{msh}\r{msa}\r{_err_segment(error, d)}"
+
+
+def _salvage_msh(text: str) -> tuple[str, str, str]:
+    """Best-effort MSH-10, MSH-11 and MSH-12 (first components) from an unreadable MSH."""
+    m = _MSH_LINE.search(text, 0, 4096)
+    if m is None:
+        return "", "", ""
+    line = m.group(1)
+    fs = line[3]
+    if fs.isalnum() or fs.isspace():
+        return "", "", ""
+    parts = line.split(fs)  # parts[k] is MSH-(k+1) for k >= 1
+    enc = parts[1] if len(parts) > 1 else ""
+    comp = enc[0] if enc and not enc[0].isalnum() and not enc[0].isspace() else ""
+
+    def field(n: int) -> str:
+        v = parts[n - 1] if len(parts) > n - 1 else ""
+        if comp:
+            v = v.split(comp, 1)[0]
+        return v[:199]
+
+    return field(10), field(11)[:3], field(12)[:20]
+
+
+def hl7_nak_unparsed(text: str | None, error: HL7Error, *, now: datetime | None = None) -> str:
+    """NAK input whose MSH cannot be read (see the module docstring)."""
+    d = DEFAULT_DELIMITERS
+    control_id, processing_id, version = _salvage_msh(text) if text else ("", "", "")
+    msh = _msh(
+        d,
+        sending=("", ""),
+        receiving=("", ""),
+        now=now,
+        message_type="ACK",
+        processing_id=_escape(processing_id, d),
+        version=_escape(version, d),
+        charset="",
+    )
+    code = "AR" if error.reject else "AE"
+    msa = d.field.join(("MSA", code, _escape(control_id, d), _escape(error.message, d)))
+    return f"{msh}\r{msa}\r{_err_segment(error, d)}"

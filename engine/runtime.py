@@ -1,0 +1,156 @@
+"""The Engine: loads channels and mappings, wires store → queue → pipeline, runs sources and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import dramatiq
+
+from engine.errors import ConfigError, HL7Error, TransformError
+from engine.ingest import GroupCommitter, HL7Ingest
+from engine.pipeline import Pipeline
+from engine.queue.actors import Actors
+from engine.queue.broker import make_broker
+from engine.queue.deadletter import DeadLetters
+from engine.settings import Settings
+from engine.sources.base import Inbound
+from engine.sources.mllp import MLLPSource
+from engine.spec.channel import Channel, load_channels
+from engine.store import Accepted, MessageStatus, NewMessage, Store
+from engine.store.sweeper import Sweeper
+from engine.transform import MappingSet, load_mappings
+
+log = logging.getLogger(__name__)
+
+
+def load_config(settings: Settings, channel_paths: Sequence[Path] | None = None) -> tuple[list[Channel], MappingSet]:
+    """Load channels and compile mappings; every error names its file and line."""
+    mappings = load_mappings(settings.mappings_dir)
+    channels = load_channels(list(channel_paths or [settings.channels_dir]))
+    problems = [
+        f"channel {c.name}: mapping {c.mapping!r} does not exist"
+        for c in channels
+        if c.mapping is not None and not mappings.has_mapping(c.mapping)
+    ]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return channels, mappings
+
+
+class Engine:
+    """One engine process. ``run`` = sources + workers (+ sweeper); ``worker`` = workers only."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sources: bool = True,
+        workers: bool = True,
+        sweeper: bool = True,
+        channel_paths: Sequence[Path] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.channels, self.mappings = load_config(settings, channel_paths)
+        self.store = Store(settings.database_url)
+        self.pipeline = Pipeline(self.store, self.mappings, self.channels)
+        self.broker = make_broker(settings.queue_url, DeadLetters(self.pipeline.on_dead))
+        self.actors = Actors(self.broker, self.pipeline)
+        self._want_sources = sources
+        self._want_workers = workers
+        self._want_sweeper = sweeper
+        self.worker: dramatiq.Worker | None = None
+        self.committer: GroupCommitter | None = None
+        self.sources: dict[str, MLLPSource] = {}
+        self.sweeper: Sweeper | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def in_process_queue(self) -> bool:
+        return self.settings.queue_url.startswith("memory://")
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._want_workers:
+            self.worker = dramatiq.Worker(self.broker, worker_threads=self.settings.worker_threads, worker_timeout=100)
+            self.worker.start()
+        if self._want_sweeper:
+            self.sweeper = Sweeper(
+                self.store,
+                self.actors.enqueue_process,
+                self.actors.enqueue_deliver,
+                interval_s=self.settings.sweeper.interval_s,
+                grace_s=self.settings.sweeper.grace_s,
+            )
+            # An in-process queue died with the previous process: everything unfinished is orphaned now.
+            self.sweeper.start(initial_grace_s=0 if self.in_process_queue else None)
+        if self._want_sources:
+            self.committer = GroupCommitter(
+                self.store,
+                self._enqueue_committed,
+                batch_max=self.settings.ingest_batch_max,
+                batch_wait_ms=self.settings.ingest_batch_wait_ms,
+            )
+            for ch in self.channels:
+                if not ch.enabled:
+                    continue
+                src = MLLPSource(ch.source, self._handler_for(ch), name=ch.name)
+                await src.start()
+                self.sources[ch.name] = src
+                log.info("channel %s listening on %s:%d", ch.name, ch.source.host, src.port)
+
+    async def stop(self) -> None:
+        for src in self.sources.values():
+            await src.stop()
+        if self.committer:
+            await asyncio.to_thread(self.committer.close)
+        if self.sweeper:
+            self.sweeper.stop()
+        if self.worker:
+            await asyncio.to_thread(self.worker.stop)
+        self.broker.close()
+        self.pipeline.close()
+        self.store.close()
+        self._stopped.set()
+
+    async def serve(self) -> None:
+        """Start, then run until SIGINT/SIGTERM."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+        await self.stop()
+
+    # -- wiring -----------------------------------------------------------------------------------
+
+    def _enqueue_committed(self, rows: Sequence[tuple[NewMessage, Accepted]]) -> None:
+        for m, acc in rows:
+            if m.enqueue and acc.status == MessageStatus.received:
+                self.actors.enqueue_process(acc.id)
+
+    def _transform_now(self, message_id: str) -> None:
+        outcome = self.pipeline.process(message_id)
+        if isinstance(outcome.error, TransformError):
+            raise outcome.error
+        if isinstance(outcome.error, HL7Error):
+            e = outcome.error
+            raise TransformError(e.message, field=e.location, code=e.code)
+
+    def _handler_for(self, ch: Channel):  # type: ignore[no-untyped-def]
+        assert self.committer is not None
+        ingest = HL7Ingest(ch, self.committer, has_mapping=self.mappings.has_mapping, transform_now=self._transform_now)
+
+        async def handle(raw: bytes, inbound: Inbound) -> bytes:
+            reply = await ingest.handle(raw, inbound.peer, inbound.error)
+            return HL7Ingest.encode(reply, raw, ch.charset)
+
+        return handle

@@ -1,0 +1,71 @@
+"""Process settings: ``config/engine.yaml`` overlaid with ``INTERLINK_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from engine.spec import yamlfile
+from engine.spec.model import Model
+
+DEFAULT_CONFIG = Path("config/engine.yaml")
+ENV_PREFIX = "INTERLINK_"
+
+
+class SweeperSettings(Model):
+    """Recovery of messages the store says are unfinished."""
+
+    interval_s: float = Field(30, gt=0, description="How often the sweeper runs.")
+    grace_s: float = Field(
+        60, ge=0, description="A message untouched for this long with no final status is re-enqueued."
+    )
+
+
+class Settings(Model):
+    """Settings of one engine process."""
+
+    data_dir: Path = Field(Path("data"), description="Folder for the SQLite store and file outputs.")
+    database_url: str = Field("sqlite:///data/interlink.db", description="SQLAlchemy URL of the message store.")
+    queue_url: str = Field("memory://", description="Broker URL: memory://, redis://…, amqp://….")
+    channels_dir: Path = Field(Path("channels"), description="Folder of channel files.")
+    mappings_dir: Path = Field(Path("mappings"), description="Folder of mapping files.")
+    worker_threads: int = Field(8, ge=1, le=256, description="Worker threads per process.")
+    ingest_batch_max: int = Field(200, ge=1, description="Most messages committed in one ingest transaction.")
+    ingest_batch_wait_ms: float = Field(
+        0, ge=0, le=1000, description="How long the ingest writer waits to fill a batch (0: commit when free)."
+    )
+    sweeper: SweeperSettings = Field(default_factory=SweeperSettings, description="Recovery sweeper.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    fhir_base_url: str = Field(
+        "", description="Informational: INTERLINK_FHIR_BASE_URL is read by the example channels themselves."
+    )
+
+    @classmethod
+    def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+        """Read the settings file (default ``config/engine.yaml`` when present) and apply env overrides."""
+        env = dict(os.environ if env is None else env)
+        path = path or (Path(env["INTERLINK_CONFIG"]) if env.get("INTERLINK_CONFIG") else None)
+        data: dict[str, Any] = {}
+        doc = None
+        if path is not None or DEFAULT_CONFIG.exists():
+            doc = yamlfile.load(path or DEFAULT_CONFIG)
+            if doc.data is not None and not isinstance(doc.data, dict):
+                raise doc.error("settings file must be a mapping")
+            data = dict(doc.data or {})
+        for key, value in env.items():
+            if not key.startswith(ENV_PREFIX) or key == "INTERLINK_CONFIG":
+                continue
+            parts = key[len(ENV_PREFIX) :].lower().split("__")
+            if parts[0] not in cls.model_fields:
+                continue
+            target = data
+            for p in parts[:-1]:
+                target = target.setdefault(p, {})
+            target[parts[-1]] = value
+        if doc is not None:
+            return doc.validate(cls, data)
+        return cls.model_validate(data)

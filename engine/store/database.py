@@ -1,0 +1,52 @@
+"""Connections to the message store: SQLite (WAL) by default, PostgreSQL by URL.
+
+Two SQLAlchemy engines share one database:
+
+- ``ingest``: commits raw inbound messages before they are acknowledged. Fully durable
+  (SQLite ``synchronous=FULL``; PostgreSQL's default ``synchronous_commit=on``).
+- ``work``: status changes made by workers. Everything it writes can be re-derived from what ``ingest``
+  committed (the sweeper re-runs unfinished work and every step is idempotent), so it trades the last few
+  commits on a power loss for speed (SQLite ``synchronous=NORMAL``; PostgreSQL ``synchronous_commit=off``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+
+def _sqlite_engine(url: str, synchronous: str) -> Engine:
+    u = make_url(url)
+    if u.database and u.database != ":memory:":
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+    eng = create_engine(url, connect_args={"timeout": 30}, pool_size=16, max_overflow=16)
+
+    @event.listens_for(eng, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return eng
+
+
+def make_engines(url: str) -> tuple[Engine, Engine]:
+    """Return the (ingest, work) engines for a database URL."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, "FULL"), _sqlite_engine(url, "NORMAL")
+    if u.get_backend_name() == "postgresql":
+        if u.drivername == "postgresql":
+            url = u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        common = {"pool_size": 16, "max_overflow": 16, "pool_pre_ping": True}
+        ingest = create_engine(url, connect_args={"connect_timeout": 5}, **common)
+        work = create_engine(
+            url, connect_args={"connect_timeout": 5, "options": "-c synchronous_commit=off"}, **common
+        )
+        return ingest, work
+    raise ValueError(f"unsupported database URL scheme: {u.drivername}")

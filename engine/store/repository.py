@@ -1,0 +1,510 @@
+"""The store's verbs: everything the engine reads from or writes to the message store.
+
+Every state change is a conditional UPDATE (``… WHERE status = expected``), so two workers racing on
+the same message (a sweeper re-enqueue beside a live queue entry) cannot both advance it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.errors import StoreUnavailable
+from engine.store import migrate
+from engine.store.database import make_engines
+from engine.store.schema import (
+    ContentKind,
+    DeliveryStatus,
+    MessageStatus,
+    attempts,
+    contents,
+    deliveries,
+    messages,
+)
+
+
+def new_id() -> str:
+    """A 32-hex-digit id that sorts by creation time (µs) and is unique without coordination."""
+    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
+
+
+@dataclass(slots=True)
+class NewMessage:
+    """An inbound message about to be committed."""
+
+    channel: str
+    raw: bytes
+    peer: str = ""
+    message_type: str = ""
+    sender: str = ""
+    control_id: str = ""
+    status: MessageStatus = MessageStatus.received
+    error: str | None = None
+    dedupe_window_s: float | None = None
+    #: False when the caller processes the message itself (replies after transform).
+    enqueue: bool = True
+    id: str = field(default_factory=new_id)
+
+
+@dataclass(slots=True, frozen=True)
+class Accepted:
+    """What the commit of one inbound message produced."""
+
+    id: str
+    status: MessageStatus
+    duplicate_of: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class AttemptRecord:
+    """One delivery attempt, as the worker saw it."""
+
+    number: int
+    started_at: float
+    duration_ms: float
+    outcome: str
+    status_code: int | None
+    error: str | None
+    sent: bytes | None
+    response: bytes | None
+
+
+class Store:
+    """The message store. Thread-safe; one per process."""
+
+    def __init__(self, url: str, *, migrate_schema: bool = True) -> None:
+        self.url = url
+        self.ingest, self.work = make_engines(url)
+        if migrate_schema:
+            migrate.upgrade(self.ingest)
+
+    def close(self) -> None:
+        self.ingest.dispose()
+        self.work.dispose()
+
+    # -- ingest ---------------------------------------------------------------------------------------
+
+    def insert_messages(self, batch: Sequence[NewMessage]) -> list[Accepted]:
+        """Commit a batch of inbound messages in one transaction (group commit).
+
+        Duplicate MSH-10s from the same sender within a message's window are committed with status
+        ``duplicate``. Raises :class:`StoreUnavailable` when the commit fails: nothing may be ACKed.
+        """
+        now = time.time()
+        try:
+            with self.ingest.begin() as conn:
+                dupes = self._find_duplicates(conn, batch, now)
+                msg_rows: list[dict[str, Any]] = []
+                content_rows: list[dict[str, Any]] = []
+                out: list[Accepted] = []
+                for m in batch:
+                    dup = dupes.get(m.id)
+                    status = MessageStatus.duplicate if dup else m.status
+                    msg_rows.append(
+                        {
+                            "id": m.id,
+                            "channel": m.channel,
+                            "status": status,
+                            "received_at": now,
+                            "updated_at": now,
+                            "peer": m.peer[:100],
+                            "message_type": m.message_type[:40],
+                            "sender": m.sender[:200],
+                            "control_id": m.control_id[:200],
+                            "duplicate_of": dup,
+                            "error": m.error,
+                            "size_bytes": len(m.raw),
+                        }
+                    )
+                    content_rows.append(
+                        {"message_id": m.id, "kind": ContentKind.raw, "destination": "", "data": m.raw, "created_at": now}
+                    )
+                    out.append(Accepted(m.id, status, dup))
+                conn.execute(insert(messages), msg_rows)
+                conn.execute(insert(contents), content_rows)
+            return out
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"message store commit failed ({exc.__class__.__name__})") from exc
+
+    def _find_duplicates(self, conn: Any, batch: Sequence[NewMessage], now: float) -> dict[str, str]:
+        """Map new message id → id of the earlier message it duplicates."""
+        groups: dict[tuple[str, str, float], list[NewMessage]] = defaultdict(list)
+        for m in batch:
+            if m.dedupe_window_s is not None and m.control_id and m.status == MessageStatus.received:
+                groups[(m.channel, m.sender, m.dedupe_window_s)].append(m)
+        found: dict[str, str] = {}
+        for (channel, sender, window), items in groups.items():
+            ids = {m.control_id for m in items}
+            rows = conn.execute(
+                select(messages.c.control_id, messages.c.id)
+                .where(
+                    messages.c.channel == channel,
+                    messages.c.sender == sender,
+                    messages.c.control_id.in_(ids),
+                    messages.c.received_at >= now - window,
+                    messages.c.status.not_in([MessageStatus.error, MessageStatus.duplicate]),
+                )
+                .order_by(messages.c.received_at)
+            ).all()
+            first: dict[str, str] = {}
+            for cid, mid in rows:
+                first.setdefault(cid, mid)
+            for m in items:  # duplicates inside the same batch count too
+                if m.control_id in first:
+                    found[m.id] = first[m.control_id]
+                else:
+                    first[m.control_id] = m.id
+        return found
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def message(self, message_id: str) -> Row[Any] | None:
+        with self.work.connect() as conn:
+            return conn.execute(select(messages).where(messages.c.id == message_id)).first()
+
+    def content(self, message_id: str, kind: ContentKind, destination: str = "") -> bytes | None:
+        """The newest content of a kind for a message (and destination, for sent/response)."""
+        with self.work.connect() as conn:
+            return conn.execute(
+                select(contents.c.data)
+                .where(
+                    contents.c.message_id == message_id,
+                    contents.c.kind == kind,
+                    contents.c.destination == destination,
+                )
+                .order_by(contents.c.id.desc())
+                .limit(1)
+            ).scalar()
+
+    def delivery(self, message_id: str, destination: str) -> Row[Any] | None:
+        with self.work.connect() as conn:
+            return conn.execute(
+                select(deliveries).where(
+                    deliveries.c.message_id == message_id, deliveries.c.destination == destination
+                )
+            ).first()
+
+    def deliveries_of(self, message_id: str) -> list[Row[Any]]:
+        with self.work.connect() as conn:
+            return list(conn.execute(select(deliveries).where(deliveries.c.message_id == message_id)))
+
+    def attempts_of(self, message_id: str) -> list[Row[Any]]:
+        with self.work.connect() as conn:
+            return list(
+                conn.execute(select(attempts).where(attempts.c.message_id == message_id).order_by(attempts.c.id))
+            )
+
+    def list_messages(
+        self, *, channel: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Row[Any]]:
+        q = select(messages).order_by(messages.c.id.desc()).limit(limit)
+        if channel:
+            q = q.where(messages.c.channel == channel)
+        if status:
+            q = q.where(messages.c.status == status)
+        with self.work.connect() as conn:
+            return list(conn.execute(q))
+
+    def status_counts(self) -> dict[tuple[str, str], int]:
+        """(channel, status) → number of messages."""
+        with self.work.connect() as conn:
+            rows = conn.execute(
+                select(messages.c.channel, messages.c.status, func.count()).group_by(
+                    messages.c.channel, messages.c.status
+                )
+            )
+            return {(c, s): n for c, s, n in rows}
+
+    def dead_letters(self, *, channel: str | None = None, limit: int = 100) -> list[Row[Any]]:
+        q = (
+            select(
+                deliveries.c.message_id,
+                deliveries.c.destination,
+                deliveries.c.attempts,
+                deliveries.c.last_status_code,
+                deliveries.c.last_error,
+                deliveries.c.updated_at,
+                messages.c.channel,
+                messages.c.message_type,
+            )
+            .join(messages, messages.c.id == deliveries.c.message_id)
+            .where(deliveries.c.status == DeliveryStatus.dead)
+            .order_by(deliveries.c.updated_at)
+            .limit(limit)
+        )
+        if channel:
+            q = q.where(messages.c.channel == channel)
+        with self.work.connect() as conn:
+            return list(conn.execute(q))
+
+    # -- processing -----------------------------------------------------------------------------------
+
+    def mark_transformed(self, message_id: str, bundle: bytes, destinations: Iterable[str]) -> bool:
+        """received → transformed: store the bundle and create one pending delivery per destination.
+
+        Returns False when the message was not in ``received`` (another worker got there first).
+        """
+        now = time.time()
+        with self.work.begin() as conn:
+            res = conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.status == MessageStatus.received)
+                .values(status=MessageStatus.transformed, updated_at=now)
+            )
+            if res.rowcount != 1:
+                conn.rollback()
+                return False
+            conn.execute(
+                insert(contents),
+                [{"message_id": message_id, "kind": ContentKind.transformed, "destination": "", "data": bundle, "created_at": now}],
+            )
+            conn.execute(
+                insert(deliveries),
+                [
+                    {
+                        "message_id": message_id,
+                        "destination": d,
+                        "status": DeliveryStatus.pending,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "updated_at": now,
+                    }
+                    for d in destinations
+                ],
+            )
+        return True
+
+    def mark_error(self, message_id: str, error: str, *, from_status: MessageStatus = MessageStatus.received) -> bool:
+        """Record why a message cannot be processed; its raw content stays for inspection and replay."""
+        now = time.time()
+        with self.work.begin() as conn:
+            res = conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.status == from_status)
+                .values(status=MessageStatus.error, error=error, updated_at=now)
+            )
+            if res.rowcount == 1:
+                conn.execute(
+                    insert(contents),
+                    [{"message_id": message_id, "kind": ContentKind.error, "destination": "", "data": error.encode(), "created_at": now}],
+                )
+            return res.rowcount == 1
+
+    def mark_filtered(self, message_id: str, reason: str) -> bool:
+        with self.work.begin() as conn:
+            res = conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.status == MessageStatus.received)
+                .values(status=MessageStatus.filtered, error=reason, updated_at=time.time())
+            )
+            return res.rowcount == 1
+
+    def record_attempt(
+        self,
+        message_id: str,
+        destination: str,
+        attempt: AttemptRecord,
+        *,
+        status: DeliveryStatus,
+        next_attempt_at: float,
+    ) -> None:
+        """Record one attempt and move the delivery (and, when all are final, the message) on."""
+        now = time.time()
+        with self.work.begin() as conn:
+            conn.execute(
+                insert(attempts),
+                [
+                    {
+                        "message_id": message_id,
+                        "destination": destination,
+                        "number": attempt.number,
+                        "started_at": attempt.started_at,
+                        "duration_ms": attempt.duration_ms,
+                        "outcome": attempt.outcome,
+                        "status_code": attempt.status_code,
+                        "error": attempt.error,
+                    }
+                ],
+            )
+            stored = []
+            if attempt.sent is not None:
+                stored.append((ContentKind.sent, attempt.sent))
+            if attempt.response is not None:
+                stored.append((ContentKind.response, attempt.response))
+            if stored:
+                conn.execute(
+                    insert(contents),
+                    [
+                        {"message_id": message_id, "kind": k, "destination": destination, "data": d, "created_at": now}
+                        for k, d in stored
+                    ],
+                )
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.message_id == message_id, deliveries.c.destination == destination)
+                .values(
+                    status=status,
+                    attempts=attempt.number,
+                    next_attempt_at=next_attempt_at,
+                    updated_at=now,
+                    last_status_code=attempt.status_code,
+                    last_error=attempt.error,
+                )
+            )
+            if status == DeliveryStatus.sent:
+                self._settle_message(conn, message_id, now)
+
+    def mark_dead(self, message_id: str, destination: str, error: str) -> None:
+        """The dead-letter choke point: a delivery gives up and the message is marked dead."""
+        now = time.time()
+        with self.work.begin() as conn:
+            conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.message_id == message_id,
+                    deliveries.c.destination == destination,
+                    deliveries.c.status != DeliveryStatus.sent,
+                )
+                .values(status=DeliveryStatus.dead, last_error=error, updated_at=now)
+            )
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.status == MessageStatus.transformed)
+                .values(status=MessageStatus.dead, updated_at=now)
+            )
+
+    def _settle_message(self, conn: Any, message_id: str, now: float) -> None:
+        pending = conn.execute(
+            select(func.count())
+            .select_from(deliveries)
+            .where(deliveries.c.message_id == message_id, deliveries.c.status != DeliveryStatus.sent)
+        ).scalar()
+        if pending == 0:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.status.in_([MessageStatus.transformed, MessageStatus.dead]))
+                .values(status=MessageStatus.sent, updated_at=now)
+            )
+
+    # -- recovery and operator actions ------------------------------------------------------------------
+
+    def unfinished(
+        self, *, older_than: float, limit: int = 10_000
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """Work the store says is not done and nobody has touched since ``older_than`` (epoch seconds).
+
+        Returns message ids still ``received`` and (message id, destination) pairs pending/retrying whose
+        next attempt is due.
+        """
+        with self.work.connect() as conn:
+            received = list(
+                conn.execute(
+                    select(messages.c.id)
+                    .where(messages.c.status == MessageStatus.received, messages.c.updated_at <= older_than)
+                    .order_by(messages.c.id)
+                    .limit(limit)
+                ).scalars()
+            )
+            due = [
+                (m, d)
+                for m, d in conn.execute(
+                    select(deliveries.c.message_id, deliveries.c.destination)
+                    .where(
+                        deliveries.c.status.in_([DeliveryStatus.pending, DeliveryStatus.retrying]),
+                        deliveries.c.next_attempt_at <= older_than,
+                        deliveries.c.updated_at <= older_than,
+                    )
+                    .order_by(deliveries.c.message_id)
+                    .limit(limit)
+                )
+            ]
+        return received, due
+
+    def touch_deliveries(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Note that deliveries were (re-)enqueued now, so the sweeper leaves them alone for a grace period."""
+        if not pairs:
+            return
+        now = time.time()
+        with self.work.begin() as conn:
+            for m, d in pairs:
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.message_id == m, deliveries.c.destination == d)
+                    .values(updated_at=now)
+                )
+
+    def touch_messages(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self.work.begin() as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(ids), messages.c.status == MessageStatus.received)
+                .values(updated_at=time.time())
+            )
+
+    def replay_dead(
+        self,
+        *,
+        message_id: str | None = None,
+        destination: str | None = None,
+        channel: str | None = None,
+        for_sweeper: bool = False,
+    ) -> list[tuple[str, str]]:
+        """Dead deliveries → pending again (attempt count restarts). Returns what must be enqueued.
+
+        ``for_sweeper``: the caller cannot enqueue (another process owns an in-process queue), so the
+        rows are marked stale for that process's sweeper to pick up at its next pass.
+        """
+        now = time.time()
+        touched = 0.0 if for_sweeper else now
+        cond = [deliveries.c.status == DeliveryStatus.dead]
+        if message_id:
+            cond.append(deliveries.c.message_id == message_id)
+        if destination:
+            cond.append(deliveries.c.destination == destination)
+        if channel:
+            cond.append(deliveries.c.message_id.in_(select(messages.c.id).where(messages.c.channel == channel)))
+        with self.work.begin() as conn:
+            pairs = [(m, d) for m, d in conn.execute(select(deliveries.c.message_id, deliveries.c.destination).where(and_(*cond)))]
+            for m, d in pairs:
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.message_id == m, deliveries.c.destination == d)
+                    .values(status=DeliveryStatus.pending, attempts=0, next_attempt_at=now, updated_at=touched)
+                )
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.id == m, messages.c.status == MessageStatus.dead)
+                    .values(status=MessageStatus.transformed, updated_at=now)
+                )
+        return pairs
+
+    def reprocess(self, message_id: str) -> bool:
+        """An operator re-runs a message from its raw content (e.g. after fixing a mapping)."""
+        now = time.time()
+        with self.work.begin() as conn:
+            res = conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.status.in_([MessageStatus.error, MessageStatus.dead]))
+                .values(status=MessageStatus.received, error=None, updated_at=now)
+            )
+            if res.rowcount == 1:
+                conn.execute(delete(deliveries).where(deliveries.c.message_id == message_id))
+            return res.rowcount == 1
+
+    def ping(self) -> bool:
+        try:
+            with self.work.connect() as conn:
+                conn.execute(select(1))
+            return True
+        except SQLAlchemyError:
+            return False

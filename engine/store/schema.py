@@ -1,0 +1,119 @@
+"""Tables of the message store (SQLAlchemy Core). Alembic migrations create them; this is their shape.
+
+    messages    one row per inbound message, with its status (see MessageStatus)
+    contents    content by kind: raw, transformed, sent, response, error (Mirth's donkey idea)
+    deliveries  one row per (message, destination), with its status (see DeliveryStatus)
+    attempts    one row per delivery attempt: outcome, HTTP status, error, duration
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+
+class MessageStatus(StrEnum):
+    received = "received"  # committed, not yet transformed
+    duplicate = "duplicate"  # same MSH-10 from the same sender inside the window: kept, not processed
+    error = "error"  # unreadable or rejected by the mapping: kept with its error, nothing delivered
+    filtered = "filtered"  # nothing to deliver
+    transformed = "transformed"  # bundle stored, deliveries queued
+    sent = "sent"  # every destination took it
+    dead = "dead"  # at least one destination gave up (dead letter)
+
+
+FINAL_MESSAGE_STATUSES = frozenset(
+    {MessageStatus.duplicate, MessageStatus.error, MessageStatus.filtered, MessageStatus.sent, MessageStatus.dead}
+)
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"  # queued, no attempt yet
+    retrying = "retrying"  # failed with a retryable outcome; next attempt scheduled
+    sent = "sent"
+    dead = "dead"  # permanent failure or retries exhausted: replayable by an operator
+
+
+class ContentKind(StrEnum):
+    raw = "raw"
+    transformed = "transformed"
+    sent = "sent"
+    response = "response"
+    error = "error"
+
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("channel", String(100), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("received_at", Float, nullable=False),  # epoch seconds
+    Column("updated_at", Float, nullable=False),
+    Column("peer", String(100), nullable=False, default=""),
+    Column("message_type", String(40), nullable=False, default=""),
+    Column("sender", String(200), nullable=False, default=""),  # MSH-3|MSH-4
+    Column("control_id", String(200), nullable=False, default=""),  # MSH-10
+    Column("duplicate_of", String(32), nullable=True),
+    Column("error", Text, nullable=True),  # PHI-free reason
+    Column("size_bytes", Integer, nullable=False, default=0),
+    Index("ix_messages_dedupe", "channel", "sender", "control_id"),
+    Index("ix_messages_status", "status", "updated_at"),
+    Index("ix_messages_channel_received", "channel", "received_at"),
+)
+
+contents = Table(
+    "contents",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("destination", String(100), nullable=False, default=""),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_contents_message", "message_id", "kind", "destination"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("destination", String(100), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_deliveries_status", "status", "next_attempt_at"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("destination", String(100), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_attempts_message", "message_id", "destination"),
+)
