@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine import hl7v2, response
@@ -29,13 +29,13 @@ class GroupCommitter:
     """A writer thread that commits inbound messages in batches.
 
     ``on_committed`` is called (in the writer thread, after the transaction commits and after the
-    senders have been woken) with the accepted rows, so the caller can enqueue them.
+    senders have been woken) with the ids of the committed messages that must be queued for processing.
     """
 
     def __init__(
         self,
         store: Store,
-        on_committed: Callable[[Sequence[tuple[NewMessage, Accepted]]], None],
+        on_committed: Callable[[list[str]], None],
         *,
         batch_max: int = 200,
         batch_wait_ms: float = 0,
@@ -113,7 +113,9 @@ class GroupCommitter:
                 loop.call_soon_threadsafe(_resolve, waiter, res)
         if results is not None:
             try:
-                self._on_committed(list(zip(batch, results, strict=True)))
+                self._on_committed(
+                    [a.id for m, a in zip(batch, results, strict=True) if m.enqueue and a.status == MessageStatus.received]
+                )
             except Exception:
                 # The sweeper re-enqueues anything committed but not queued; never lose the writer thread.
                 log.exception("enqueue after commit failed; the recovery sweeper will pick these up")

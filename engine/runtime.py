@@ -21,7 +21,7 @@ from engine.settings import Settings
 from engine.sources.base import Inbound
 from engine.sources.mllp import MLLPSource
 from engine.spec.channel import Channel, load_channels
-from engine.store import Accepted, MessageStatus, NewMessage, Store
+from engine.store import Store
 from engine.store.sweeper import Sweeper
 from engine.transform import MappingSet, load_mappings
 
@@ -132,10 +132,9 @@ class Engine:
 
     # -- wiring -----------------------------------------------------------------------------------
 
-    def _enqueue_committed(self, rows: Sequence[tuple[NewMessage, Accepted]]) -> None:
-        for m, acc in rows:
-            if m.enqueue and acc.status == MessageStatus.received:
-                self.actors.enqueue_process(acc.id)
+    def _enqueue_committed(self, ids: list[str]) -> None:
+        for mid in ids:
+            self.actors.enqueue_process(mid)
 
     def _transform_now(self, message_id: str) -> None:
         outcome = self.pipeline.process(message_id)

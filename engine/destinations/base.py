@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
+import orjson
 from pydantic import Field, model_validator
 
 from engine.errors import DeliveryError
@@ -107,6 +108,14 @@ def failure_result(exc: BaseException, *, request: bytes | None = None) -> Resul
     """The Result for an exception raised while delivering."""
     status = exc.status_code if isinstance(exc, DestinationError) else None
     return Result(classify(exc), status_code=status, error=describe(exc), request=request)
+
+
+def to_json(bundle: dict[str, Any]) -> bytes:
+    """The bundle as compact JSON; a bundle that cannot be serialised is a PERMANENT DestinationError."""
+    try:
+        return orjson.dumps(bundle)
+    except TypeError:  # orjson.JSONEncodeError
+        raise DestinationError("bundle is not JSON-serialisable", outcome=Outcome.PERMANENT) from None
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

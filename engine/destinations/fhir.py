@@ -26,7 +26,7 @@ import httpx
 import orjson
 from pydantic import Field
 
-from engine.destinations.base import DestinationError, Outcome, Result, classify, failure_result
+from engine.destinations.base import DestinationError, Outcome, Result, classify, failure_result, to_json
 from engine.destinations.http import (
     MESSAGE_ID_HEADER,
     HttpOptions,
@@ -242,9 +242,9 @@ class FhirDestination:
                 raise DestinationError("Bundle.entry is not a list of entries", outcome=Outcome.PERMANENT)
             chunks = plan_chunks(entries, self.config.max_entries_per_transaction)
             if len(chunks) <= 1:
-                return self._transact(orjson.dumps(bundle), entries, list(range(len(entries))), headers)[0]
+                return self._transact(to_json(bundle), entries, list(range(len(entries))), headers)[0]
             return self._send_chunks(bundle, entries, chunks, headers)
-        except (DestinationError, TypeError) as exc:  # TypeError: not JSON-serialisable
+        except DestinationError as exc:
             return failure_result(exc)
 
     def _send_chunks(
@@ -264,7 +264,7 @@ class FhirDestination:
         received: list[bytes] = []
         result = Result(Outcome.SENT)
         for c, members in enumerate(chunks):
-            body = orjson.dumps({**envelope, "entry": [rewrite(entries[i], resolved) for i in members]})
+            body = to_json({**envelope, "entry": [rewrite(entries[i], resolved) for i in members]})
             sent.append(body)
             result, reply = self._transact(body, entries, members, headers)
             received.append(result.response or b"")

@@ -13,10 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 from pydantic import Field
 
-from engine.destinations.base import Outcome, Result, RetryPolicy, failure_result
+from engine.destinations.base import DestinationError, Outcome, Result, RetryPolicy, failure_result, to_json
 from engine.spec.model import Model
 
 
@@ -42,8 +41,8 @@ class FileDestination:
 
     def send(self, bundle: dict[str, Any], *, message_id: str) -> Result:
         try:
-            body = orjson.dumps(bundle)
-        except TypeError as exc:
+            body = to_json(bundle)
+        except DestinationError as exc:
             return failure_result(exc)
         with self._lock:
             try:

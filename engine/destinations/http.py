@@ -15,7 +15,16 @@ import orjson
 from pydantic import Field
 
 from engine.destinations.auth import AuthConfig, build_auth
-from engine.destinations.base import Outcome, Result, RetryPolicy, classify, failure_result, parse_retry_after
+from engine.destinations.base import (
+    DestinationError,
+    Outcome,
+    Result,
+    RetryPolicy,
+    classify,
+    failure_result,
+    parse_retry_after,
+    to_json,
+)
 from engine.spec.model import Model
 
 MESSAGE_ID_HEADER = "X-Interlink-Message-Id"
@@ -136,8 +145,8 @@ class HttpDestination:
 
     def send(self, bundle: dict[str, Any], *, message_id: str) -> Result:
         try:
-            body = orjson.dumps(bundle)
-        except TypeError as exc:
+            body = to_json(bundle)
+        except DestinationError as exc:
             return failure_result(exc)
         headers = request_headers(
             {"Content-Type": self.config.content_type, MESSAGE_ID_HEADER: message_id}, self.config.headers

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import socket
 import ssl
 import traceback
@@ -48,6 +49,7 @@ _CR = 0x0D
 _TRAILER = EB + CR
 _READ_CHUNK = 256 * 1024
 _CLOSE_WAIT_S = 1.0
+_CLOCK_SLACK_S = 0.001
 
 
 def frame(payload: bytes) -> bytes:
@@ -148,15 +150,76 @@ class MLLPStats:
 
 
 class _Conn:
-    __slots__ = ("busy", "peer", "reader", "skipped", "task", "writer")
+    """One connection's state and its watchdog.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    A single timer enforces whichever deadline applies (idle, frame, reply, write). Deadlines mostly move
+    later, so the timer is only re-armed when it fires early or a deadline moves earlier: no timer work
+    per message. On expiry the connection's task is cancelled and :meth:`expired` tells that cancel apart
+    from one by :meth:`MLLPSource.stop`.
+    """
+
+    __slots__ = (
+        "_expired",
+        "busy",
+        "deadline",
+        "loop",
+        "peer",
+        "reader",
+        "skipped",
+        "task",
+        "timer",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        task: asyncio.Task[None],
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.peer = peer
+        self.task = task
+        self.loop = task.get_loop()
         self.busy = False  # a complete frame is being answered
         self.skipped = 0
-        self.task: asyncio.Task[None] | None = None
+        self.deadline = math.inf
+        self.timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    def set_deadline(self, when: float) -> None:
+        self.deadline = when
+        timer = self.timer
+        if timer is None or timer.when() > when:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        if self.task.done() or self.deadline == math.inf:
+            return
+        if self.loop.time() + _CLOCK_SLACK_S >= self.deadline:
+            self._expired = True
+            self.task.cancel()
+        else:
+            self.timer = self.loop.call_at(self.deadline, self._check)
+
+    def expired(self) -> bool:
+        """Whether the watchdog cancelled the task; if so, the cancellation is undone."""
+        if not self._expired:
+            return False
+        self._expired = False
+        self.task.uncancel()
+        return True
+
+    def unwatch(self) -> None:
+        self.deadline = math.inf
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class MLLPSource:
@@ -234,8 +297,7 @@ class MLLPSource:
             return
         task = asyncio.current_task()
         assert task is not None
-        conn = _Conn(reader, writer, peer)
-        conn.task = task
+        conn = _Conn(reader, writer, peer, task)
         self._conns[task] = conn
         self.stats.connections += 1
         if self.config.keepalive:
@@ -259,6 +321,7 @@ class MLLPSource:
         except Exception as exc:  # a bug here must never take the listener down
             log.error("%s: connection from %s failed: %s", self.name, peer, _where(exc))
         finally:
+            conn.unwatch()
             del self._conns[task]
             if conn.skipped:
                 log.warning("%s: %d bytes outside MLLP frames skipped from %s", self.name, conn.skipped, peer)
@@ -285,8 +348,8 @@ class MLLPSource:
     async def _serve(self, conn: _Conn) -> None:
         cfg = self.config
         limit = cfg.max_frame_bytes
-        reader, writer = conn.reader, conn.writer
-        loop = asyncio.get_running_loop()
+        reader = conn.reader
+        loop = conn.loop
         buf = bytearray()
         in_frame = False  # a start block was seen; buf holds the frame's bytes from index 0
         scanned = 0  # bytes of buf already searched for the end block
@@ -338,22 +401,19 @@ class MLLPSource:
                 del buf[: end + 1]
                 in_frame = False
                 trailer = True
-                conn.busy = True
-                reply = await self._reply(payload, Inbound(conn.peer, error))
+                reply = await self._reply(conn, payload, Inbound(conn.peer, error))
                 if reply:
-                    writer.write(frame(reply))
-                    if writer.transport.get_write_buffer_size():
-                        async with asyncio.timeout(cfg.write_timeout_s):
-                            await writer.drain()
-                    self.stats.replies += 1
+                    await self._send(conn, reply)
                 conn.busy = False
                 if self._stopping:
                     return
                 idle_deadline = loop.time() + cfg.idle_timeout_s
+            conn.set_deadline(frame_deadline if in_frame else idle_deadline)
             try:
-                async with asyncio.timeout_at(frame_deadline if in_frame else idle_deadline):
-                    data = await reader.read(_READ_CHUNK)
-            except TimeoutError:
+                data = await reader.read(_READ_CHUNK)
+            except asyncio.CancelledError:
+                if not conn.expired():
+                    raise
                 if in_frame:
                     await self._unterminated(conn, bytes(kept if kept is not None else buf[:limit]))
                 else:
@@ -399,19 +459,20 @@ class MLLPSource:
             len(partial),
         )
         error = HL7Error(f"message not terminated within {timeout:g} s", code="207", reject=True)
-        conn.busy = True
-        await self._reply(partial, Inbound(conn.peer, error))
+        await self._reply(conn, partial, Inbound(conn.peer, error))
 
-    async def _reply(self, payload: bytes, inbound: Inbound) -> bytes:
+    async def _reply(self, conn: _Conn, payload: bytes, inbound: Inbound) -> bytes:
         """The handler's reply, or an AE "internal error" if it fails or takes too long."""
+        conn.busy = True
         self.stats.messages += 1
+        conn.set_deadline(conn.loop.time() + self.config.reply_timeout_s)
         try:
-            async with asyncio.timeout(self.config.reply_timeout_s):
-                reply = await self._handler(payload, inbound)
-            if isinstance(reply, bytes | bytearray | memoryview):
-                return reply
-            raise TypeError(f"handler returned {type(reply).__name__}, not bytes")
-        except TimeoutError:
+            reply = await self._handler(payload, inbound)
+            if not isinstance(reply, bytes | bytearray | memoryview):
+                raise TypeError(f"handler returned {type(reply).__name__}, not bytes")
+        except asyncio.CancelledError:
+            if not conn.expired():
+                raise
             self.stats.handler_errors += 1
             log.error(
                 "%s: no reply from the handler within %gs for a message from %s",
@@ -425,6 +486,21 @@ class MLLPSource:
             # The exception's text may quote message content: log its type and where it was raised only.
             log.error("%s: handler failed for a message from %s: %s", self.name, inbound.peer, _where(exc))
             return _internal_error(payload, "internal error")
+        conn.expired()  # the handler may have swallowed the watchdog's cancel: undo it
+        return reply
+
+    async def _send(self, conn: _Conn, reply: bytes) -> None:
+        writer = conn.writer
+        writer.write(frame(reply))
+        if writer.transport.get_write_buffer_size():
+            conn.set_deadline(conn.loop.time() + self.config.write_timeout_s)
+            try:
+                await writer.drain()
+            except asyncio.CancelledError:
+                if not conn.expired():
+                    raise
+                raise TimeoutError from None
+        self.stats.replies += 1
 
 
 def _internal_error(payload: bytes, text: str) -> bytes:

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from engine.destinations.fhir import FhirConfig
 from engine.destinations.file import FileConfig
@@ -107,12 +107,16 @@ class Channel(Model):
         return message_type in self.accept or code in self.accept
 
 
-def _active_destinations(doc: yamlfile.YamlDoc) -> Any:
-    """Drop destinations whose ``when`` does not hold (before their own fields are validated)."""
+def _active_destinations(doc: yamlfile.YamlDoc) -> tuple[Any, list[int]]:
+    """Drop destinations whose ``when`` does not hold (before their own fields are validated).
+
+    Returns the data to validate and, for each kept destination, its index in the file.
+    """
     data = doc.data
     if not isinstance(data, dict) or not isinstance(data.get("destinations"), list):
-        return data
+        return data, []
     kept = []
+    where: list[int] = []
     for i, d in enumerate(data["destinations"]):
         if isinstance(d, dict) and "when" in d:
             cond = doc.validate(EnvCondition, d["when"], base=("destinations", i, "when"))
@@ -120,9 +124,10 @@ def _active_destinations(doc: yamlfile.YamlDoc) -> Any:
                 continue
             d = {k: v for k, v in d.items() if k != "when"}
         kept.append(d)
+        where.append(i)
     if not kept and data["destinations"]:
         raise doc.error("no destination is enabled (check the destinations' `when` conditions)", ("destinations",))
-    return {**data, "destinations": kept}
+    return {**data, "destinations": kept}, where
 
 
 def load_channel(path: str | Path) -> Channel:
@@ -130,7 +135,17 @@ def load_channel(path: str | Path) -> Channel:
     doc = yamlfile.load(path)
     if not isinstance(doc.data, dict):
         raise doc.error("a channel file must be a mapping with name, source and destinations")
-    return doc.validate(Channel, _active_destinations(doc))
+    data, where = _active_destinations(doc)
+    try:
+        return Channel.model_validate(data)
+    except ValidationError as exc:
+        # Point at the destination's place in the file, not in the filtered list.
+        errors = exc.errors(include_url=False)
+        for e in errors:
+            loc = e["loc"]
+            if len(loc) > 1 and loc[0] == "destinations" and isinstance(loc[1], int) and loc[1] < len(where):
+                e["loc"] = ("destinations", where[loc[1]], *loc[2:])
+        raise doc.validation_error(ValidationError.from_exception_data(exc.title, errors), data=doc.data) from None
 
 
 def channel_files(paths: list[Path]) -> list[Path]:

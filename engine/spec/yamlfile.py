@@ -49,15 +49,32 @@ class YamlDoc:
         try:
             return model.model_validate(self.data if data is None else data)
         except ValidationError as exc:
-            raise self.validation_error(exc, base) from None
+            raise self.validation_error(exc, base, data) from None
 
-    def validation_error(self, exc: ValidationError, base: Loc = ()) -> ConfigError:
+    @staticmethod
+    def _data_path(loc: Iterable[str | int], data: Any) -> Loc:
+        """Map a pydantic error location onto the data, dropping discriminated-union tags."""
+        out: list[str | int] = []
+        node = data
+        for p in loc:
+            if isinstance(node, dict) and p not in node and node.get("type") == p:
+                continue  # the union member's tag, e.g. ("source", "mllp", "port")
+            if isinstance(node, dict) and p in node:
+                node = node[p]
+            elif isinstance(node, list) and isinstance(p, int) and p < len(node):
+                node = node[p]
+            else:
+                node = None
+            out.append(p)
+        return tuple(out)
+
+    def validation_error(self, exc: ValidationError, base: Loc = (), data: Any = None) -> ConfigError:
         """Turn the first pydantic error into a ConfigError at its line (further errors are listed after)."""
         errs = exc.errors(include_url=False)
         msgs = []
         first_line = None
         for e in errs:
-            loc = base + tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+            loc = base + self._data_path(e["loc"], data if data is not None else self.data)
             where = ".".join(str(p) for p in loc) or "(top level)"
             line = self.line(loc)
             first_line = first_line or line

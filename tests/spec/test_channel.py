@@ -1,0 +1,93 @@
+"""Channel files: validation errors name file and line; env interpolation; destination conditions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.spec.channel import load_channel, load_channels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+name: lab
+source:
+  type: mllp
+  port: ${LAB_PORT:-2575}
+destinations:
+  - name: ehr
+    type: fhir
+    when: {env_set: TEST_FHIR_URL}
+    base_url: ${TEST_FHIR_URL:-}
+  - name: out
+    type: file
+    when: {env_unset: TEST_FHIR_URL}
+    path: data/out/lab.ndjson
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_example_channels_load() -> None:
+    names = {c.name for c in load_channels([ROOT / "channels"])}
+    assert {"lab-results", "adt"} <= names
+
+
+def test_env_conditions_pick_destination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write(tmp_path, GOOD)
+    monkeypatch.delenv("TEST_FHIR_URL", raising=False)
+    ch = load_channel(p)
+    assert [d.type for d in ch.destinations] == ["file"] and ch.source.port == 2575
+    monkeypatch.setenv("TEST_FHIR_URL", "http://127.0.0.1:9/fhir")
+    monkeypatch.setenv("LAB_PORT", "3000")
+    ch = load_channel(p)
+    assert [d.type for d in ch.destinations] == ["fhir"] and ch.source.port == 3000
+
+
+def test_unknown_field_names_its_line(tmp_path: Path) -> None:
+    p = write(tmp_path, GOOD.replace("  port:", "  prot: 1\n  port:"))
+    with pytest.raises(ConfigError) as e:
+        load_channel(p)
+    assert str(e.value).startswith(f"{p}:4: source.mllp.prot") or f"{p}:4:" in str(e.value)
+    assert "unknown field" in str(e.value)
+
+
+def test_bad_value_names_its_line(tmp_path: Path) -> None:
+    p = write(tmp_path, GOOD.replace("${LAB_PORT:-2575}", "99999"))
+    with pytest.raises(ConfigError, match=rf"{p}:4: "):
+        load_channel(p)
+
+
+def test_missing_env_var_is_an_error_at_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE_SECRET", raising=False)
+    p = write(tmp_path, GOOD.replace("path: data/out/lab.ndjson", "path: ${NOPE_SECRET}"))
+    with pytest.raises(ConfigError, match=rf"{p}:13: environment variable NOPE_SECRET is not set"):
+        load_channel(p)
+
+
+def test_yaml_syntax_and_duplicate_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r":2: duplicate key 'name'"):
+        load_channel(write(tmp_path, "name: a\nname: b\n"))
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_channel(write(tmp_path, "name: [a\n"))
+
+
+def test_duplicate_channel_names_across_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_FHIR_URL", raising=False)
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, GOOD, "b.yaml")
+    with pytest.raises(ConfigError, match="already used"):
+        load_channels([tmp_path])
+
+
+def test_error_in_second_destination_points_at_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_FHIR_URL", raising=False)
+    p = write(tmp_path, GOOD.replace("    path: data/out/lab.ndjson", "    pth: data/out/lab.ndjson"))
+    with pytest.raises(ConfigError, match=rf"{p}:10: destinations.1.path: required .* destinations.1.pth: unknown field \(line 13\)"):
+        load_channel(p)
