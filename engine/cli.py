@@ -66,7 +66,9 @@ def worker(config: ConfigOpt = None) -> None:
     settings = _settings(config)
     setup_logging(settings)
     if settings.queue_url.startswith("memory://"):
-        _fail("interlink worker needs a shared queue (queue_url redis://… or amqp://…); memory:// runs in `interlink run`")
+        _fail(
+            "interlink worker needs a shared queue (queue_url redis://… or amqp://…); memory:// runs in `interlink run`"
+        )
     try:
         engine = Engine(settings, sources=False, workers=True, sweeper=True)
     except ConfigError as exc:
@@ -242,9 +244,15 @@ def messages_show(
     if m.error:
         typer.echo(f"  error: {m.error}")
     for d in store.deliveries_of(message_id):
-        typer.echo(f"  delivery {d.destination}: {d.status}, {d.attempts} attempt(s), last: {d.last_status_code} {d.last_error or ''}")
+        typer.echo(
+            f"  delivery {d.destination}: {d.status}, {d.attempts} attempt(s), "
+            f"last: {d.last_status_code or '-'} {d.last_error or ''}"
+        )
     for a in store.attempts_of(message_id):
-        typer.echo(f"    attempt {a.number} → {a.destination}: {a.outcome} {a.status_code or ''} {a.duration_ms:.0f} ms {a.error or ''}")
+        typer.echo(
+            f"    attempt {a.number} → {a.destination}: {a.outcome} {a.status_code or ''} "
+            f"{a.duration_ms:.0f} ms {a.error or ''}"
+        )
     if content:
         for kind in (ContentKind.raw, ContentKind.transformed):
             data = store.content(message_id, kind)

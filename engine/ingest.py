@@ -114,7 +114,11 @@ class GroupCommitter:
         if results is not None:
             try:
                 self._on_committed(
-                    [a.id for m, a in zip(batch, results, strict=True) if m.enqueue and a.status == MessageStatus.received]
+                    [
+                        a.id
+                        for m, a in zip(batch, results, strict=True)
+                        if m.enqueue and a.status == MessageStatus.received
+                    ]
                 )
             except Exception:
                 # The sweeper re-enqueues anything committed but not queued; never lose the writer thread.
@@ -201,7 +205,9 @@ class HL7Ingest:
         if not ch.accepts(header.message_type):
             return HL7Error(
                 f"message type {header.message_type} is not accepted by channel {ch.name}",
-                code="200", location="MSH^1^9", reject=True,
+                code="200",
+                location="MSH^1^9",
+                reject=True,
             )
         if ch.mapping is None and not self._has_mapping(header.message_type):
             return HL7Error(

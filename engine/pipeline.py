@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import orjson
 
 from engine import hl7v2
-from engine.destinations import Destination, Outcome, make_destination
+from engine.destinations import Destination, Outcome, RetryPolicy, make_destination
 from engine.errors import HL7Error, TransformError
 from engine.queue.deadletter import DeadLetter
 from engine.spec.channel import Channel
@@ -44,6 +44,9 @@ class Pipeline:
         self.channels = {c.name: c for c in channels}
         self.destinations: dict[tuple[str, str], Destination] = {
             (c.name, d.name): make_destination(d) for c in channels for d in c.destinations
+        }
+        self.retry: dict[tuple[str, str], RetryPolicy] = {
+            (c.name, d.name): d.retry for c in channels for d in c.destinations
         }
         self.enqueue_deliver: EnqueueDeliver = lambda _m, _d, _delay: None
 
@@ -86,7 +89,8 @@ class Pipeline:
         if d is None or d.status in (DeliveryStatus.sent, DeliveryStatus.dead):
             return None
         msg = self.store.message(message_id)
-        dest = self.destinations.get((msg.channel, destination)) if msg else None
+        key = (msg.channel, destination) if msg else ("", destination)
+        dest = self.destinations.get(key)
         if dest is None:
             raise DeadLetter(f"destination {destination} is not configured in this process")
         stored = self.store.content(message_id, ContentKind.transformed) or b"{}"
@@ -96,7 +100,7 @@ class Pipeline:
         t0 = time.perf_counter()
         result = dest.send(bundle, message_id=message_id)
         duration_ms = (time.perf_counter() - t0) * 1000
-        policy = dest.config.retry
+        policy = self.retry[key]
         record = AttemptRecord(
             number=number,
             started_at=started,
@@ -109,14 +113,18 @@ class Pipeline:
             response=result.response,
         )
         if result.outcome == Outcome.SENT:
-            self.store.record_attempt(message_id, destination, record, status=DeliveryStatus.sent, next_attempt_at=started)
+            self.store.record_attempt(
+                message_id, destination, record, status=DeliveryStatus.sent, next_attempt_at=started
+            )
             return DeliveryStatus.sent
-        if result.outcome == Outcome.RETRY and number < policy.max_attempts:
+        if result.outcome == Outcome.RETRY and not policy.exhausted(number):
             delay = policy.delay_ms(number, result.retry_after_s)
             self.store.record_attempt(
                 message_id, destination, record, status=DeliveryStatus.retrying, next_attempt_at=started + delay / 1000
             )
-            log.info("delivery to %s failed (attempt %d, %s); retrying in %d ms", destination, number, result.error, delay)
+            log.info(
+                "delivery to %s failed (attempt %d, %s); retrying in %d ms", destination, number, result.error, delay
+            )
             self.enqueue_deliver(message_id, destination, delay)
             return DeliveryStatus.retrying
         self.store.record_attempt(message_id, destination, record, status=DeliveryStatus.retrying, next_attempt_at=1e18)
@@ -140,4 +148,3 @@ def _reason(exc: HL7Error | TransformError) -> str:
         rule = f" (rule {exc.rule})" if exc.rule else ""
         return f"{exc.field or 'message'}: {exc.message}{rule}"
     return f"{exc.location or 'message'}: {exc.message}"
-

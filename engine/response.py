@@ -71,7 +71,10 @@ def _control_id() -> str:
 
 
 def _timestamp(now: datetime | None) -> str:
-    now = datetime.now().astimezone() if now is None else now.astimezone()
+    if now is None:
+        now = datetime.now().astimezone()
+    elif now.tzinfo is None:
+        now = now.astimezone()  # naive: local time
     return now.strftime("%Y%m%d%H%M%S%z")
 
 

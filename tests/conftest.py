@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fhir_server.fixtures"] if (Path(__file__).parent / "fhir_server" / "fixtures.py").exists() else []
+pytest_plugins = (
+    ["tests.fhir_server.fixtures"] if (Path(__file__).parent / "fhir_server" / "fixtures.py").exists() else []
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus" / "hl7v2"

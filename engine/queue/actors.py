@@ -24,8 +24,12 @@ class Actors:
             self._process, broker=broker, actor_name="process", queue_name=PROCESS_QUEUE, max_retries=5
         )
         self.deliver = dramatiq.actor(
-            self._deliver, broker=broker, actor_name="deliver", queue_name=DELIVER_QUEUE,
-            max_retries=5, throws=(DeadLetter,),
+            self._deliver,
+            broker=broker,
+            actor_name="deliver",
+            queue_name=DELIVER_QUEUE,
+            max_retries=5,
+            throws=(DeadLetter,),
         )
         pipeline.enqueue_deliver = self.enqueue_deliver
 

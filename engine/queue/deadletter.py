@@ -17,7 +17,7 @@ from dramatiq.broker import MessageProxy
 log = logging.getLogger(__name__)
 
 
-class DeadLetter(Exception):  # noqa: N818 - it names the state, not a fault of the code
+class DeadLetter(Exception):
     """Raised by an actor to give up on a message for good; ``args[0]`` is the PHI-free reason."""
 
 

@@ -14,15 +14,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from engine.destinations.fhir import FhirConfig
-from engine.destinations.file import FileConfig
+from engine.destinations import DestinationConfig
 from engine.errors import ConfigError
 from engine.sources.mllp import MLLPConfig
 from engine.spec import yamlfile
 from engine.spec.model import Model
 
 SourceConfig = Annotated[MLLPConfig, Field(discriminator="type")]
-DestinationConfig = Annotated[FhirConfig | FileConfig, Field(discriminator="type")]
 
 
 class ReplyPolicy(StrEnum):
@@ -40,9 +38,7 @@ class Dedupe(Model):
     """Recognise a message resent under the same MSH-10 by the same sender."""
 
     enabled: bool = Field(True, description="Detect duplicate MSH-10 per sending application/facility.")
-    window_s: int = Field(
-        7 * 86400, ge=0, description="How far back (seconds) a duplicate MSH-10 is recognised."
-    )
+    window_s: int = Field(7 * 86400, ge=0, description="How far back (seconds) a duplicate MSH-10 is recognised.")
 
 
 class EnvCondition(Model):

@@ -45,8 +45,6 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
             url = u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         common = {"pool_size": 16, "max_overflow": 16, "pool_pre_ping": True}
         ingest = create_engine(url, connect_args={"connect_timeout": 5}, **common)
-        work = create_engine(
-            url, connect_args={"connect_timeout": 5, "options": "-c synchronous_commit=off"}, **common
-        )
+        work = create_engine(url, connect_args={"connect_timeout": 5, "options": "-c synchronous_commit=off"}, **common)
         return ingest, work
     raise ValueError(f"unsupported database URL scheme: {u.drivername}")

@@ -125,7 +125,13 @@ class Store:
                         }
                     )
                     content_rows.append(
-                        {"message_id": m.id, "kind": ContentKind.raw, "destination": "", "data": m.raw, "created_at": now}
+                        {
+                            "message_id": m.id,
+                            "kind": ContentKind.raw,
+                            "destination": "",
+                            "data": m.raw,
+                            "created_at": now,
+                        }
                     )
                     out.append(Accepted(m.id, status, dup))
                 conn.execute(insert(messages), msg_rows)
@@ -187,9 +193,7 @@ class Store:
     def delivery(self, message_id: str, destination: str) -> Row[Any] | None:
         with self.work.connect() as conn:
             return conn.execute(
-                select(deliveries).where(
-                    deliveries.c.message_id == message_id, deliveries.c.destination == destination
-                )
+                select(deliveries).where(deliveries.c.message_id == message_id, deliveries.c.destination == destination)
             ).first()
 
     def deliveries_of(self, message_id: str) -> list[Row[Any]]:
@@ -264,7 +268,15 @@ class Store:
                 return False
             conn.execute(
                 insert(contents),
-                [{"message_id": message_id, "kind": ContentKind.transformed, "destination": "", "data": bundle, "created_at": now}],
+                [
+                    {
+                        "message_id": message_id,
+                        "kind": ContentKind.transformed,
+                        "destination": "",
+                        "data": bundle,
+                        "created_at": now,
+                    }
+                ],
             )
             conn.execute(
                 insert(deliveries),
@@ -294,7 +306,15 @@ class Store:
             if res.rowcount == 1:
                 conn.execute(
                     insert(contents),
-                    [{"message_id": message_id, "kind": ContentKind.error, "destination": "", "data": error.encode(), "created_at": now}],
+                    [
+                        {
+                            "message_id": message_id,
+                            "kind": ContentKind.error,
+                            "destination": "",
+                            "data": error.encode(),
+                            "created_at": now,
+                        }
+                    ],
                 )
             return res.rowcount == 1
 
@@ -390,15 +410,15 @@ class Store:
         if pending == 0:
             conn.execute(
                 update(messages)
-                .where(messages.c.id == message_id, messages.c.status.in_([MessageStatus.transformed, MessageStatus.dead]))
+                .where(
+                    messages.c.id == message_id, messages.c.status.in_([MessageStatus.transformed, MessageStatus.dead])
+                )
                 .values(status=MessageStatus.sent, updated_at=now)
             )
 
     # -- recovery and operator actions ------------------------------------------------------------------
 
-    def unfinished(
-        self, *, older_than: float, limit: int = 10_000
-    ) -> tuple[list[str], list[tuple[str, str]]]:
+    def unfinished(self, *, older_than: float, limit: int = 10_000) -> tuple[list[str], list[tuple[str, str]]]:
         """Work the store says is not done and nobody has touched since ``older_than`` (epoch seconds).
 
         Returns message ids still ``received`` and (message id, destination) pairs pending/retrying whose
@@ -474,7 +494,10 @@ class Store:
         if channel:
             cond.append(deliveries.c.message_id.in_(select(messages.c.id).where(messages.c.channel == channel)))
         with self.work.begin() as conn:
-            pairs = [(m, d) for m, d in conn.execute(select(deliveries.c.message_id, deliveries.c.destination).where(and_(*cond)))]
+            pairs = [
+                (m, d)
+                for m, d in conn.execute(select(deliveries.c.message_id, deliveries.c.destination).where(and_(*cond)))
+            ]
             for m, d in pairs:
                 conn.execute(
                     update(deliveries)

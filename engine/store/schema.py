@@ -1,9 +1,9 @@
 """Tables of the message store (SQLAlchemy Core). Alembic migrations create them; this is their shape.
 
-    messages    one row per inbound message, with its status (see MessageStatus)
-    contents    content by kind: raw, transformed, sent, response, error (Mirth's donkey idea)
-    deliveries  one row per (message, destination), with its status (see DeliveryStatus)
-    attempts    one row per delivery attempt: outcome, HTTP status, error, duration
+messages    one row per inbound message, with its status (see MessageStatus)
+contents    content by kind: raw, transformed, sent, response, error (Mirth's donkey idea)
+deliveries  one row per (message, destination), with its status (see DeliveryStatus)
+attempts    one row per delivery attempt: outcome, HTTP status, error, duration
 """
 
 from __future__ import annotations

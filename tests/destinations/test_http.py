@@ -4,7 +4,9 @@ import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
+import certifi
 import httpx
 import orjson
 import pytest
@@ -142,7 +144,7 @@ def test_unserialisable_bundle_is_permanent_not_raised() -> None:
     assert result.error == "bundle is not JSON-serialisable"
 
 
-def test_make_destination_builds_each_kind(tmp_path: object) -> None:
+def test_make_destination_builds_each_kind(tmp_path: Path) -> None:
     transport = httpx.MockTransport(reply(200))
     made = [
         make_destination(
@@ -164,3 +166,12 @@ def test_config_is_strict_and_described() -> None:
     for model in (HttpConfig, FhirConfig, FileConfig):
         assert all(field.description for field in model.model_fields.values()), model
     assert HttpConfig(type="http", name="b", url="https://x").retry.max_attempts == 10
+
+
+def test_tls_options_build_a_client(tmp_path: Path) -> None:
+    HttpDestination(HttpConfig(type="http", name="b", url="https://x", ca_file=certifi.where())).close()
+    HttpDestination(HttpConfig(type="http", name="b", url="https://x", verify_tls=False)).close()
+    with pytest.raises(FileNotFoundError):  # a wrong ca_file fails when the channel starts, not per message
+        HttpDestination(
+            HttpConfig(type="http", name="b", url="https://x", ca_file=str(tmp_path / "none.pem"))
+        )

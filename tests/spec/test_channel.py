@@ -89,5 +89,7 @@ def test_duplicate_channel_names_across_files(tmp_path: Path, monkeypatch: pytes
 def test_error_in_second_destination_points_at_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TEST_FHIR_URL", raising=False)
     p = write(tmp_path, GOOD.replace("    path: data/out/lab.ndjson", "    pth: data/out/lab.ndjson"))
-    with pytest.raises(ConfigError, match=rf"{p}:10: destinations.1.path: required .* destinations.1.pth: unknown field \(line 13\)"):
+    with pytest.raises(
+        ConfigError, match=rf"{p}:10: destinations.1.path: required .* destinations.1.pth: unknown field \(line 13\)"
+    ):
         load_channel(p)

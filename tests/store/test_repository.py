@@ -17,7 +17,9 @@ def store(store_url: str):
     s.close()
 
 
-def msg(control_id: str = "C1", channel: str = "lab", sender: str = "LIS|LAB", window: float | None = 3600) -> NewMessage:
+def msg(
+    control_id: str = "C1", channel: str = "lab", sender: str = "LIS|LAB", window: float | None = 3600
+) -> NewMessage:
     return NewMessage(channel=channel, raw=b"MSH|^~\\&|x", sender=sender, control_id=control_id, dedupe_window_s=window)
 
 
@@ -39,7 +41,9 @@ def test_duplicates_within_window_and_batch(store: Store) -> None:
     assert [r.duplicate_of for r in res] == [first.id, None, res[1].id, None, None]
     assert res[0].status == MessageStatus.duplicate
     # a message that ended in error does not make its resend a duplicate
-    [bad] = store.insert_messages([NewMessage("lab", b"x", sender="S|F", control_id="E", status=MessageStatus.error, dedupe_window_s=60)])
+    [bad] = store.insert_messages(
+        [NewMessage("lab", b"x", sender="S|F", control_id="E", status=MessageStatus.error, dedupe_window_s=60)]
+    )
     [again] = store.insert_messages([msg("E", sender="S|F")])
     assert bad.status == MessageStatus.error and again.duplicate_of is None
 
@@ -67,7 +71,9 @@ def test_transform_once_then_deliver_and_settle(store: Store) -> None:
 def test_dead_letter_and_replay(store: Store) -> None:
     [acc] = store.insert_messages([msg()])
     store.mark_transformed(acc.id, b"{}", ["ehr"])
-    store.record_attempt(acc.id, "ehr", attempt(1, "permanent", 400), status=DeliveryStatus.retrying, next_attempt_at=1e18)
+    store.record_attempt(
+        acc.id, "ehr", attempt(1, "permanent", 400), status=DeliveryStatus.retrying, next_attempt_at=1e18
+    )
     store.mark_dead(acc.id, "ehr", "permanent failure: HTTP 400")
     assert store.message(acc.id).status == "dead"
     [dead] = store.dead_letters()
@@ -85,7 +91,9 @@ def test_unfinished_respects_grace_and_schedule(store: Store) -> None:
     assert (received, due) == ([], [])
     received, due = store.unfinished(older_than=time.time() + 1)
     assert received == [a.id] and due == [(b.id, "ehr")]
-    store.record_attempt(b.id, "ehr", attempt(1, "retry", 503), status=DeliveryStatus.retrying, next_attempt_at=time.time() + 3600)
+    store.record_attempt(
+        b.id, "ehr", attempt(1, "retry", 503), status=DeliveryStatus.retrying, next_attempt_at=time.time() + 3600
+    )
     assert store.unfinished(older_than=time.time() + 1)[1] == []
 
 
