@@ -59,11 +59,10 @@ class YamlDoc:
         for p in loc:
             if isinstance(node, dict) and p not in node and node.get("type") == p:
                 continue  # the union member's tag, e.g. ("source", "mllp", "port")
-            in_dict = isinstance(node, dict) and p in node
-            if in_dict or (isinstance(node, list) and isinstance(p, int) and p < len(node)):
-                node = node[p]
-            else:
-                node = None
+            found = (isinstance(node, dict) and p in node) or (
+                isinstance(node, list) and isinstance(p, int) and p < len(node)
+            )
+            node = node[p] if found else None
             out.append(p)
         return tuple(out)
 
