@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -20,7 +21,9 @@ from engine.errors import HL7Error, TransformError
 from engine.queue.deadletter import DeadLetter
 from engine.spec.channel import Channel
 from engine.store import AttemptRecord, ContentKind, DeliveryStatus, MessageStatus, Store
-from engine.transform import MappingSet
+
+if TYPE_CHECKING:
+    from engine.transform import MappingSet
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +41,19 @@ class Processed:
 class Pipeline:
     """Everything a worker needs: the store, compiled mappings, channels and their destinations."""
 
-    def __init__(self, store: Store, mappings: MappingSet, channels: list[Channel]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        mappings: MappingSet,
+        channels: list[Channel],
+        *,
+        make: Callable[..., Destination] = make_destination,
+    ) -> None:
         self.store = store
         self.mappings = mappings
         self.channels = {c.name: c for c in channels}
         self.destinations: dict[tuple[str, str], Destination] = {
-            (c.name, d.name): make_destination(d) for c in channels for d in c.destinations
+            (c.name, d.name): make(d) for c in channels for d in c.destinations
         }
         self.retry: dict[tuple[str, str], RetryPolicy] = {
             (c.name, d.name): d.retry for c in channels for d in c.destinations
