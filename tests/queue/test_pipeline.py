@@ -175,7 +175,7 @@ def test_mapping_rejection_keeps_raw_with_error(rig) -> None:
 
 def test_processing_is_idempotent(rig) -> None:
     server = Server()
-    store, actors, mappings = rig(server)
+    store, actors, _ = rig(server)
     mid = receive(store)
     for _ in range(3):
         actors.enqueue_process(mid)
