@@ -1,0 +1,203 @@
+"""HL7 v2 source paths in the notation integrators already use, compiled to small getter closures.
+
+Segment paths (segment and message maps)::
+
+    PID-3            first repetition of PID-3 (a field value: components separated by ^)
+    PID-3[*]         every repetition            PID-3[2]   the second repetition
+    PID-5.1          component 1 of the first repetition
+    PID-3[*].4.1     sub-component 1 of component 4, in every repetition
+    NTE[*]           every NTE segment of the current group      OBX          the OBX itself
+
+Datatype paths (datatype maps) start with the map's datatype: ``CX.1``, ``CX.4.2``, or ``CX`` (the whole
+value). A datatype map is applied to a field repetition (level 1) or to a component (level 2), so its
+paths reach one or two levels deeper.
+
+A getter takes an :class:`Env` and returns the raw (still escaped) non-empty values it selects; HL7's
+explicit null ``""`` counts as empty. Values are unescaped only when they become FHIR primitives.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.hl7v2 import Delimiters, Segment
+
+_SEGMENT = re.compile(
+    r"^(?P<seg>[A-Z][A-Z0-9]{2})(?:\[(?P<segrep>\*|[1-9][0-9]*)\])?"
+    r"(?:-(?P<field>[1-9][0-9]*)(?:\[(?P<rep>\*|[1-9][0-9]*)\])?"
+    r"(?:\.(?P<comp>[1-9][0-9]*)(?:\.(?P<sub>[1-9][0-9]*))?)?)?$"
+)
+_DATATYPE = re.compile(r"^(?P<dt>[A-Z][A-Z0-9]{1,3})(?:\.(?P<comp>[1-9][0-9]*)(?:\.(?P<sub>[1-9][0-9]*))?)?$")
+
+ALL = 0  # a repetition index meaning "every one"
+NULL = '""'  # HL7 explicit null
+
+
+class PathError(ValueError):
+    """A path that does not parse or does not fit where it is used."""
+
+
+class Env:
+    """What a getter reads: the group scope, the current segment or datatype value, and run settings."""
+
+    __slots__ = ("cur", "field", "run", "scope")
+
+    def __init__(self, scope: Any, cur: Any, field: str, run: Any) -> None:
+        self.scope = scope  # runtime.Instance: .find(name) -> list[Segment]
+        self.cur = cur  # Segment (segment maps) or str (datatype maps)
+        self.field = field  # HL7 field the current value came from, for errors ("PID-3")
+        self.run = run  # runtime.Run: delimiters, timezone
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentPath:
+    text: str
+    segment: str
+    seg_rep: int | None  # None: the first occurrence; ALL; or n (1-based)
+    field: int | None
+    rep: int | None
+    component: int | None
+    sub: int | None
+
+    @property
+    def level(self) -> int:
+        """0 segment, 1 field repetition, 2 component, 3 sub-component."""
+        if self.field is None:
+            return 0
+        return 1 if self.component is None else 2 if self.sub is None else 3
+
+    @property
+    def multiple(self) -> bool:
+        return self.seg_rep == ALL or self.rep == ALL
+
+    @property
+    def label(self) -> str:
+        """The HL7 field named in errors: ``OBX-5`` (or the segment name for a segment path)."""
+        return self.segment if self.field is None else f"{self.segment}-{self.field}"
+
+
+@dataclass(frozen=True, slots=True)
+class DatatypePath:
+    text: str
+    datatype: str
+    component: int | None
+    sub: int | None
+
+    def level(self, base: int) -> int:
+        return base + (self.component is not None) + (self.sub is not None)
+
+
+def _index(s: str | None) -> int | None:
+    if s is None:
+        return None
+    return ALL if s == "*" else int(s)
+
+
+def parse_segment_path(text: str) -> SegmentPath:
+    m = _SEGMENT.match(text)
+    if not m:
+        raise PathError(f"not an HL7 path: {text!r} (expected e.g. PID-3, PID-5[*].1, OBX-5, NTE[*])")
+    return SegmentPath(
+        text,
+        m["seg"],
+        _index(m["segrep"]),
+        int(m["field"]) if m["field"] else None,
+        _index(m["rep"]),
+        int(m["comp"]) if m["comp"] else None,
+        int(m["sub"]) if m["sub"] else None,
+    )
+
+
+def parse_datatype_path(text: str, datatype: str) -> DatatypePath | None:
+    """Parse ``CX.4.1`` for a map of datatype ``CX``; ``None`` when the path is not a datatype path."""
+    m = _DATATYPE.match(text)
+    if not m or m["dt"] != datatype:
+        return None
+    return DatatypePath(text, datatype, int(m["comp"]) if m["comp"] else None, int(m["sub"]) if m["sub"] else None)
+
+
+Getter = Callable[[Env], list[Any]]
+
+
+def separator(d: Delimiters, level: int) -> str:
+    """The separator between the parts of a value at ``level`` (1: components, 2: sub-components)."""
+    return d.component if level == 1 else d.subcomponent
+
+
+def _pick(items: list[str], index: int | None) -> list[str]:
+    if index == ALL:
+        return items
+    i = 0 if index is None else index - 1
+    return [items[i]] if i < len(items) else []
+
+
+def segment_getter(p: SegmentPath, current: str | None) -> Getter:
+    """Compile a segment path. ``current`` names the segment a segment map is applied to (``env.cur``)."""
+    seg, seg_rep, field, rep, comp, sub = p.segment, p.seg_rep, p.field, p.rep, p.component, p.sub
+    own = seg == current and seg_rep is None
+    whole_field = seg == "MSH" and field in (1, 2)
+
+    def segments(env: Env) -> list[Segment]:
+        if own:
+            return [env.cur]
+        return _pick(env.scope.find(seg), seg_rep)
+
+    if field is None:
+        return segments
+
+    def get(env: Env) -> list[str]:
+        out: list[str] = []
+        d = env.run.d
+        for s in segments(env):
+            fields = s.fields
+            raw = fields[field] if field < len(fields) else ""
+            if not raw:
+                continue
+            reps = [raw] if whole_field else _pick(raw.split(d.repetition), rep)
+            for r in reps:
+                v = r
+                if comp is not None:
+                    parts = r.split(d.component)
+                    v = parts[comp - 1] if comp <= len(parts) else ""
+                    if sub is not None and v:
+                        subs = v.split(d.subcomponent)
+                        v = subs[sub - 1] if sub <= len(subs) else ""
+                if v and v != NULL:
+                    out.append(v)
+        return out
+
+    return get
+
+
+def datatype_getter(p: DatatypePath, base: int) -> Getter:
+    """Compile a datatype path for a value at level ``base`` (1 repetition, 2 component)."""
+    comp, sub = p.component, p.sub
+    if p.level(base) > 3:
+        raise PathError(f"{p.text} reaches below a sub-component when {p.datatype} is a component")
+
+    if comp is None:
+
+        def whole(env: Env) -> list[str]:
+            v = env.cur
+            return [v] if v and v != NULL else []
+
+        return whole
+
+    def get(env: Env) -> list[str]:
+        d = env.run.d
+        parts = env.cur.split(separator(d, base))
+        v = parts[comp - 1] if comp <= len(parts) else ""
+        if sub is not None and v:
+            subs = v.split(d.subcomponent)
+            v = subs[sub - 1] if sub <= len(subs) else ""
+        return [v] if v and v != NULL else []
+
+    return get
+
+
+def relative_getter(comp: int | None, sub: int | None) -> Getter:
+    """A path inside the item being filtered by ``where`` (``PID-3.5`` while iterating ``PID-3[*]``)."""
+    return datatype_getter(DatatypePath("", "", comp, sub), 1)
