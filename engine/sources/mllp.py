@@ -393,7 +393,7 @@ class MLLPSource:
                     payload = bytes(kept)
                     kept = None
                     error = self._oversize(conn, limit + dropped + end)
-                elif False:
+                elif end > limit:
                     payload = bytes(buf[:limit])
                     error = self._oversize(conn, end)
                 else:

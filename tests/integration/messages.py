@@ -25,7 +25,8 @@ def oru(
     segs.append(f"OBR|1|P{control_id}|{filler}|24323-8^Comprehensive metabolic panel^LN|||20240301090000+0000")
     for i in range(1, obx + 1):
         segs.append(
-            f"OBX|{i}|NM|{2340 + i}-8^Analyte {i}^LN||{value}|mmol/L^mmol/L^UCUM|3.5-6.5|N|||{status}|||20240301093000+0000"
+            f"OBX|{i}|NM|{2340 + i}-8^Analyte {i}^LN||{value}|mmol/L^mmol/L^UCUM|3.5-6.5|N|||{status}"
+            "|||20240301093000+0000"
         )
     return ("\r".join(segs) + "\r").encode()
 
