@@ -43,15 +43,28 @@ def _store(config: Path | None):  # type: ignore[no-untyped-def]
 
 
 @app.command()
-def run(config: ConfigOpt = None) -> None:
-    """Run the engine: channels listen, workers process and deliver (in-process with memory://)."""
+def run(
+    config: ConfigOpt = None,
+    workers: Annotated[
+        bool | None,
+        typer.Option(
+            "--workers/--no-workers",
+            help="Run workers in this process (default: yes with memory://, no with a shared queue).",
+        ),
+    ] = None,
+) -> None:
+    """Run the engine: channels listen; workers process and deliver (in-process with memory://)."""
     from engine.observability import setup_logging
     from engine.runtime import Engine
 
     settings = _settings(config)
     setup_logging(settings)
+    if workers is None:
+        workers = settings.queue_url.startswith("memory://")
+    elif not workers and settings.queue_url.startswith("memory://"):
+        _fail("--no-workers needs a shared queue (redis://… or amqp://…)")
     try:
-        engine = Engine(settings, workers=True)
+        engine = Engine(settings, workers=workers)
     except ConfigError as exc:
         _fail(str(exc))
     asyncio.run(engine.serve())

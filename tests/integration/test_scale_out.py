@@ -1,0 +1,50 @@
+"""Production shape: PostgreSQL store, Redis queue, listener and workers in separate processes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.sources.mllp_client import send
+from tests.integration.harness import EngineProcess, wait_until
+from tests.integration.messages import adt, oru
+
+pytestmark = pytest.mark.integration
+
+
+def statuses(eng: EngineProcess) -> dict[str, int]:
+    store = eng.store()
+    try:
+        out: dict[str, int] = {}
+        for (_, s), n in store.status_counts().items():
+            out[s] = out.get(s, 0) + n
+        return out
+    finally:
+        store.close()
+
+
+def test_postgres_and_redis_with_separate_workers(tmp_path: Path, pg_url: str, redis_url: str) -> None:
+    listener = EngineProcess(tmp_path / "listener", database_url=pg_url, queue_url=redis_url)
+    listener.start()
+    try:
+        replies = send("127.0.0.1", listener.lab_port, [oru(f"S{i}", obx=2) for i in range(20)], timeout_s=20)
+        assert all(b"MSA|AA|" in r for r in replies)
+        [reply] = send("127.0.0.1", listener.adt_port, [adt("S-ADT", "A04")], timeout_s=20)
+        # the ADT channel replies after mapping, which needs a worker-free inline transform: still AA
+        assert b"MSA|AA|" in reply
+        time.sleep(1.0)
+        # nobody consumes the Redis queue yet: the listener runs no workers
+        assert statuses(listener).get("received", 0) == 20
+        worker = EngineProcess(tmp_path / "worker", database_url=pg_url, queue_url=redis_url)
+        worker.config.write_text(listener.config.read_text())
+        worker.start("worker", wait=False)
+        try:
+            wait_until(lambda: statuses(listener).get("sent", 0) == 21, 60, "21 messages sent by the worker")
+        finally:
+            worker.stop()
+        out = (tmp_path / "listener" / "out" / "lab-results.ndjson").read_text().splitlines()
+        assert len(out) == 20
+    finally:
+        listener.stop()
