@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
+import time
 from datetime import datetime
 
 from engine.errors import HL7Error, TransformError
@@ -70,10 +71,17 @@ def _control_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012d}"
 
 
+_clock: tuple[int, str] = (0, "")  # (epoch second, MSH-7 text): formatting costs more than an ACK
+
+
 def _timestamp(now: datetime | None) -> str:
+    global _clock
     if now is None:
-        now = datetime.now().astimezone()
-    elif now.tzinfo is None:
+        second = int(time.time())
+        if _clock[0] != second:
+            _clock = (second, datetime.fromtimestamp(second).astimezone().strftime("%Y%m%d%H%M%S%z"))
+        return _clock[1]
+    if now.tzinfo is None:
         now = now.astimezone()  # naive: local time
     return now.strftime("%Y%m%d%H%M%S%z")
 

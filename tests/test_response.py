@@ -48,6 +48,8 @@ def test_control_ids_are_unique() -> None:
 def test_default_timestamp_has_offset() -> None:
     stamp = read_header(hl7_ack(read_header(ADT), "AA")).fields[7]
     assert re.fullmatch(r"\d{14}[+-]\d{4}", stamp)
+    sent = datetime.strptime(stamp, "%Y%m%d%H%M%S%z")
+    assert abs((datetime.now(UTC) - sent).total_seconds()) < 2
 
 
 def test_naive_and_utc_now() -> None:

@@ -110,9 +110,7 @@ class OAuth2ClientCredentials(httpx.Auth):
             return self._token.value
 
     def _expiring(self, token: _Token) -> bool:
-        return (
-            token.expires_at is not None and self._clock() >= token.expires_at - self._config.refresh_margin_s
-        )
+        return token.expires_at is not None and self._clock() >= token.expires_at - self._config.refresh_margin_s
 
     def _token_request(self) -> httpx.Request:
         c = self._config

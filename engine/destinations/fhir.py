@@ -152,8 +152,7 @@ def plan_chunks(entries: list[dict[str, Any]], max_entries: int) -> list[list[in
         members = groups[g]
         if len(members) > max_entries:
             raise DestinationError(
-                f"reference cycle of {len(members)} entries exceeds max_entries_per_transaction "
-                f"({max_entries})",
+                f"reference cycle of {len(members)} entries exceeds max_entries_per_transaction ({max_entries})",
                 outcome=Outcome.PERMANENT,
             )
         if not chunks or len(chunks[-1]) + len(members) > max_entries:
@@ -255,9 +254,7 @@ class FhirDestination:
         headers: httpx.Headers,
     ) -> Result:
         chunk_of = {i: c for c, members in enumerate(chunks) for i in members}
-        needed_later = {
-            d for i, deps in enumerate(dependencies(entries)) for d in deps if chunk_of[d] < chunk_of[i]
-        }
+        needed_later = {d for i, deps in enumerate(dependencies(entries)) for d in deps if chunk_of[d] < chunk_of[i]}
         envelope = {k: v for k, v in bundle.items() if k != "entry"}
         resolved: dict[str, str] = {}
         sent: list[bytes] = []
@@ -281,9 +278,7 @@ class FhirDestination:
                 request=_joined(sent),
                 response=_joined(received),
             )
-        return Result(
-            Outcome.SENT, status_code=result.status_code, request=_joined(sent), response=_joined(received)
-        )
+        return Result(Outcome.SENT, status_code=result.status_code, request=_joined(sent), response=_joined(received))
 
     def _transact(
         self, body: bytes, entries: list[dict[str, Any]], members: list[int], headers: httpx.Headers
@@ -310,9 +305,7 @@ class FhirDestination:
         outcome = _response(items[pos]).get("outcome")
         reason = f": {issues_reason(outcome)}" if isinstance(outcome, dict) else ""
         error = f"Bundle.entry[{where}] ({kind}): HTTP {status}{reason}"
-        return Result(
-            classify(status), status_code=status, error=error, request=body, response=result.response
-        ), reply
+        return Result(classify(status), status_code=status, error=error, request=body, response=result.response), reply
 
     @staticmethod
     def _resolve(

@@ -7,6 +7,7 @@ through ``classify``.
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from engine.destinations.base import (
 from engine.spec.model import Model
 
 MESSAGE_ID_HEADER = "X-Interlink-Message-Id"
+_QUOTED = re.compile(r"'[^']*'?")  # literals inside a FHIRPath expression may echo values
 
 
 class HttpOptions(Model):
@@ -35,15 +37,11 @@ class HttpOptions(Model):
 
     timeout_s: float = Field(30, gt=0, description="Connect and read timeout of each request (s).")
     verify_tls: bool = Field(True, description="Verify the server's TLS certificate (keep on in production).")
-    ca_file: str | None = Field(
-        None, description="PEM file of CA certificates to trust instead of the system's."
-    )
+    ca_file: str | None = Field(None, description="PEM file of CA certificates to trust instead of the system's.")
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra request headers (put credentials under `auth`, not here)."
     )
-    auth: AuthConfig | None = Field(
-        None, description="Authentication: bearer token or OAuth2 client credentials."
-    )
+    auth: AuthConfig | None = Field(None, description="Authentication: bearer token or OAuth2 client credentials.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retry policy for failed deliveries.")
 
 
@@ -82,7 +80,7 @@ def issues_reason(outcome: dict[str, Any]) -> str:
         text = f"{_short(issue.get('severity'))} {_short(issue.get('code'))}".strip()
         paths = issue.get("expression") or issue.get("location")
         if isinstance(paths, list) and paths:
-            text += " at " + ", ".join(_short(p) for p in paths[:3])
+            text += " at " + ", ".join(_QUOTED.sub("'…'", _short(p)) for p in paths[:3])
         parts.append(text)
     return "OperationOutcome " + "; ".join(parts) if parts else "OperationOutcome"
 
@@ -102,9 +100,7 @@ def response_result(response: httpx.Response, request: bytes) -> Result:
         outcome,
         status_code=status,
         error=f"HTTP {status}: {reason}" if reason else f"HTTP {status}",
-        retry_after_s=parse_retry_after(response.headers.get("Retry-After"))
-        if outcome is Outcome.RETRY
-        else None,
+        retry_after_s=parse_retry_after(response.headers.get("Retry-After")) if outcome is Outcome.RETRY else None,
         request=request,
         response=response.content,
     )

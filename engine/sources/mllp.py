@@ -106,11 +106,12 @@ class MLLPConfig(Model):
         description="Largest message accepted; a longer one is stored truncated with an error and NAKed.",
     )
     read_timeout_s: float = Field(
-        30.0, gt=0, description="A frame that has started must end within this; else it is dropped unACKed."
+        30.0,
+        gt=0,
+        description="A started frame must end within this, else it is stored with an error, never ACKed, "
+        "and the connection closed.",
     )
-    idle_timeout_s: float = Field(
-        600.0, gt=0, description="A connection with no message for this long is closed."
-    )
+    idle_timeout_s: float = Field(600.0, gt=0, description="A connection with no message for this long is closed.")
     reply_timeout_s: float = Field(
         30.0,
         gt=0,
@@ -305,11 +306,13 @@ class MLLPSource:
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         log.debug("%s: connection from %s", self.name, peer)
+        abort = False
         try:
             await self._serve(conn)
         except asyncio.CancelledError:
             pass  # stop(): the connection is closed below
         except TimeoutError:
+            abort = True  # unsent reply bytes would hold a graceful close
             log.warning(
                 "%s: %s did not read its reply within %gs; closing",
                 self.name,
@@ -325,7 +328,10 @@ class MLLPSource:
             del self._conns[task]
             if conn.skipped:
                 log.warning("%s: %d bytes outside MLLP frames skipped from %s", self.name, conn.skipped, peer)
-            await _close(writer)
+            if abort:
+                writer.transport.abort()
+            else:
+                await _close(writer)
             log.debug("%s: connection from %s closed", self.name, peer)
 
     def _refusal(self, writer: asyncio.StreamWriter) -> str:
@@ -442,9 +448,7 @@ class MLLPSource:
     def _oversize(self, conn: _Conn, size: int) -> HL7Error:
         limit = self.config.max_frame_bytes
         self.stats.oversize += 1
-        log.warning(
-            "%s: %d-byte message from %s exceeds max_frame_bytes (%d)", self.name, size, conn.peer, limit
-        )
+        log.warning("%s: %d-byte message from %s exceeds max_frame_bytes (%d)", self.name, size, conn.peer, limit)
         return HL7Error(f"message exceeds {limit} bytes", code="207", reject=True)
 
     async def _unterminated(self, conn: _Conn, partial: bytes) -> None:

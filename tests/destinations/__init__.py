@@ -55,9 +55,7 @@ def lab_bundle(observations: int = 8, *, report_first: bool = False, key: str = 
         f"RPT-{key}",
     )
     first = [
-        entry(
-            {"resourceType": "Patient", "name": [{"family": "Testperson", "given": ["Alex"]}]}, f"MRN-{key}"
-        ),
+        entry({"resourceType": "Patient", "name": [{"family": "Testperson", "given": ["Alex"]}]}, f"MRN-{key}"),
         entry(
             {
                 "resourceType": "Encounter",

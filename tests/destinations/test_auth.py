@@ -62,9 +62,7 @@ class Server:
         issued = {f"Bearer t{n}" for n in range(1, len(self.token_requests) + 1)}
         if auth not in issued or auth.removeprefix("Bearer ") in self.revoked:
             return httpx.Response(401)
-        return httpx.Response(
-            200, json={"resourceType": "Bundle", "type": "transaction-response", "entry": []}
-        )
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response", "entry": []})
 
 
 def oauth(**overrides: Any) -> OAuth2Config:
@@ -92,9 +90,7 @@ def test_bearer_token_header() -> None:
             "auth": {"type": "bearer", "token": SECRET},
         }
     )
-    dest = FhirDestination(
-        config, transport=httpx.MockTransport(lambda r: seen.append(r) or httpx.Response(200))
-    )
+    dest = FhirDestination(config, transport=httpx.MockTransport(lambda r: seen.append(r) or httpx.Response(200)))
     assert dest.send(BUNDLE, message_id="m").outcome is Outcome.SENT
     assert seen[0].headers["Authorization"] == f"Bearer {SECRET}"
 
@@ -118,9 +114,7 @@ def test_token_requested_once_and_reused() -> None:
 
 def test_credentials_in_body() -> None:
     server = Server()
-    assert (
-        http_dest(server, oauth(credentials_in="body")).send(BUNDLE, message_id="m").outcome is Outcome.SENT
-    )
+    assert http_dest(server, oauth(credentials_in="body")).send(BUNDLE, message_id="m").outcome is Outcome.SENT
     form = parse_qs(server.token_requests[0].content.decode())
     assert form == {
         "grant_type": ["client_credentials"],

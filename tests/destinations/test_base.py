@@ -67,9 +67,7 @@ def test_destination_error_carries_its_outcome() -> None:
 
 def test_describe_keeps_exception_text_out_unless_known_safe() -> None:
     assert describe(ValueError("Patient Alex Testperson, born 1970-01-01")) == "ValueError"
-    assert (
-        describe(OSError(errno.ENOSPC, "No space left on device", "/x")) == "OSError: No space left on device"
-    )
+    assert describe(OSError(errno.ENOSPC, "No space left on device", "/x")) == "OSError: No space left on device"
     assert describe(httpx.ConnectError("[Errno 111] Connection refused")) == (
         "ConnectError: [Errno 111] Connection refused"
     )

@@ -91,9 +91,7 @@ def problem(status: int, text: str) -> httpx.Response:
 
 
 def fhir(handler: Any, **options: Any) -> FhirDestination:
-    config = FhirConfig.model_validate(
-        {"type": "fhir", "name": "ehr", "base_url": "https://ehr.test/fhir", **options}
-    )
+    config = FhirConfig.model_validate({"type": "fhir", "name": "ehr", "base_url": "https://ehr.test/fhir", **options})
     return FhirDestination(config, transport=httpx.MockTransport(handler))
 
 
@@ -208,34 +206,23 @@ def transaction_response(*statuses: str, outcome: dict[str, Any] | None = None) 
     entries: list[dict[str, Any]] = [{"response": {"status": s, "location": "Patient/p1"}} for s in statuses]
     if outcome:
         entries[-1]["response"]["outcome"] = outcome
-    return httpx.Response(
-        200, json={"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
-    )
+    return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
 
 
 def test_entry_statuses_decide_a_2xx_transaction_response() -> None:
     bundle = lab_bundle(observations=1)
-    ok = fhir(lambda r: transaction_response("201 Created", "200 OK", "201", "200")).send(
-        bundle, message_id="m"
-    )
+    ok = fhir(lambda r: transaction_response("201 Created", "200 OK", "201", "200")).send(bundle, message_id="m")
     assert ok.outcome is Outcome.SENT
-    busy = fhir(lambda r: transaction_response("201 Created", "503 Service Unavailable")).send(
-        bundle, message_id="m"
-    )
+    busy = fhir(lambda r: transaction_response("201 Created", "503 Service Unavailable")).send(bundle, message_id="m")
     assert (busy.outcome, busy.status_code) == (Outcome.RETRY, 503)
     assert busy.error == "Bundle.entry[1] (Encounter): HTTP 503"
     outcome = {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "required", "expression": ["Observation.status"]}],
     }
-    bad = fhir(lambda r: transaction_response("503", "201", "422", outcome=outcome)).send(
-        bundle, message_id="m"
-    )
+    bad = fhir(lambda r: transaction_response("503", "201", "422", outcome=outcome)).send(bundle, message_id="m")
     assert (bad.outcome, bad.status_code) == (Outcome.PERMANENT, 422)
-    assert (
-        bad.error
-        == "Bundle.entry[2] (Observation): HTTP 422: OperationOutcome error required at Observation.status"
-    )
+    assert bad.error == "Bundle.entry[2] (Observation): HTTP 422: OperationOutcome error required at Observation.status"
 
 
 def test_entry_failure_in_a_later_chunk_names_the_original_position() -> None:
@@ -259,9 +246,7 @@ def test_unusable_transaction_response_before_a_later_chunk_is_permanent(reply: 
     server.canned[1] = reply
     result = fhir(server).send(lab_bundle(), message_id="m")
     assert result.outcome is Outcome.PERMANENT
-    assert result.error is not None and result.error.startswith(
-        "transaction 1/2: transaction-response gives no "
-    )
+    assert result.error is not None and result.error.startswith("transaction 1/2: transaction-response gives no ")
     assert len(server.transactions) == 1
 
 
@@ -269,12 +254,9 @@ def test_returned_resource_stands_in_for_a_missing_location() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         sent = orjson.loads(request.content)["entry"]
         entries = [
-            {"response": {"status": "201"}, "resource": {**e["resource"], "id": f"x{n}"}}
-            for n, e in enumerate(sent)
+            {"response": {"status": "201"}, "resource": {**e["resource"], "id": f"x{n}"}} for n, e in enumerate(sent)
         ]
-        return httpx.Response(
-            200, json={"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
-        )
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
 
     seen: list[bytes] = []
     result = fhir(lambda r: seen.append(r.content) or handler(r)).send(lab_bundle(), message_id="m")

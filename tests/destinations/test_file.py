@@ -16,9 +16,7 @@ from . import lab_bundle
 
 
 def dest(path: Path | str, **options: Any) -> FileDestination:
-    return FileDestination(
-        FileConfig.model_validate({"type": "file", "name": "out", "path": str(path), **options})
-    )
+    return FileDestination(FileConfig.model_validate({"type": "file", "name": "out", "path": str(path), **options}))
 
 
 def lines(path: Path) -> list[Any]:

@@ -30,9 +30,7 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def http(handler: Handler, **options: object) -> HttpDestination:
-    config = HttpConfig.model_validate(
-        {"type": "http", "name": "out", "url": "https://api.test/in", **options}
-    )
+    config = HttpConfig.model_validate({"type": "http", "name": "out", "url": "https://api.test/in", **options})
     return HttpDestination(config, transport=httpx.MockTransport(handler))
 
 
@@ -98,6 +96,7 @@ OUTCOME = orjson.dumps(
                 "expression": ["Patient.birthDate"],
             },
             {"severity": "error", "code": "required", "location": ["Patient.name[0]"]},
+            {"severity": "error", "code": "value", "expression": ["Patient.identifier.where(value='MRN-77')"]},
         ],
     }
 )
@@ -107,9 +106,10 @@ def test_operation_outcome_gives_codes_and_paths_never_diagnostics() -> None:
     result = http(reply(422, OUTCOME)).send(BUNDLE, message_id="m")
     assert result.outcome is Outcome.PERMANENT
     assert result.error == (
-        "HTTP 422: OperationOutcome error invalid at Patient.birthDate; error required at Patient.name[0]"
+        "HTTP 422: OperationOutcome error invalid at Patient.birthDate; error required at Patient.name[0]; "
+        "error value at Patient.identifier.where(value='…')"
     )
-    assert "Testperson" not in result.error
+    assert "Testperson" not in result.error and "MRN-77" not in result.error
     assert outcome_reason(b"<html>") is None
     assert outcome_reason(b'{"resourceType": "Patient"}') is None
 
@@ -147,9 +147,7 @@ def test_unserialisable_bundle_is_permanent_not_raised() -> None:
 def test_make_destination_builds_each_kind(tmp_path: Path) -> None:
     transport = httpx.MockTransport(reply(200))
     made = [
-        make_destination(
-            FhirConfig(type="fhir", name="a", base_url="https://ehr.test/fhir"), transport=transport
-        ),
+        make_destination(FhirConfig(type="fhir", name="a", base_url="https://ehr.test/fhir"), transport=transport),
         make_destination(HttpConfig(type="http", name="b", url="https://api.test/in"), transport=transport),
         make_destination(FileConfig(type="file", name="c", path=f"{tmp_path}/out.ndjson")),
     ]
@@ -172,6 +170,4 @@ def test_tls_options_build_a_client(tmp_path: Path) -> None:
     HttpDestination(HttpConfig(type="http", name="b", url="https://x", ca_file=certifi.where())).close()
     HttpDestination(HttpConfig(type="http", name="b", url="https://x", verify_tls=False)).close()
     with pytest.raises(FileNotFoundError):  # a wrong ca_file fails when the channel starts, not per message
-        HttpDestination(
-            HttpConfig(type="http", name="b", url="https://x", ca_file=str(tmp_path / "none.pem"))
-        )
+        HttpDestination(HttpConfig(type="http", name="b", url="https://x", ca_file=str(tmp_path / "none.pem")))

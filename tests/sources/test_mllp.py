@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -108,10 +110,8 @@ async def read_eof(reader: asyncio.StreamReader, timeout_s: float = 2.0) -> byte
 
 async def close(writer: asyncio.StreamWriter) -> None:
     writer.close()
-    try:
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
         await writer.wait_closed()
-    except (ConnectionError, ssl.SSLError):
-        pass
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
@@ -385,6 +385,28 @@ def test_idle_connection_is_closed() -> None:
     assert len(recorder(source).calls) == 1
 
 
+def test_sender_that_does_not_read_its_reply_is_disconnected(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+
+    async def huge_reply(raw: bytes, inbound: Inbound) -> bytes:
+        return b"MSH|^~\\&|" + b"x" * (16 * 1024 * 1024)  # more than the socket buffers hold
+
+    async def test(source: MLLPSource) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, source.port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        writer.write(frame(message("R1")))
+        await until(lambda: source.connections == 1)
+        await until(lambda: source.connections == 0, timeout_s=5)
+        await close(writer)
+
+    source = serve(test, huge_reply, write_timeout_s=0.2)
+    assert source.stats.replies == 0
+    assert "did not read its reply within 0.2s" in caplog.text
+
+
 def test_max_connections() -> None:
     async def test(source: MLLPSource) -> None:
         reader1, writer1 = await connect(source)
@@ -497,7 +519,7 @@ def test_peer_disconnecting_mid_frame_is_quiet(caplog: pytest.LogCaptureFixture)
     caplog.set_level(logging.WARNING)
 
     async def test(source: MLLPSource) -> None:
-        reader, writer = await connect(source)
+        _, writer = await connect(source)
         writer.write(b"\x0b" + message("CUT")[:30])
         await writer.drain()
         await until(lambda: source.connections == 1)

@@ -1,0 +1,286 @@
+"""The closed registry of named functions a mapping rule may call (``fn: datetime``). No other code runs.
+
+Each function declares what it reads from the rule's ``from:`` value — ``primitive`` (the first component,
+unescaped), ``parts`` (every component, unescaped), ``raw`` (the whole value, separators kept) or
+``none`` — its named ``args`` (HL7 paths read in the same scope, constants, or table names) and the FHIR
+type it returns, so the compiler can check the target element before any message arrives.
+An implementation raises :class:`Invalid` for a value it cannot convert; the rule turns that into a
+TransformError naming the field and the rule, never the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote
+
+from engine.transform import dates, units
+from engine.transform.dates import Invalid
+from engine.transform.tables import Table, v2_system
+
+Input = Literal["primitive", "parts", "raw", "none"]
+ParamKind = Literal["path", "const", "table"]
+
+#: Prefix of the deterministic system URI built from an assigning authority that is not a URI or an OID.
+LOCAL_SYSTEM_PREFIX = "urn:interlink:id:"
+
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_OID = re.compile(r"^[0-2](?:\.(?:0|[1-9][0-9]*))+$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_URI = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://\S+|urn:[a-zA-Z0-9][a-zA-Z0-9-]{0,31}:\S+)$")
+_RANGE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*(?:-|–|\bto\b)\s*([+-]?\d+(?:\.\d+)?)\s*$")
+_BOUND = re.compile(r"^\s*(<=|>=|<|>)\s*([+-]?\d+(?:\.\d+)?)\s*$")
+_SN_LENIENT = re.compile(r"^(<=|>=|<>|<|>|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))$")
+_COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "=": None, "": None}
+
+
+@dataclass(frozen=True)
+class Param:
+    kind: ParamKind
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    impl: Callable[..., Any]
+    input: Input
+    output: str  # FHIR type name: "dateTime", "Quantity", "ObservationReferenceRange", ...
+    description: str
+    params: dict[str, Param] = field(default_factory=dict)
+
+
+def number(value: str) -> int | float:
+    """An HL7 NM as a JSON number (int when it has no decimal point)."""
+    v = value.strip()
+    if not _NUMBER.match(v):
+        raise Invalid("not a number (NM)")
+    if "." in v:
+        return float(v)
+    return int(v)
+
+
+def _date(run: Any, value: str) -> str:
+    return dates.parse_date(value)
+
+
+def _datetime(run: Any, value: str) -> str:
+    return dates.parse_ts(value, run.tz)
+
+
+def _instant(run: Any, value: str) -> str:
+    return dates.parse_ts(value, run.tz, need="minute")
+
+
+def _time(run: Any, value: str) -> str:
+    return dates.parse_time(value)
+
+
+def _decimal(run: Any, value: str) -> int | float:
+    return number(value)
+
+
+def _integer(run: Any, value: str) -> int:
+    if not re.match(r"^[+-]?\d+$", value):
+        raise Invalid("not an integer")
+    return int(value)
+
+
+def _boolean(run: Any, value: str) -> bool:
+    v = value.upper()
+    if v in ("Y", "T", "TRUE", "YES"):
+        return True
+    if v in ("N", "F", "FALSE", "NO"):
+        return False
+    raise Invalid("not a yes/no value (HL7 table 0136)")
+
+
+def _text(run: Any, value: str) -> str:
+    return value
+
+
+def oid_or_uri(value: str) -> str | None:
+    """A system URI when ``value`` already is one (URI, ``urn:``, OID with at least two arcs, UUID)."""
+    if _URI.match(value):
+        return value
+    if _OID.match(value):
+        return f"urn:oid:{value}"
+    if _UUID.match(value):
+        return f"urn:uuid:{value.lower()}"
+    return None
+
+
+def local_system(name: str) -> str:
+    """The deterministic system for a local assigning authority: ``urn:interlink:id:<name, %-encoded>``."""
+    return LOCAL_SYSTEM_PREFIX + quote(name, safe="-._~")
+
+
+def _authority_system(
+    run: Any,
+    value: None,
+    namespace: str | None = None,
+    universal_id: str | None = None,
+    universal_id_type: str | None = None,
+    systems: Table | None = None,
+) -> str | None:
+    for key in (namespace, universal_id):
+        if key and systems is not None and key in systems:
+            return systems.code(key)
+    if universal_id:
+        t = (universal_id_type or "").upper()
+        if t == "ISO" and _OID.match(universal_id):
+            return f"urn:oid:{universal_id}"
+        if t in ("UUID", "GUID") and _UUID.match(universal_id):
+            return f"urn:uuid:{universal_id.lower()}"
+        if t in ("URI", "URL") and _URI.match(universal_id):
+            return universal_id
+    if namespace:
+        return oid_or_uri(namespace) or local_system(namespace)
+    if universal_id:
+        return oid_or_uri(universal_id) or local_system(universal_id)
+    return None
+
+
+def _coding_system(run: Any, value: str, systems: Table | None = None) -> str | None:
+    if systems is not None and value in systems:
+        return systems.code(value)
+    return v2_system(value) or oid_or_uri(value)
+
+
+def _ucum_code(run: Any, parts: list[str]) -> str | None:
+    code = parts[0] if parts else ""
+    return code if code and units.is_ucum(parts) else None
+
+
+def _ucum_system(run: Any, parts: list[str]) -> str | None:
+    return units.UCUM if parts and parts[0] and units.is_ucum(parts) else None
+
+
+def _sn(parts: list[str]) -> tuple[str, str, str, str]:
+    comp, n1, sep, n2 = (parts + ["", "", "", ""])[:4]
+    if not n1 and not sep and (m := _SN_LENIENT.match(comp)):
+        # Tolerate "<0.10" or "182" sent without component separators.
+        comp, n1 = m.group(1) or "", m.group(2)
+    return comp, n1, sep, n2
+
+
+def _sn_quantity(run: Any, parts: list[str]) -> dict[str, Any] | None:
+    comp, n1, _sep, _n2 = _sn(parts)
+    if not n1:
+        return None
+    if comp not in _COMPARATORS:
+        raise Invalid("SN comparator cannot be represented in FHIR (only <, <=, >, >=, =)")
+    out: dict[str, Any] = {"value": number(n1)}
+    if _COMPARATORS[comp]:
+        out["comparator"] = _COMPARATORS[comp]
+    return out
+
+
+def _pair(parts: list[str], a: str, b: str) -> dict[str, Any] | None:
+    _comp, n1, _sep, n2 = _sn(parts)
+    out = {}
+    if n1:
+        out[a] = {"value": number(n1)}
+    if n2:
+        out[b] = {"value": number(n2)}
+    return out or None
+
+
+def _sn_range(run: Any, parts: list[str]) -> dict[str, Any] | None:
+    return _pair(parts, "low", "high")
+
+
+def _sn_ratio(run: Any, parts: list[str]) -> dict[str, Any] | None:
+    return _pair(parts, "numerator", "denominator")
+
+
+def _sn_text(run: Any, parts: list[str]) -> str | None:
+    return " ".join(p for p in _sn(parts) if p) or None
+
+
+def _reference_range(run: Any, value: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if m := _RANGE.match(value):
+        out["low"] = {"value": number(m.group(1))}
+        out["high"] = {"value": number(m.group(2))}
+    elif m := _BOUND.match(value):
+        out["high" if m.group(1).startswith("<") else "low"] = {"value": number(m.group(2))}
+    out["text"] = value
+    return out
+
+
+def _part(parts: list[str], n: int) -> str:
+    return parts[n - 1] if n <= len(parts) else ""
+
+
+def _xcn_display(run: Any, parts: list[str]) -> str | None:
+    # XCN: 2 family, 3 given, 4 further given, 5 suffix, 6 prefix.
+    names = [_part(parts, i) for i in (6, 3, 4, 2, 5)]
+    return " ".join(n for n in names if n) or None
+
+
+def _pl_display(run: Any, parts: list[str]) -> str | None:
+    # PL: 9 description; else 1 point of care, 2 room, 3 bed, 4 facility, 7 building, 8 floor.
+    if desc := _part(parts, 9):
+        return desc
+    return ", ".join(p for p in (_part(parts, i) for i in (1, 2, 3, 7, 8, 4)) if p) or None
+
+
+def _xtn_value(run: Any, parts: list[str]) -> str | None:
+    # XTN: 1 formatted number, 3 equipment, 4 e-mail, 5 country, 6 area, 7 local, 8 extension, 12 unformatted.
+    email, local = _part(parts, 4), _part(parts, 7)
+    if email and (_part(parts, 3).upper() in ("INTERNET", "X.400") or not (local or _part(parts, 1))):
+        return email
+    if unformatted := _part(parts, 12):
+        return unformatted
+    if local:
+        country, area, ext = _part(parts, 5), _part(parts, 6), _part(parts, 8)
+        pieces = [f"+{country}" if country else "", f"({area})" if area else "", local, f"ext. {ext}" if ext else ""]
+        return " ".join(p for p in pieces if p)
+    return _part(parts, 1) or None
+
+
+_P, _T = Param("path"), Param("table")
+
+REGISTRY: dict[str, Function] = {
+    f.name: f
+    for f in (
+        Function("date", _date, "primitive", "date", "TS/DT → FHIR date (YYYY, YYYY-MM, YYYY-MM-DD)."),
+        Function("datetime", _datetime, "primitive", "dateTime", "TS/DTM → FHIR dateTime, precision kept."),
+        Function("instant", _instant, "primitive", "instant", "TS/DTM → FHIR instant (minutes at least)."),
+        Function("time", _time, "primitive", "time", "TM → FHIR time."),
+        Function("decimal", _decimal, "primitive", "decimal", "NM → decimal; anything else is an error."),
+        Function("integer", _integer, "primitive", "integer", "NM/SI → integer."),
+        Function("boolean", _boolean, "primitive", "boolean", "Yes/no indicator (table 0136) → boolean."),
+        Function("text", _text, "raw", "string", "The whole value as text (FT/TX/ST with any separators)."),
+        Function(
+            "authority_system",
+            _authority_system,
+            "none",
+            "uri",
+            "Assigning authority (HD parts) → Identifier.system: site table, OID, UUID, URI, else urn:interlink:id:.",
+            {"namespace": _P, "universal_id": _P, "universal_id_type": _P, "systems": _T},
+        ),
+        Function(
+            "coding_system",
+            _coding_system,
+            "primitive",
+            "uri",
+            "Coding system name (CWE.3) → URI: the table, HL7nnnn → v2 table, OID or URI as is.",
+            {"systems": _T},
+        ),
+        Function("ucum_code", _ucum_code, "parts", "code", "Units (CWE) → the code when it is UCUM."),
+        Function("ucum_system", _ucum_system, "parts", "uri", "Units (CWE) → UCUM system when UCUM."),
+        Function("sn_quantity", _sn_quantity, "parts", "Quantity", "SN → Quantity (comparator, value)."),
+        Function("sn_range", _sn_range, "parts", "Range", "SN num1-num2 → Range (low, high values)."),
+        Function("sn_ratio", _sn_ratio, "parts", "Ratio", "SN num1:num2 or num1/num2 → Ratio."),
+        Function("sn_text", _sn_text, "parts", "string", "SN → its components as text."),
+        Function("reference_range", _reference_range, "primitive", "ObservationReferenceRange",
+                 "OBX-7 → referenceRange: text, plus low/high for 'a-b', 'a to b', '<b', '>a'."),
+        Function("xcn_display", _xcn_display, "parts", "string", "XCN/XPN person → display name."),
+        Function("pl_display", _pl_display, "parts", "string", "PL location → display text."),
+        Function("xtn_value", _xtn_value, "parts", "string", "XTN → ContactPoint.value (e-mail or number)."),
+    )
+}
