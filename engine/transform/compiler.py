@@ -8,7 +8,6 @@ tables and maps, paths that do not parse or reach too deep, and values of the wr
 
 from __future__ import annotations
 
-import copy
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ Loc = tuple[str | int, ...]
 
 def primitive(raw: str, level: int, d: Delimiters) -> str:
     """The first component / sub-component of a raw value, unescaped and trimmed."""
+    if raw.isalnum():
+        return raw
     if level == 1 and d.component in raw:
         raw = raw.split(d.component, 1)[0]
     if level <= 2 and d.subcomponent in raw:
@@ -77,6 +78,13 @@ class Step:
     rules: list[RuleFn]
     required: str | None = None  # field named when nothing is produced
     rule: str = ""
+    merge_all: bool = False  # a single object element: every rule adds to it (earlier rules win per element)
+    gate: Any = None  # env -> bool: False means no rule of the step can apply (see conditions.gate)
+    single: str | None = None  # the element name, when the path has one step (fast assignment)
+    own_field: int | None = None  # every rule reads this field of the current segment: skip when empty
+
+    def __post_init__(self) -> None:
+        self.single = self.keys[0][0] if len(self.keys) == 1 else None
 
 
 def put(out: dict[str, Any], keys: tuple[tuple[str, bool], ...], value: Any) -> None:
@@ -110,43 +118,88 @@ def merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def run_steps(steps: list[Step], env: Env, out: dict[str, Any]) -> dict[str, Any]:
+    fields = getattr(env.cur, "fields", None)
+    nf = len(fields) if fields is not None else 0
     for step in steps:
-        if step.is_list:
+        found = False
+        of = step.own_field
+        if of is not None and (of >= nf or not fields[of]):  # type: ignore[index]
+            pass
+        elif step.gate is not None and not step.gate(env):
+            pass
+        elif step.is_list:
             vals: list[Any] = []
             for r in step.rules:
                 vals.extend(r(env))
             if vals:
                 put(out, step.keys, vals)
-                continue
+                found = True
+        elif step.merge_all:
+            acc: dict[str, Any] | None = None
+            for r in step.rules:
+                got = r(env)
+                if got:
+                    if acc is None:
+                        acc = got[0]
+                    else:
+                        merge(acc, got[0])
+            if acc is not None:
+                put(out, step.keys, acc)
+                found = True
         else:
             for r in step.rules:
                 got = r(env)
                 if got:
-                    put(out, step.keys, got[0])
+                    k = step.single
+                    if k is not None and k not in out:
+                        out[k] = got[0]
+                    else:
+                        put(out, step.keys, got[0])
+                    found = True
                     break
-            else:
-                if step.required:
-                    raise TransformError("required value is missing", field=step.required, rule=step.rule, code="101")
-            continue
-        if step.required:
+        if not found and step.required:
             raise TransformError("required value is missing", field=step.required, rule=step.rule, code="101")
     return out
 
 
-class CompiledMap:
-    """A datatype map, or a segment map producing a datatype: value → dict (or None when empty)."""
+_MISS = object()
+CACHE_LIMIT = 4096
 
-    __slots__ = ("level", "name", "requires", "steps", "target")
+
+class CompiledMap:
+    """A datatype map, or a segment map producing a datatype: value → dict (or None when empty).
+
+    A map marked ``cache: true`` (vocabulary: codes, units) that reads only its own value remembers its
+    result per distinct input, delimiters and timezone, and hands out copies; the cache is emptied when
+    it reaches CACHE_LIMIT entries.
+    """
+
+    __slots__ = ("cache", "level", "name", "pure", "remember", "requires", "steps", "target")
 
     def __init__(self, name: str, target: str, level: int) -> None:
         self.name, self.target, self.level = name, target, level
         self.steps: list[Step] = []
         self.requires: tuple[str, ...] = ()
+        self.pure = True  # reads only its own value (and so may be cached)
+        self.cache: dict[Any, Any] | None = None
+        self.remember = target == "Identifier"  # identities re-read identifiers the rules already made
 
     def apply(self, scope: Any, cur: Any, field: str, run: Any) -> dict[str, Any] | None:
-        out = run_steps(self.steps, Env(scope, cur, field, run), {})
+        cache = self.cache
+        if cache is not None:
+            key = (cur, run.dkey, run.tz)
+            hit = cache.get(key, _MISS)
+            if hit is not _MISS:
+                return clone(hit) if hit is not None else None
+        out: dict[str, Any] | None = run_steps(self.steps, Env(scope, cur, field, run), {})
         if not out or any(k not in out for k in self.requires):
-            return None
+            out = None
+        if cache is not None:
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()
+            cache[key] = clone(out) if out is not None else None
+        elif self.remember and out is not None and self.pure:
+            run.memo[(self, cur)] = out  # read-only reuse: later merges only add elements
         return out
 
 
@@ -155,11 +208,22 @@ class Resolver:
 
     def __init__(self, *, segment: str | None = None, datatype: str | None = None, level: int = 1) -> None:
         self.segment, self.datatype, self.level = segment, datatype, level
+        self._cache: dict[str, tuple[Getter, int, str | None]] = {}
+        self.reads_scope = False  # some path reads beyond the current value
 
     def resolve(self, text: str) -> tuple[Getter, int, str | None]:
+        """One getter per path text, so conditions on the same field share their memo."""
+        got = self._cache.get(text)
+        if got is None:
+            got = self._cache[text] = self._resolve(text)
+        return got
+
+    def _resolve(self, text: str) -> tuple[Getter, int, str | None]:
         if self.datatype and (dp := paths.parse_datatype_path(text, self.datatype)):
             return paths.datatype_getter(dp, self.level), dp.level(self.level), None
         sp = paths.parse_segment_path(text)
+        if sp.segment != self.segment or sp.seg_rep is not None:
+            self.reads_scope = True
         return paths.segment_getter(sp, self.segment), sp.level, sp.label
 
 
@@ -280,7 +344,16 @@ def parse_rules(spec: Any, where: Where) -> list[tuple[Rule, Where]]:
     return out
 
 
+def clone(value: Any) -> Any:
+    """A fresh copy of JSON-like data (much cheaper than copy.deepcopy)."""
+    if isinstance(value, dict):
+        return {k: clone(v) if isinstance(v, dict | list) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) if isinstance(v, dict | list) else v for v in value]
+    return value
+
+
 def deep_copy(value: Any) -> Callable[[], Any]:
     if isinstance(value, dict | list):
-        return lambda: copy.deepcopy(value)
+        return lambda: clone(value)
     return lambda: value

@@ -21,12 +21,21 @@ Cond = Callable[[Env], bool]
 
 
 def _first(get: Getter, level: int) -> Callable[[Env], str | None]:
+    """The first value's first component, read once per env (conditions often test the same field)."""
+
     def first(env: Env) -> str | None:
+        memo = env.memo
+        if memo is None:
+            memo = env.memo = {}
+        elif get in memo:
+            return memo[get]
         vals = get(env)
         if not vals:
+            memo[get] = None
             return None
         raw = vals[0]
         if level == 0:
+            memo[get] = raw.name
             return raw.name
         d = env.run.d
         if level == 1 and d.component in raw:
@@ -35,7 +44,8 @@ def _first(get: Getter, level: int) -> Callable[[Env], str | None]:
             raw = raw.split(d.subcomponent, 1)[0]
         if d.escape in raw:
             raw = unescape(raw, d)
-        return raw.strip()
+        memo[get] = out = raw.strip()
+        return out
 
     return first
 
@@ -43,11 +53,18 @@ def _first(get: Getter, level: int) -> Callable[[Env], str | None]:
 def _present(get: Getter, level: int) -> Cond:
     if level == 0:
         return lambda env: bool(get(env))
+    key = (get, "present")
 
     def present(env: Env) -> bool:
+        memo = env.memo
+        if memo is None:
+            memo = env.memo = {}
+        elif key in memo:
+            return memo[key]
         d = env.run.d
         strip = d.component + d.subcomponent + d.repetition + " "
-        return any(v.strip(strip) for v in get(env))
+        memo[key] = out = any(v.strip(strip) for v in get(env))
+        return out
 
     return present
 
@@ -58,6 +75,60 @@ def _text(v: Any) -> str:
     return str(v)
 
 
+def _and(conds: list[Cond]) -> Cond:
+    if len(conds) == 1:
+        return conds[0]
+    if len(conds) == 2:
+        a, b = conds
+        return lambda env: a(env) and b(env)
+    return lambda env: all(c(env) for c in conds)
+
+
+def _or(conds: list[Cond]) -> Cond:
+    if len(conds) == 1:
+        return conds[0]
+    if len(conds) == 2:
+        a, b = conds
+        return lambda env: a(env) or b(env)
+    return lambda env: any(c(env) for c in conds)
+
+
+def _equals(f: Callable[[Env], str | None], v: str) -> Cond:
+    return lambda env: f(env) == v
+
+
+def _in(f: Callable[[Env], str | None], s: frozenset[str]) -> Cond:
+    return lambda env: f(env) in s
+
+
+def implied(spec: Condition) -> dict[str, frozenset[str]]:
+    """Path → the values a path must hold for ``spec`` to be true (from equals/in, through all)."""
+    if spec.equals is not None:
+        return {p: frozenset([_text(v)]) for p, v in spec.equals.items()}
+    if spec.in_ is not None:
+        return {p: frozenset(_text(v) for v in vs) for p, vs in spec.in_.items()}
+    if spec.all is not None:
+        out: dict[str, frozenset[str]] = {}
+        for c in spec.all:
+            for p, vals in implied(c).items():
+                out[p] = out[p] & vals if p in out else vals
+        return out
+    return {}
+
+
+def gate(conds: list[Condition | None], resolver: Resolver) -> Cond | None:
+    """A cheap pre-check for a step whose every rule requires some path to hold one of some values."""
+    if not conds or any(c is None for c in conds):
+        return None
+    maps = [implied(c) for c in conds if c is not None]
+    common = set(maps[0]).intersection(*maps[1:])
+    if not common:
+        return None
+    path = sorted(common)[0]
+    values = frozenset().union(*(m[path] for m in maps))
+    return _in(_first(*resolver.resolve(path)[:2]), values)
+
+
 def compile_condition(spec: Condition, resolver: Resolver) -> Cond:
     """Compile a Condition model; raises PathError/ValueError for a bad path or value."""
     if spec.present is not None or spec.absent is not None:
@@ -65,17 +136,15 @@ def compile_condition(spec: Condition, resolver: Resolver) -> Cond:
         test = _present(get, level)
         return test if spec.present is not None else (lambda env: not test(env))
     if spec.equals is not None:
-        pairs = [(_first(*resolver.resolve(p)[:2]), _text(v)) for p, v in spec.equals.items()]
-        return lambda env: all(f(env) == v for f, v in pairs)
+        return _and([_equals(_first(*resolver.resolve(p)[:2]), _text(v)) for p, v in spec.equals.items()])
     if spec.in_ is not None:
-        sets = [(_first(*resolver.resolve(p)[:2]), frozenset(_text(v) for v in vs)) for p, vs in spec.in_.items()]
-        return lambda env: all(f(env) in s for f, s in sets)
+        return _and(
+            [_in(_first(*resolver.resolve(p)[:2]), frozenset(_text(v) for v in vs)) for p, vs in spec.in_.items()]
+        )
     if spec.not_ is not None:
         inner = compile_condition(spec.not_, resolver)
         return lambda env: not inner(env)
     if spec.all is not None:
-        conds = [compile_condition(c, resolver) for c in spec.all]
-        return lambda env: all(c(env) for c in conds)
+        return _and([compile_condition(c, resolver) for c in spec.all])
     assert spec.any is not None
-    conds = [compile_condition(c, resolver) for c in spec.any]
-    return lambda env: any(c(env) for c in conds)
+    return _or([compile_condition(c, resolver) for c in spec.any])

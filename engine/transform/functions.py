@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -50,6 +51,7 @@ class Function:
     output: str  # FHIR type name: "dateTime", "Quantity", "ObservationReferenceRange", ...
     description: str
     params: dict[str, Param] = field(default_factory=dict)
+    memo: bool = False  # pure in (value, timezone): results are reused within one message
 
 
 def number(value: str) -> int | float:
@@ -125,6 +127,14 @@ def _authority_system(
     universal_id_type: str | None = None,
     systems: Table | None = None,
 ) -> str | None:
+    return _authority(namespace, universal_id, universal_id_type, systems)
+
+
+@lru_cache(maxsize=4096)
+def _authority(
+    namespace: str | None, universal_id: str | None, universal_id_type: str | None, systems: Table | None
+) -> str | None:
+    """Assigning authorities repeat across messages (and are not patient data): remembered."""
     for key in (namespace, universal_id):
         if key and systems is not None and key in systems:
             return systems.code(key)
@@ -201,14 +211,19 @@ def _sn_text(run: Any, parts: list[str]) -> str | None:
 
 
 def _reference_range(run: Any, value: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if m := _RANGE.match(value):
-        out["low"] = {"value": number(m.group(1))}
-        out["high"] = {"value": number(m.group(2))}
-    elif m := _BOUND.match(value):
-        out["high" if m.group(1).startswith("<") else "low"] = {"value": number(m.group(2))}
+    out: dict[str, Any] = {k: {"value": v} for k, v in _bounds(value)}
     out["text"] = value
     return out
+
+
+@lru_cache(maxsize=4096)
+def _bounds(value: str) -> tuple[tuple[str, int | float], ...]:
+    """Reference ranges are a lab's vocabulary and repeat: parsed once."""
+    if m := _RANGE.match(value):
+        return (("low", number(m.group(1))), ("high", number(m.group(2))))
+    if m := _BOUND.match(value):
+        return (("high" if m.group(1).startswith("<") else "low", number(m.group(2))),)
+    return ()
 
 
 def _part(parts: list[str], n: int) -> str:
@@ -247,10 +262,12 @@ _P, _T = Param("path"), Param("table")
 REGISTRY: dict[str, Function] = {
     f.name: f
     for f in (
-        Function("date", _date, "primitive", "date", "TS/DT → FHIR date (YYYY, YYYY-MM, YYYY-MM-DD)."),
-        Function("datetime", _datetime, "primitive", "dateTime", "TS/DTM → FHIR dateTime, precision kept."),
-        Function("instant", _instant, "primitive", "instant", "TS/DTM → FHIR instant (minutes at least)."),
-        Function("time", _time, "primitive", "time", "TM → FHIR time."),
+        Function("date", _date, "primitive", "date", "TS/DT → FHIR date (YYYY, YYYY-MM, YYYY-MM-DD).", memo=True),
+        Function("datetime", _datetime, "primitive", "dateTime", "TS/DTM → FHIR dateTime, precision kept.",
+                 memo=True),
+        Function("instant", _instant, "primitive", "instant", "TS/DTM → FHIR instant (minutes at least).",
+                 memo=True),
+        Function("time", _time, "primitive", "time", "TM → FHIR time.", memo=True),
         Function("decimal", _decimal, "primitive", "decimal", "NM → decimal; anything else is an error."),
         Function("integer", _integer, "primitive", "integer", "NM/SI → integer."),
         Function("boolean", _boolean, "primitive", "boolean", "Yes/no indicator (table 0136) → boolean."),

@@ -43,13 +43,15 @@ class PathError(ValueError):
 class Env:
     """What a getter reads: the group scope, the current segment or datatype value, and run settings."""
 
-    __slots__ = ("cur", "field", "run", "scope")
+    __slots__ = ("cur", "field", "memo", "parts", "run", "scope")
 
     def __init__(self, scope: Any, cur: Any, field: str, run: Any) -> None:
         self.scope = scope  # runtime.Instance: .find(name) -> list[Segment]
         self.cur = cur  # Segment (segment maps) or str (datatype maps)
         self.field = field  # HL7 field the current value came from, for errors ("PID-3")
         self.run = run  # runtime.Run: delimiters, timezone
+        self.parts: list[str] | None = None  # datatype maps: cur split once into its parts
+        self.memo: dict[Any, Any] | None = None  # conditions: first values already read
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,9 @@ def _pick(items: list[str], index: int | None) -> list[str]:
     return [items[i]] if i < len(items) else []
 
 
+EMPTY: list[Any] = []
+
+
 def segment_getter(p: SegmentPath, current: str | None) -> Getter:
     """Compile a segment path. ``current`` names the segment a segment map is applied to (``env.cur``)."""
     seg, seg_rep, field, rep, comp, sub = p.segment, p.seg_rep, p.field, p.rep, p.component, p.sub
@@ -147,6 +152,8 @@ def segment_getter(p: SegmentPath, current: str | None) -> Getter:
 
     if field is None:
         return segments
+    if own and rep is None and not whole_field:
+        return _own_first(field, comp, sub)
 
     def get(env: Env) -> list[str]:
         out: list[str] = []
@@ -172,6 +179,32 @@ def segment_getter(p: SegmentPath, current: str | None) -> Getter:
     return get
 
 
+def _own_first(field: int, comp: int | None, sub: int | None) -> Getter:
+    """The fast path: a field (or component) of the current segment's first repetition."""
+
+    def get(env: Env) -> list[str]:
+        fields = env.cur.fields
+        if field >= len(fields):
+            return EMPTY
+        raw = fields[field]
+        if not raw:
+            return EMPTY
+        d = env.run.d
+        if d.repetition in raw:
+            raw = raw.split(d.repetition, 1)[0]
+        if comp is not None:
+            parts = raw.split(d.component)
+            raw = parts[comp - 1] if comp <= len(parts) else ""
+            if sub is not None and raw:
+                subs = raw.split(d.subcomponent)
+                raw = subs[sub - 1] if sub <= len(subs) else ""
+        if not raw or raw == NULL:
+            return EMPTY
+        return [raw]
+
+    return get
+
+
 def datatype_getter(p: DatatypePath, base: int) -> Getter:
     """Compile a datatype path for a value at level ``base`` (1 repetition, 2 component)."""
     comp, sub = p.component, p.sub
@@ -182,19 +215,23 @@ def datatype_getter(p: DatatypePath, base: int) -> Getter:
 
         def whole(env: Env) -> list[str]:
             v = env.cur
-            return [v] if v and v != NULL else []
+            return [v] if v and v != NULL else EMPTY
 
         return whole
 
     def get(env: Env) -> list[str]:
-        d = env.run.d
-        parts = env.cur.split(separator(d, base))
-        v = parts[comp - 1] if comp <= len(parts) else ""
+        parts = env.parts
+        if parts is None:
+            parts = env.parts = env.cur.split(separator(env.run.d, base))
+        if comp > len(parts):
+            return EMPTY
+        v = parts[comp - 1]
         if sub is not None and v:
-            subs = v.split(d.subcomponent)
+            subs = v.split(env.run.d.subcomponent)
             v = subs[sub - 1] if sub <= len(subs) else ""
-        return [v] if v and v != NULL else []
+        return [v] if v and v != NULL else EMPTY
 
+    get.component = (comp, sub, base)  # type: ignore[attr-defined]  # lets rules fuse the read
     return get
 
 

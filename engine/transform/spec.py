@@ -8,7 +8,8 @@ A *rule* fills one FHIR element. Written as a string it is a source path (``fami
 a mapping it has one source — ``from`` (an HL7 path), ``value`` (a constant), ``ref`` (another resource of
 the message map), ``build`` (nested rules) or a ``fn`` with ``args`` only — and at most one conversion:
 ``use`` (a datatype/segment map), ``fn`` (a registered function) or ``table`` (a code-system map). Several
-rules for one element are a list: for a single-valued element the first that yields a value wins, for a
+rules for one element are a list: for a single-valued primitive the first rule that yields a value wins;
+for a single object (valueQuantity) every rule adds to it, earlier rules winning per element; for a
 repeating element every rule adds its values, in order.
 """
 
@@ -78,7 +79,9 @@ RuleSpec = str | Rule | list[str | Rule]
 class Derive(Model):
     """An identity derived from an enclosing resource's identity (e.g. an OBX without OBX-21)."""
 
-    parent: str = Field(description="Message-map entry whose identity is the base (e.g. report).")
+    parent: str | None = Field(
+        None, description="Enclosing message-map entry whose identity is the base (default: the direct parent)."
+    )
     parts: list[str] = Field(description="HL7 paths appended to the parent's identifier value, in order.")
 
 
@@ -114,6 +117,12 @@ class DatatypeMap(Model):
     target: str = Field(description="FHIR datatype produced (Identifier).")
     description: str = Field(description="What the map is for, and which IG map it follows.")
     requires: list[str] = Field(default_factory=list, description="Elements without which nothing is produced.")
+    cache: bool = Field(
+        False,
+        description="Remember results per distinct input (speed). Only for vocabulary and staff — codes, "
+        "units, locations, practitioners — never for patients' identifiers, names, addresses or numbers; "
+        "the map may read only its own value.",
+    )
     merge: bool = Field(False, description="In an overlay: replace only the listed rules of the base map.")
     rules: dict[str, Any] = Field(description="Target element (dotted path) → rule(s) (see RuleSpec).")
 

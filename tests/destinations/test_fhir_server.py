@@ -7,39 +7,32 @@ root ``tests/conftest.py`` registers as a plugin.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from engine.destinations import FhirConfig, FhirDestination, Outcome
+from tests.fhir_server.launch import FhirTestServer
 
 from . import SYSTEM, lab_bundle
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("tests.fhir_server.fixtures", reason="the FHIR test server is not in this checkout")
 
 
 @pytest.fixture
-def dest(fhir: Any) -> Iterator[FhirDestination]:
+def dest(fhir: FhirTestServer) -> Iterator[FhirDestination]:
     d = FhirDestination(FhirConfig(type="fhir", name="ehr", base_url=fhir.base_url, timeout_s=10))
     yield d
     d.close()
 
 
-def search(fhir: Any, resource_type: str, **params: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{fhir.base_url}/{resource_type}", params={**params, "_count": "100"}, timeout=10)
-    response.raise_for_status()
-    return [e["resource"] for e in response.json().get("entry", [])]
-
-
-def assert_lab_result_stored_once(fhir: Any) -> None:
+def assert_lab_result_stored_once(fhir: FhirTestServer) -> None:
     counts = {t: fhir.count(t) for t in ("Patient", "Encounter", "Observation", "DiagnosticReport")}
     assert counts == {"Patient": 1, "Encounter": 1, "Observation": 8, "DiagnosticReport": 1}
-    (patient,) = search(fhir, "Patient")
-    (encounter,) = search(fhir, "Encounter")
-    observations = search(fhir, "Observation")
-    (report,) = search(fhir, "DiagnosticReport", identifier=f"{SYSTEM}|RPT-1")
+    (patient,) = fhir.search("Patient")
+    (encounter,) = fhir.search("Encounter")
+    observations = fhir.search("Observation")
+    (report,) = fhir.search("DiagnosticReport", identifier=f"{SYSTEM}|RPT-1")
     assert {r["reference"] for r in report["result"]} == {f"Observation/{o['id']}" for o in observations}
     assert report["subject"]["reference"] == f"Patient/{patient['id']}"
     assert report["encounter"]["reference"] == f"Encounter/{encounter['id']}"
@@ -48,7 +41,7 @@ def assert_lab_result_stored_once(fhir: Any) -> None:
         assert o["encounter"]["reference"] == f"Encounter/{encounter['id']}"
 
 
-def test_eleven_entries_delivered_twice_exist_once(fhir: Any, dest: FhirDestination) -> None:
+def test_eleven_entries_delivered_twice_exist_once(fhir: FhirTestServer, dest: FhirDestination) -> None:
     bundle = lab_bundle()
     for _ in range(2):
         result = dest.send(bundle, message_id="m-1")
@@ -56,7 +49,7 @@ def test_eleven_entries_delivered_twice_exist_once(fhir: Any, dest: FhirDestinat
     assert_lab_result_stored_once(fhir)
 
 
-def test_server_refuses_a_conditional_transaction_over_eight_entries(fhir: Any) -> None:
+def test_server_refuses_a_conditional_transaction_over_eight_entries(fhir: FhirTestServer) -> None:
     config = FhirConfig(type="fhir", name="ehr", base_url=fhir.base_url, max_entries_per_transaction=11)
     unsplit = FhirDestination(config)
     try:
@@ -67,7 +60,7 @@ def test_server_refuses_a_conditional_transaction_over_eight_entries(fhir: Any) 
     assert fhir.count("Patient") == 0
 
 
-def test_503_then_success(fhir: Any, dest: FhirDestination) -> None:
+def test_503_then_success(fhir: FhirTestServer, dest: FhirDestination) -> None:
     fhir.fail_next(503, count=1, retry_after=2)
     first = dest.send(lab_bundle(), message_id="m-1")
     assert (first.outcome, first.status_code, first.retry_after_s) == (Outcome.RETRY, 503, 2.0)
@@ -76,7 +69,7 @@ def test_503_then_success(fhir: Any, dest: FhirDestination) -> None:
     assert_lab_result_stored_once(fhir)
 
 
-def test_resend_after_the_second_transaction_failed(fhir: Any) -> None:
+def test_resend_after_the_second_transaction_failed(fhir: FhirTestServer) -> None:
     """The first transaction lands, the second is lost: resending everything duplicates nothing."""
     calls = 0
     network = httpx.HTTPTransport()

@@ -1,0 +1,112 @@
+"""Assemble the FHIR transaction: identity, deterministic fullUrls, conditional PUTs, references.
+
+Every resource carries its business identifier (``identity``) in ``identifier`` (added when the rules did
+not already put it there), so the conditional update finds it again next time:
+
+* ``fullUrl`` = ``urn:uuid:`` + UUIDv5(namespace, ``"<Type>|<system>|<value>"``): the same message always
+  yields the same bundle, and a resend of the same result maps to the same URL;
+* ``request`` = ``PUT <Type>?identifier=<system>|<value>`` (each part escaped as a FHIR search value —
+  ``\\``, ``|``, ``,`` and ``$`` backslash-escaped — then percent-encoded, keeping the characters a URI
+  query allows as they are, so ``urn:oid:1.2.3`` stays readable); an identity without a system is searched
+  by value alone;
+* references between entries (``subject``, ``result`` …) are those ``urn:uuid:`` fullUrls, which the server
+  rewrites to the ids it assigns.
+
+Resources carry no ``id``. Two resources of one type with the same identity in one message are an error
+(HL7 205): a transaction may not hold two entries for one conditional URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
+
+from engine.errors import TransformError
+from engine.transform.compiler import put
+from engine.transform.runtime import Instance
+
+IDENTITY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:interlink:fhir-identity")
+_NS = IDENTITY_NAMESPACE.bytes
+#: Characters a query value may carry as they are (RFC 3986 query, minus & = + # and FHIR's | , $ \\).
+_SAFE = "-._~:/@!'()*;"
+_PLAIN = re.compile(r"^[A-Za-z0-9\-._~:/@!'()*;]*$")
+
+
+def _escape(s: str) -> str:
+    if _PLAIN.match(s):
+        return s
+    return quote(s.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$"), safe=_SAFE)
+
+
+_escape_system = lru_cache(maxsize=1024)(_escape)  # systems repeat; values (identifiers) are not cached
+
+
+def conditional_url(resource_type: str, system: str, value: str) -> str:
+    token = f"{_escape_system(system)}|{_escape(value)}" if system else _escape(value)
+    return f"{resource_type}?identifier={token}"
+
+
+def full_url(resource_type: str, system: str, value: str) -> str:
+    """``urn:uuid:`` + UUIDv5 (RFC 4122, SHA-1) of ``Type|system|value`` in the Interlink namespace."""
+    h = bytearray(hashlib.sha1(_NS + f"{resource_type}|{system}|{value}".encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def _ensure_identifier(resource: dict[str, Any], system: str, value: str) -> None:
+    ids = resource.setdefault("identifier", [])
+    for i in ids:
+        if i.get("value") == value and i.get("system", "") == system:
+            return
+    ids.append({"system": system, "value": value} if system else {"value": value})
+
+
+def _collect(inst: Instance, up: int, down: tuple[str, ...]) -> list[Instance]:
+    anc: Instance | None = inst
+    for _ in range(up):
+        anc = anc.parent if anc is not None else None
+    if anc is None:
+        return []
+    level = [anc]
+    for name in down:
+        level = [c for x in level for c in x.children.get(name, ())]
+    return level
+
+
+def assemble(made: list[Instance]) -> dict[str, Any]:
+    """The transaction Bundle for the instances of one message."""
+    seen: dict[str, Instance] = {}
+    for inst in made:
+        assert inst.entry is not None
+        rtype = inst.entry.resource_type
+        system, value = inst.identity
+        inst.full_url = full_url(rtype, system, value)
+        if inst.full_url in seen:
+            raise TransformError(
+                f"two {rtype} resources have the same business identifier", field=inst.entry.identity_field,
+                rule=inst.entry.rule, code="205",
+            )
+        seen[inst.full_url] = inst
+        _ensure_identifier(inst.resource, system, value)
+    entries = []
+    for inst in made:
+        assert inst.entry is not None
+        for plan in inst.entry.refs:
+            refs = [{"reference": t.full_url} for up, down in plan.routes for t in _collect(inst, up, down)]
+            if refs:
+                put(inst.resource, plan.keys, refs if plan.is_list else refs[0])
+        rtype = inst.entry.resource_type
+        entries.append(
+            {
+                "fullUrl": inst.full_url,
+                "resource": inst.resource,
+                "request": {"method": "PUT", "url": conditional_url(rtype, *inst.identity)},
+            }
+        )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

@@ -1,0 +1,137 @@
+"""The compiled set of mappings a process uses: choose a message map, run it, assemble and validate."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, TransformError
+from engine.hl7v2 import Message
+from engine.transform import dates
+from engine.transform.bundle import assemble
+from engine.transform.library import Library, read_sources
+from engine.transform.messages import MessageProgram, compile_message
+from engine.transform.runtime import run_program
+from engine.transform.validate import validate_bundle
+
+VALIDATION = ("full", "sampled", "off")
+SAMPLE_EVERY = 100
+
+
+class MappingSet:
+    """Every message map, compiled. Immutable after loading; :meth:`transform` is pure and thread-safe."""
+
+    def __init__(self, programs: dict[str, MessageProgram], roots: list[Path], timezone: str) -> None:
+        self.programs = programs
+        self.roots = roots
+        self.timezone = timezone
+        self._by_type: dict[str, MessageProgram] = {}
+        for p in programs.values():
+            for t in p.accepts:
+                self._by_type[t] = p
+        self._counter = itertools.count()
+
+    @property
+    def message_types(self) -> set[str]:
+        """Message types (``ORU^R01``) some map accepts by MSH-9."""
+        return set(self._by_type)
+
+    def has_mapping(self, message_type: str) -> bool:
+        """``ORU^R01``, ``ORU^R01^ORU_R01`` (structure also tried) or a map name such as ``ORU_R01``."""
+        return self._choose(message_type) is not None
+
+    def _choose(self, msh9: str) -> MessageProgram | None:
+        parts = msh9.split("^")
+        key = "^".join(parts[:2])
+        if key in self._by_type:
+            return self._by_type[key]
+        structure = parts[2] if len(parts) > 2 else parts[0]
+        return self.programs.get(structure)
+
+    def program(self, mapping: str) -> MessageProgram:
+        """A message map by name (``ORU_R01``) or path under mappings/ (``hl7v2/messages/ORU_R01.yaml``)."""
+        name = Path(mapping).name.removesuffix(".yaml")
+        found = self.programs.get(name)
+        if found is None:
+            raise TransformError(f"no message map named {name!r}", code="200", rule="mapping")
+        return found
+
+    def mapping_for(self, message: Message) -> str | None:
+        p = self._choose(self._msh9(message))
+        return p.name if p else None
+
+    @staticmethod
+    def _msh9(message: Message) -> str:
+        d = message.delimiters
+        msh9 = message.header.field(9).split(d.repetition, 1)[0].split(d.component)
+        return "^".join(c.strip() for c in msh9[:3])
+
+    def transform(
+        self,
+        message: Message,
+        *,
+        mapping: str | None = None,
+        validation: str = "sampled",
+        timezone: str | None = None,
+    ) -> dict[str, Any]:
+        """Map one parsed message to a FHIR R4 transaction Bundle.
+
+        ``mapping`` names the message map (default: chosen from MSH-9, then MSH-9.3); ``validation`` is
+        ``full`` (every bundle), ``sampled`` (1 in 100) or ``off``; ``timezone`` (IANA) is the zone of
+        times sent without an offset (default: the message map's, else the set's, else UTC).
+        Raises TransformError naming the field and rule when a rule rejects the message.
+        """
+        if validation not in VALIDATION:
+            raise ValueError(f"validation must be one of {VALIDATION}")
+        if mapping:
+            program = self.program(mapping)
+        else:
+            msh9 = self._msh9(message)
+            found = self._choose(msh9)
+            if found is None:
+                mt = "^".join(msh9.split("^")[:2])
+                raise TransformError(f"no mapping for message type {mt}", field="MSH-9", rule="mapping", code="200")
+            program = found
+        try:
+            tz = dates.zone(timezone or program.timezone or self.timezone)
+        except ValueError as exc:
+            raise TransformError(str(exc), rule="timezone", code="207") from None
+        bundle = assemble(run_program(program, message, tz))
+        if validation == "full" or (validation == "sampled" and next(self._counter) % SAMPLE_EVERY == 0):
+            validate_bundle(bundle)
+        return bundle
+
+
+def load_mappings(root: Path, *, overlays: Sequence[Path] = (), timezone: str = "UTC") -> MappingSet:
+    """Read and compile every mapping under ``root`` (then each overlay folder, in order).
+
+    Raises ConfigError (``file:line: message``) for the first error: unknown FHIR elements, functions,
+    tables or maps, bad paths, values of the wrong type, resources without identity, conflicting maps.
+    """
+    roots = [Path(root), *map(Path, overlays)]
+    try:
+        dates.zone(timezone)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    sources = read_sources(roots)
+    library = Library(sources)
+    library.check_all()
+    programs: dict[str, MessageProgram] = {}
+    claimed: dict[str, str] = {}
+    for name, src in sources.items():
+        if src.kind != "messages":
+            continue
+        program = compile_message(src, library)
+        if program.timezone:
+            try:
+                dates.zone(program.timezone)
+            except ValueError as exc:
+                raise src.where("timezone").error(str(exc)) from None
+        for t in program.accepts:
+            if t in claimed:
+                raise src.where("accepts").error(f"{t} is already mapped by {claimed[t]}")
+            claimed[t] = name
+        programs[name] = program
+    return MappingSet(programs, roots, timezone)

@@ -1,0 +1,172 @@
+"""Run a compiled message map over one parsed message: segment groups → resource instances.
+
+Pure and thread-safe: everything mutable lives in the :class:`Run` and the instances made for this message.
+Path look-ups walk up the groups: a segment name is answered by the innermost group that *claims* it (its
+own segment and ``members``), else by the whole message (first occurrence), so an OBX's ``NTE[*]`` are its
+own notes, ``OBR-7`` is its report's, and ``MSH-9.2`` is the message's.
+"""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+from typing import Any
+
+from engine.errors import TransformError
+from engine.hl7v2 import Message, Segment
+from engine.transform.compiler import primitive, run_steps
+from engine.transform.messages import CompiledEntry, IdentityAlt, MessageProgram
+from engine.transform.paths import Env
+
+
+class Run:
+    """Per-message state: delimiters, default timezone, segment positions."""
+
+    __slots__ = ("d", "dkey", "index", "memo", "message", "segments", "tz")
+
+    def __init__(self, message: Message, tz: tzinfo) -> None:
+        self.memo: dict[Any, Any] = {}  # function results for this message (dates repeat across OBX)
+        self.message = message
+        self.segments = message.segments
+        self.d = message.delimiters
+        self.dkey = self.d.field + self.d.encoding_characters  # hashable, for caches
+        self.tz = tz
+        index: dict[str, list[int]] = {}
+        for i, s in enumerate(self.segments):
+            index.setdefault(s.name, []).append(i)
+        self.index = index
+
+    def all(self, name: str) -> list[Segment]:
+        return [self.segments[i] for i in self.index.get(name, ())]
+
+
+class Instance:
+    """One resource being made (or the message root), with its segment group."""
+
+    __slots__ = (
+        "children", "derived", "entry", "full_url", "identity", "own", "parent", "resource", "run", "start", "end",
+    )
+
+    def __init__(self, entry: CompiledEntry | None, parent: Instance | None, run: Run, start: int, end: int) -> None:
+        self.entry = entry
+        self.parent = parent
+        self.run = run
+        self.start, self.end = start, end
+        self.own: dict[str, list[Segment]] = {}
+        self.children: dict[str, list[Instance]] = {}
+        self.resource: dict[str, Any] = {}
+        self.identity: tuple[str, str] = ("", "")
+        self.full_url = ""
+        self.derived: dict[str, int] | None = None  # derived identities of children, for repeats
+
+    def find(self, name: str) -> list[Segment]:
+        s: Instance | None = self
+        while s is not None and s.entry is not None:
+            if name in s.entry.claims:
+                return s.own.get(name, [])
+            s = s.parent
+        return self.run.all(name)
+
+
+def run_program(program: MessageProgram, message: Message, tz: tzinfo) -> list[Instance]:
+    """Make every instance of the program; returns them in output order (pre-order)."""
+    run = Run(message, tz)
+    root = Instance(None, None, run, 0, len(run.segments))
+    made: list[Instance] = []
+    for entry in program.roots:
+        _instantiate(entry, root, made)
+    return made
+
+
+def _positions(entry: CompiledEntry, parent: Instance) -> list[int]:
+    run = parent.run
+    pos = [i for i in run.index.get(entry.segment, ()) if parent.start <= i < parent.end]
+    if entry.before:
+        stop = min((i for n in entry.before for i in run.index.get(n, ()) if parent.start <= i < parent.end),
+                   default=parent.end)
+        pos = [i for i in pos if i < stop]
+    if pos and parent.entry is not None and pos[0] == parent.start:
+        pos = pos[1:]  # a group never contains its own start segment again
+    return pos
+
+
+def _instantiate(entry: CompiledEntry, parent: Instance, made: list[Instance]) -> None:
+    run = parent.run
+    pos = _positions(entry, parent)
+    if not pos:
+        if entry.required:
+            raise TransformError(f"required segment {entry.segment} is missing", field=entry.segment,
+                                 rule=entry.rule, code="100")
+        return
+    if not entry.each and len(pos) > 1:
+        raise TransformError(f"more than one {entry.segment} segment where one is expected", field=entry.segment,
+                             rule=entry.rule, code="100")
+    segs = run.segments
+    for n, p in enumerate(pos):
+        end = pos[n + 1] if n + 1 < len(pos) else parent.end
+        inst = Instance(entry, parent, run, p, end)
+        own = inst.own
+        own[entry.segment] = [segs[p]]
+        i = p + 1
+        while i < end and segs[i].name in entry.members:
+            own.setdefault(segs[i].name, []).append(segs[i])
+            i += 1
+        env = Env(inst, segs[p], entry.segment, run)
+        if entry.when is not None and not entry.when(env):
+            continue
+        for rej in entry.rejects:
+            if rej.when(env):
+                raise TransformError(rej.message, field=rej.field, rule=rej.rule, code=rej.code)
+        inst.resource = run_steps(entry.steps, env, {"resourceType": entry.resource_type})
+        inst.identity = _identity(entry, inst, env)
+        parent.children.setdefault(entry.name, []).append(inst)
+        made.append(inst)
+        for child in entry.children:
+            _instantiate(child, inst, made)
+
+
+def _identity(entry: CompiledEntry, inst: Instance, env: Env) -> tuple[str, str]:
+    for alt in entry.identity:
+        if alt.when is not None and not alt.when(env):
+            continue
+        got = _derived(alt, inst, env) if alt.ident is None else _identifier(alt, inst, env)
+        if got:
+            return got
+    raise TransformError(f"no business identifier for the {entry.resource_type} (identity rule)",
+                         field=entry.identity_field, rule=entry.rule, code="101")
+
+
+def _identifier(alt: IdentityAlt, inst: Instance, env: Env) -> tuple[str, str] | None:
+    assert alt.get is not None and alt.ident is not None
+    for raw in alt.get(env):
+        if alt.keep is not None and not alt.keep(Env(inst, raw, env.field, env.run)):
+            continue
+        ident = env.run.memo.get((alt.ident, raw)) or alt.ident.apply(inst, raw, env.field, env.run)
+        if ident and ident.get("value"):
+            return ident.get("system", ""), ident["value"]
+    return None
+
+
+def _derived(alt: IdentityAlt, inst: Instance, env: Env) -> tuple[str, str] | None:
+    base: Instance | None = inst
+    for _ in range(alt.derive_up):
+        base = base.parent if base is not None else None
+    if base is None or not base.identity[1]:
+        return None
+    d = env.run.d
+    parts = []
+    for get, level in alt.parts:
+        vals = get(env)
+        parts.append(primitive(vals[0], level, d) if vals else "")
+    if not any(parts):
+        return None
+    value = "/".join([base.identity[1], *(p for p in parts if p)])
+    # The n-th result with the same code and sub-id under one report gets "/#n" (stable across resends).
+    parent = inst.parent
+    if parent is not None:
+        seen = parent.derived
+        if seen is None:
+            seen = parent.derived = {}
+        n = seen[value] = seen.get(value, 0) + 1
+        if n > 1:
+            value = f"{value}/#{n}"
+    return base.identity[0], value
