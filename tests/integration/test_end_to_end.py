@@ -27,9 +27,9 @@ def ack_code(reply: bytes) -> str:
 
 
 def mllp_send(port: int, *messages: bytes, tmp_path: Path) -> list[str]:
-    """Send with python-hl7's mllp_send (one message per line of its input file); return the MSA-1 codes."""
+    """Send with python-hl7's mllp_send (it reads MLLP-framed messages from a file); return the MSA-1 codes."""
     f = tmp_path / "batch.hl7"
-    f.write_bytes(b"\n".join(m.rstrip(b"\r") for m in messages) + b"\n")
+    f.write_bytes(b"".join(b"\x0b" + m + b"\x1c\r" for m in messages))
     out = subprocess.run(
         [MLLP_SEND, "--port", str(port), "--file", str(f), "127.0.0.1"],
         capture_output=True,
