@@ -199,7 +199,7 @@ class ExpectedError(Model):
     contains: str | None = Field(None, description="Text the error message contains.")
 
 
-class TestCase(Model):
+class CaseSpec(Model):
     """One sibling test case (``<map>.tests.yaml``)."""
 
     name: str = Field(description="What the case shows.")
@@ -211,10 +211,10 @@ class TestCase(Model):
     error: ExpectedError | None = Field(None, description="The message must be rejected like this.")
 
 
-class TestFile(Model):
+class CasesFile(Model):
     """A sibling test file."""
 
-    tests: list[TestCase] = Field(description="The cases.")
+    tests: list[CaseSpec] = Field(description="The cases.")
 
 
 Kind = Literal["messages", "segments", "datatypes", "codesystems"]

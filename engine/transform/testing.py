@@ -35,7 +35,7 @@ from engine.errors import ConfigError, HL7Error, TransformError
 from engine.spec import yamlfile
 from engine.transform.library import map_dir
 from engine.transform.mappingset import MappingSet, load_mappings
-from engine.transform.spec import Fact, TestCase, TestFile
+from engine.transform.spec import Fact, CaseSpec, CasesFile
 
 _STEP = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
 
@@ -47,7 +47,7 @@ class MappingTestCase:
     name: str
     file: str
     line: int
-    case: TestCase | None  # None when the test file itself could not be read
+    case: CaseSpec | None  # None when the test file itself could not be read
     base: Path
     problem: str = ""
 
@@ -61,7 +61,7 @@ class MappingTestResult:
     failures: list[str] = field(default_factory=list)
 
 
-def test_files(roots: list[Path]) -> list[Path]:
+def sibling_test_files(roots: list[Path]) -> list[Path]:
     out: list[Path] = []
     for root in roots:
         base = map_dir(root)
@@ -72,10 +72,10 @@ def test_files(roots: list[Path]) -> list[Path]:
 def collect_mapping_tests(roots: list[Path]) -> list[MappingTestCase]:
     """Every case of every ``*.tests.yaml`` under the mapping folders (base, then overlays)."""
     cases: list[MappingTestCase] = []
-    for path in test_files(roots):
+    for path in sibling_test_files(roots):
         try:
             doc = yamlfile.load(path)
-            spec: TestFile = doc.validate(TestFile)
+            spec: CasesFile = doc.validate(CasesFile)
         except ConfigError as exc:
             cases.append(MappingTestCase(path.name, str(path), exc.line or 1, None, path.parent, str(exc)))
             continue
@@ -93,7 +93,7 @@ def run_mapping_tests(
     return [run_case(ms, c) for c in collect_mapping_tests(ms.roots)]
 
 
-def load_message(case: TestCase, base: Path) -> str:
+def load_message(case: CaseSpec, base: Path) -> str:
     text = case.message
     if "\n" in text.strip() or text.lstrip().startswith("MSH"):
         return text
@@ -127,7 +127,7 @@ def run_case(ms: MappingSet, tc: MappingTestCase) -> MappingTestResult:
     return result
 
 
-def _check_error(case: TestCase, exc: TransformError | HL7Error) -> list[str]:
+def _check_error(case: CaseSpec, exc: TransformError | HL7Error) -> list[str]:
     if case.error is None:
         return [f"rejected: {exc}" + (f" (rule {exc.rule})" if isinstance(exc, TransformError) else "")]
     want = case.error
@@ -177,7 +177,7 @@ def _index(values: list[Any], idx: str | None) -> list[Any]:
     return [values[i]] if i < len(values) else []
 
 
-def _check_bundle(case: TestCase, bundle: dict[str, Any]) -> list[str]:
+def _check_bundle(case: CaseSpec, bundle: dict[str, Any]) -> list[str]:
     out = []
     counts = Counter(e["resource"]["resourceType"] for e in bundle.get("entry", []))
     for rtype, n in case.count.items():

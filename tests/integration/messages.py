@@ -22,7 +22,11 @@ def oru(
     if pid:
         segs.append(f"PID|1||{mrn}^^^HOSP^MR||TESTER^ALEX^J||{birth}|F|||1 MAIN ST^^SPRINGFIELD^IL^62701")
     segs.append("PV1|1|O|LAB^^^HOSP||||||||||||||||V" + control_id)
-    segs.append(f"OBR|1|P{control_id}|{filler}|24323-8^Comprehensive metabolic panel^LN|||20240301090000+0000")
+    segs.append(
+        f"OBR|1|P{control_id}|{filler}|24323-8^Comprehensive metabolic panel^LN|||20240301090000+0000"
+        + "|" * 18
+        + status
+    )
     for i in range(1, obx + 1):
         segs.append(
             f"OBX|{i}|NM|{2340 + i}-8^Analyte {i}^LN||{value}|mmol/L^mmol/L^UCUM|3.5-6.5|N|||{status}"
