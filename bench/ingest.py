@@ -52,7 +52,7 @@ def echo_server(port_q: mp.Queue) -> None:  # type: ignore[type-arg]
     asyncio.run(main())
 
 
-def engine_server(port_q: mp.Queue, database_url: str, workdir: str) -> None:  # type: ignore[type-arg]
+def engine_server(port_q: mp.Queue, database_url: str, workdir: str, sync: str = "FULL") -> None:  # type: ignore[type-arg]
     """The engine's accept path only: MLLP source + ingest + group commit (no workers)."""
     import yaml
 
@@ -69,7 +69,12 @@ def engine_server(port_q: mp.Queue, database_url: str, workdir: str) -> None:  #
     }
     (wd / "channels" / "lab.yaml").write_text(yaml.safe_dump(channel))
     settings = Settings.model_validate(
-        {"database_url": database_url, "channels_dir": wd / "channels", "mappings_dir": ROOT / "mappings"}
+        {
+            "database_url": database_url,
+            "sqlite_synchronous": sync,
+            "channels_dir": wd / "channels",
+            "mappings_dir": ROOT / "mappings",
+        }
     )
 
     async def main() -> None:
@@ -132,7 +137,7 @@ def main() -> None:
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = ap.parse_args()
 
-    backends = [("sqlite", None)]
+    backends = [("sqlite FULL", None, "FULL"), ("sqlite NORMAL", None, "NORMAL")]
     try:
         from sqlalchemy import create_engine, text
 
@@ -141,19 +146,19 @@ def main() -> None:
             for t in ("attempts", "deliveries", "contents", "messages", "alembic_version"):
                 c.execute(text(f"DROP TABLE IF EXISTS {t} CASCADE"))
         e.dispose()
-        backends.append(("postgresql", args.pg))
+        backends.append(("postgresql", args.pg, "FULL"))
     except Exception as exc:
         print(f"(PostgreSQL not reachable, skipped: {exc.__class__.__name__})")
 
     print(f"ORU^R01 with 8 OBX ({len(ORU)} bytes), {args.messages} messages per run\n")
     print(f"{'server':<22}{'conns':>6}{'msg/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs echo':>9}")
-    for conns in (1, 4):
+    for conns in (1, 4, 16):
         echo = measure(echo_server, (), conns, args.messages)
         print(f"{'asyncio echo':<22}{conns:>6}{echo['rate']:>10.0f}{echo['p50']:>9.2f}{echo['p99']:>9.2f}{'1.00':>9}")
-        for name, url in backends:
+        for name, url, sync in backends:
             with tempfile.TemporaryDirectory() as wd:
                 db = url or f"sqlite:///{wd}/interlink.db"
-                r = measure(engine_server, (db, wd), conns, args.messages)
+                r = measure(engine_server, (db, wd, sync), conns, args.messages)
             ratio = r["rate"] / echo["rate"]
             print(f"{'engine ' + name:<22}{conns:>6}{r['rate']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{ratio:>9.2f}")
 

@@ -56,7 +56,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.channels, self.mappings = load_config(settings, channel_paths)
-        self.store = Store(settings.database_url)
+        self.store = Store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         self.pipeline = Pipeline(self.store, self.mappings, self.channels)
         self.broker = make_broker(settings.queue_url, DeadLetters(self.pipeline.on_dead))
         self.actors = Actors(self.broker, self.pipeline)

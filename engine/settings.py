@@ -29,6 +29,11 @@ class Settings(Model):
 
     data_dir: Path = Field(Path("data"), description="Folder for the SQLite store and file outputs.")
     database_url: str = Field("sqlite:///data/interlink.db", description="SQLAlchemy URL of the message store.")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite only: FULL commits survive a power loss before the ACK; NORMAL survives a crash "
+        "of the engine but not of the machine, and ingests several times faster.",
+    )
     queue_url: str = Field("memory://", description="Broker URL: memory://, redis://…, amqp://….")
     channels_dir: Path = Field(Path("channels"), description="Folder of channel files.")
     mappings_dir: Path = Field(Path("mappings"), description="Folder of mapping files.")

@@ -35,11 +35,15 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
     return eng
 
 
-def make_engines(url: str) -> tuple[Engine, Engine]:
-    """Return the (ingest, work) engines for a database URL."""
+def make_engines(url: str, *, sqlite_synchronous: str = "FULL") -> tuple[Engine, Engine]:
+    """Return the (ingest, work) engines for a database URL.
+
+    ``sqlite_synchronous`` applies to SQLite's ingest engine: FULL (default) survives a power loss;
+    NORMAL survives a crash of the process (or of the whole engine) but not of the machine.
+    """
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, "FULL"), _sqlite_engine(url, "NORMAL")
+        return _sqlite_engine(url, sqlite_synchronous), _sqlite_engine(url, "NORMAL")
     if u.get_backend_name() == "postgresql":
         if u.drivername == "postgresql":
             url = u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)

@@ -89,8 +89,10 @@ def assemble(made: list[Instance]) -> dict[str, Any]:
         inst.full_url = full_url(rtype, system, value)
         if inst.full_url in seen:
             raise TransformError(
-                f"two {rtype} resources have the same business identifier", field=inst.entry.identity_field,
-                rule=inst.entry.rule, code="205",
+                f"two {rtype} resources have the same business identifier",
+                field=inst.entry.identity_field,
+                rule=inst.entry.rule,
+                code="205",
             )
         seen[inst.full_url] = inst
         _ensure_identifier(inst.resource, system, value)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from engine.errors import ConfigError, TransformError
@@ -20,13 +21,12 @@ from engine.hl7v2 import Delimiters, unescape
 from engine.spec.yamlfile import YamlDoc
 from engine.transform import fhirmodel, paths
 from engine.transform.conditions import Cond, compile_condition
-from engine.transform.dates import Invalid
 from engine.transform.functions import REGISTRY, Function
 from engine.transform.paths import Env, Getter
 from engine.transform.spec import Rule
-from engine.transform.tables import Unmapped
 
 RuleFn = Callable[[Env], list[Any]]
+_MISS = object()
 Loc = tuple[str | int, ...]
 
 
@@ -79,7 +79,7 @@ class Step:
     required: str | None = None  # field named when nothing is produced
     rule: str = ""
     merge_all: bool = False  # a single object element: every rule adds to it (earlier rules win per element)
-    gate: Any = None  # env -> bool: False means no rule of the step can apply (see conditions.gate)
+    gate: Any = None  # (reader, memo key, values): the step runs only when the value is one of them
     single: str | None = None  # the element name, when the path has one step (fast assignment)
     own_field: int | None = None  # every rule reads this field of the current segment: skip when empty
 
@@ -123,9 +123,13 @@ def run_steps(steps: list[Step], env: Env, out: dict[str, Any]) -> dict[str, Any
     for step in steps:
         found = False
         of = step.own_field
-        if of is not None and (of >= nf or not fields[of]):  # type: ignore[index]
-            pass
-        elif step.gate is not None and not step.gate(env):
+        g = step.gate
+        if g is not None:
+            memo = env.memo
+            v = memo.get(g[1], _MISS) if memo is not None else _MISS
+            if (v if v is not _MISS else g[0](env)) not in g[2]:
+                of = -1  # skip the step
+        if of is not None and (of < 0 or of >= nf or not fields[of]):  # type: ignore[index]
             pass
         elif step.is_list:
             vals: list[Any] = []
@@ -162,7 +166,6 @@ def run_steps(steps: list[Step], env: Env, out: dict[str, Any]) -> dict[str, Any
     return out
 
 
-_MISS = object()
 CACHE_LIMIT = 4096
 
 
@@ -170,8 +173,8 @@ class CompiledMap:
     """A datatype map, or a segment map producing a datatype: value → dict (or None when empty).
 
     A map marked ``cache: true`` (vocabulary: codes, units) that reads only its own value remembers its
-    result per distinct input, delimiters and timezone, and hands out copies; the cache is emptied when
-    it reaches CACHE_LIMIT entries.
+    result per distinct input, delimiters and timezone, as JSON bytes, and hands out fresh copies; the
+    cache is emptied when it reaches CACHE_LIMIT entries.
     """
 
     __slots__ = ("cache", "level", "name", "pure", "remember", "requires", "steps", "target")
@@ -190,14 +193,14 @@ class CompiledMap:
             key = (cur, run.dkey, run.tz)
             hit = cache.get(key, _MISS)
             if hit is not _MISS:
-                return clone(hit) if hit is not None else None
+                return orjson.loads(hit) if hit is not None else None
         out: dict[str, Any] | None = run_steps(self.steps, Env(scope, cur, field, run), {})
         if not out or any(k not in out for k in self.requires):
             out = None
         if cache is not None:
             if len(cache) >= CACHE_LIMIT:
                 cache.clear()
-            cache[key] = clone(out) if out is not None else None
+            cache[key] = orjson.dumps(out) if out is not None else None  # a private, immutable copy
         elif self.remember and out is not None and self.pure:
             run.memo[(self, cur)] = out  # read-only reuse: later merges only add elements
         return out
@@ -209,7 +212,7 @@ class Resolver:
     def __init__(self, *, segment: str | None = None, datatype: str | None = None, level: int = 1) -> None:
         self.segment, self.datatype, self.level = segment, datatype, level
         self._cache: dict[str, tuple[Getter, int, str | None]] = {}
-        self.reads_scope = False  # some path reads beyond the current value
+        self.reads_scope: str | None = None  # the first path that reads beyond the current value
 
     def resolve(self, text: str) -> tuple[Getter, int, str | None]:
         """One getter per path text, so conditions on the same field share their memo."""
@@ -222,8 +225,8 @@ class Resolver:
         if self.datatype and (dp := paths.parse_datatype_path(text, self.datatype)):
             return paths.datatype_getter(dp, self.level), dp.level(self.level), None
         sp = paths.parse_segment_path(text)
-        if sp.segment != self.segment or sp.seg_rep is not None:
-            self.reads_scope = True
+        if (sp.segment != self.segment or sp.seg_rep is not None) and self.reads_scope is None:
+            self.reads_scope = text
         return paths.segment_getter(sp, self.segment), sp.level, sp.label
 
 
@@ -257,7 +260,9 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def resolve_target(model: str, dotted: str, where: Where, *, resource: bool) -> tuple[tuple[tuple[str, bool], ...], fhirmodel.Element]:
+def resolve_target(
+    model: str, dotted: str, where: Where, *, resource: bool
+) -> tuple[tuple[tuple[str, bool], ...], fhirmodel.Element]:
     """Walk ``a.b.c`` through the FHIR model; ConfigError naming the unknown element."""
     keys: list[tuple[str, bool]] = []
     current = model
@@ -344,16 +349,9 @@ def parse_rules(spec: Any, where: Where) -> list[tuple[Rule, Where]]:
     return out
 
 
-def clone(value: Any) -> Any:
-    """A fresh copy of JSON-like data (much cheaper than copy.deepcopy)."""
-    if isinstance(value, dict):
-        return {k: clone(v) if isinstance(v, dict | list) else v for k, v in value.items()}
-    if isinstance(value, list):
-        return [clone(v) if isinstance(v, dict | list) else v for v in value]
-    return value
-
-
 def deep_copy(value: Any) -> Callable[[], Any]:
+    """A maker of fresh copies of a constant (JSON objects are re-read from bytes: faster than copying)."""
     if isinstance(value, dict | list):
-        return lambda: clone(value)
+        frozen = orjson.dumps(value)
+        return lambda: orjson.loads(frozen)
     return lambda: value

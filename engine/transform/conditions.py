@@ -116,8 +116,14 @@ def implied(spec: Condition) -> dict[str, frozenset[str]]:
     return {}
 
 
-def gate(conds: list[Condition | None], resolver: Resolver) -> Cond | None:
-    """A cheap pre-check for a step whose every rule requires some path to hold one of some values."""
+Gate = tuple[Callable[[Env], "str | None"], Getter, frozenset[str]]
+
+
+def gate(conds: list[Condition | None], resolver: Resolver) -> Gate | None:
+    """A cheap pre-check for a step whose every rule requires some path to hold one of some values.
+
+    Returns (first-value reader, its memo key, the values that let the step run).
+    """
     if not conds or any(c is None for c in conds):
         return None
     maps = [implied(c) for c in conds if c is not None]
@@ -126,7 +132,8 @@ def gate(conds: list[Condition | None], resolver: Resolver) -> Cond | None:
         return None
     path = sorted(common)[0]
     values = frozenset().union(*(m[path] for m in maps))
-    return _in(_first(*resolver.resolve(path)[:2]), values)
+    get, level, _ = resolver.resolve(path)
+    return _first(get, level), get, values
 
 
 def compile_condition(spec: Condition, resolver: Resolver) -> Cond:

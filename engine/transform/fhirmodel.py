@@ -28,8 +28,29 @@ PRIMITIVE_TARGETS: dict[str, frozenset[str]] = {
     "boolean": frozenset({"boolean"}),
 }
 PRIMITIVES = frozenset(
-    "string markdown code id uri url canonical oid uuid date dateTime instant time decimal integer "
-    "positiveInt unsignedInt integer64 boolean base64Binary xhtml".split()
+    {
+        "string",
+        "markdown",
+        "code",
+        "id",
+        "uri",
+        "url",
+        "canonical",
+        "oid",
+        "uuid",
+        "date",
+        "dateTime",
+        "instant",
+        "time",
+        "decimal",
+        "integer",
+        "positiveInt",
+        "unsignedInt",
+        "integer64",
+        "boolean",
+        "base64Binary",
+        "xhtml",
+    }
 )
 
 

@@ -31,7 +31,7 @@ _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
 _OID = re.compile(r"^[0-2](?:\.(?:0|[1-9][0-9]*))+$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _URI = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://\S+|urn:[a-zA-Z0-9][a-zA-Z0-9-]{0,31}:\S+)$")
-_RANGE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*(?:-|–|\bto\b)\s*([+-]?\d+(?:\.\d+)?)\s*$")
+_RANGE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*(?:-|\u2013|\bto\b)\s*([+-]?\d+(?:\.\d+)?)\s*$")
 _BOUND = re.compile(r"^\s*(<=|>=|<|>)\s*([+-]?\d+(?:\.\d+)?)\s*$")
 _SN_LENIENT = re.compile(r"^(<=|>=|<>|<|>|=)?\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))$")
 _COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "=": None, "": None}
@@ -169,7 +169,7 @@ def _ucum_system(run: Any, parts: list[str]) -> str | None:
 
 
 def _sn(parts: list[str]) -> tuple[str, str, str, str]:
-    comp, n1, sep, n2 = (parts + ["", "", "", ""])[:4]
+    comp, n1, sep, n2 = [*parts, "", "", "", ""][:4]
     if not n1 and not sep and (m := _SN_LENIENT.match(comp)):
         # Tolerate "<0.10" or "182" sent without component separators.
         comp, n1 = m.group(1) or "", m.group(2)
@@ -263,10 +263,8 @@ REGISTRY: dict[str, Function] = {
     f.name: f
     for f in (
         Function("date", _date, "primitive", "date", "TS/DT → FHIR date (YYYY, YYYY-MM, YYYY-MM-DD).", memo=True),
-        Function("datetime", _datetime, "primitive", "dateTime", "TS/DTM → FHIR dateTime, precision kept.",
-                 memo=True),
-        Function("instant", _instant, "primitive", "instant", "TS/DTM → FHIR instant (minutes at least).",
-                 memo=True),
+        Function("datetime", _datetime, "primitive", "dateTime", "TS/DTM → FHIR dateTime, precision kept.", memo=True),
+        Function("instant", _instant, "primitive", "instant", "TS/DTM → FHIR instant (minutes at least).", memo=True),
         Function("time", _time, "primitive", "time", "TM → FHIR time.", memo=True),
         Function("decimal", _decimal, "primitive", "decimal", "NM → decimal; anything else is an error."),
         Function("integer", _integer, "primitive", "integer", "NM/SI → integer."),
@@ -294,9 +292,20 @@ REGISTRY: dict[str, Function] = {
         Function("sn_range", _sn_range, "parts", "Range", "SN num1-num2 → Range (low, high values)."),
         Function("sn_ratio", _sn_ratio, "parts", "Ratio", "SN num1:num2 or num1/num2 → Ratio."),
         Function("sn_text", _sn_text, "parts", "string", "SN → its components as text."),
-        Function("reference_range", _reference_range, "primitive", "ObservationReferenceRange",
-                 "OBX-7 → referenceRange: text, plus low/high for 'a-b', 'a to b', '<b', '>a'."),
-        Function("xcn_display", _xcn_display, "parts", "string", "XCN/XPN person → display name."),
+        Function(
+            "reference_range",
+            _reference_range,
+            "primitive",
+            "ObservationReferenceRange",
+            "OBX-7 → referenceRange: text, plus low/high for 'a-b', 'a to b', '<b', '>a'.",
+        ),
+        Function(
+            "xcn_display",
+            _xcn_display,
+            "parts",
+            "string",
+            "XCN person → display name (prefix given middle family suffix).",
+        ),
         Function("pl_display", _pl_display, "parts", "string", "PL location → display text."),
         Function("xtn_value", _xtn_value, "parts", "string", "XTN → ContactPoint.value (e-mail or number)."),
     )

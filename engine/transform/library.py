@@ -162,11 +162,12 @@ class Library:
             compiled.steps, refs = compile_steps(src.rules(), ctx)
             if refs:
                 raise src.where("rules").error("`ref` rules belong in message maps")
-            compiled.pure = not resolver.reads_scope and all(u.pure for u in ctx.used)
+            compiled.pure = resolver.reads_scope is None and all(u.pure for u in ctx.used)
             cache, cw = src.last("cache") if src.kind == "datatypes" else (False, target_w)
             if cache:
                 if not compiled.pure:
-                    raise cw.error("a cached map may read only its own value (no segment paths)")
+                    what = f"it reads {resolver.reads_scope}" if resolver.reads_scope else "it uses a map that does"
+                    raise cw.error(f"a cached map may read only its own value ({what})")
                 compiled.cache = {}
             requires, rw = src.last("requires")
             for r in requires:

@@ -39,7 +39,10 @@ class MappingSet:
         return set(self._by_type)
 
     def has_mapping(self, message_type: str) -> bool:
-        """``ORU^R01``, ``ORU^R01^ORU_R01`` (structure also tried) or a map name such as ``ORU_R01``."""
+        """``ORU^R01``, ``ORU^R01^ORU_R01`` (structure also tried), a map name (``ORU_R01``) or its path
+        under mappings/ (``hl7v2/messages/ORU_R01.yaml``)."""
+        if "/" in message_type or message_type.endswith(".yaml"):
+            return Path(message_type).name.removesuffix(".yaml") in self.programs
         return self._choose(message_type) is not None
 
     def _choose(self, msh9: str) -> MessageProgram | None:

@@ -170,8 +170,16 @@ def _entry(name: str, layered: _Layered, done: dict[str, CompiledEntry], library
     members = frozenset(layered.get("members")[0])
     required = bool(layered.get("required")[0])
     ce = CompiledEntry(
-        name, segment, bool(each), parent, members, frozenset(layered.get("before")[0]),
-        frozenset({segment, *members}), required, target, f"{w.label} {name}",
+        name,
+        segment,
+        bool(each),
+        parent,
+        members,
+        frozenset(layered.get("before")[0]),
+        frozenset({segment, *members}),
+        required,
+        target,
+        f"{w.label} {name}",
     )
     resolver = Resolver(segment=segment)
     when, w_when = layered.get("when")

@@ -23,7 +23,6 @@ from engine.transform.compiler import (
     Where,
     check_constant,
     check_object,
-    clone,
     condition,
     deep_copy,
     finish_fn,
@@ -72,9 +71,7 @@ class RefTarget:
 Converter = Callable[[Env, Any], Any]
 
 
-def compile_steps(
-    rules: dict[str, list[tuple[Rule, Where]]], ctx: Context
-) -> tuple[list[Step], list[RefTarget]]:
+def compile_steps(rules: dict[str, list[tuple[Rule, Where]]], ctx: Context) -> tuple[list[Step], list[RefTarget]]:
     """Compile target → rules (already parsed and merged) into steps and reference targets."""
     steps: list[Step] = []
     refs: list[RefTarget] = []
@@ -139,7 +136,9 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
         if el.primitive:
             raise w.error(f"{target} is a {el.type}: `build` makes objects")
         sub = CompiledMap(target, el.type, 0)
-        sub.steps, refs = compile_steps(parse_all(rule.build, w.at("build")), Context(ctx.library, ctx.resolver, el.type, False))
+        sub.steps, refs = compile_steps(
+            parse_all(rule.build, w.at("build")), Context(ctx.library, ctx.resolver, el.type, False)
+        )
         if refs:
             raise w.error("`ref` is not allowed inside `build`")
 
@@ -165,10 +164,12 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
             raise w.at("where").error("`where` filters the repetitions of a field path (PID-3[*])")
         keep = condition(rule.where, RelativeResolver(sp, ctx.resolver), w.at("where"))
     defaults = rule.defaults
+    fresh_defaults = None
     if defaults is not None:
         if el.primitive:
             raise w.error("`defaults` apply to objects")
         check_object(defaults, el.type, w.at("defaults"))
+        fresh_defaults = deep_copy(defaults)
     first_only = not el.is_list and rule.join is None
     joiner = rule.join
 
@@ -208,8 +209,8 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
                 x = convert(env, raw)
                 if x is None or x == "":
                     continue
-                if defaults is not None:
-                    merge(x, clone(defaults))
+                if fresh_defaults is not None:
+                    merge(x, fresh_defaults())
                 if first_only:
                     return [x]
                 out.append(x)

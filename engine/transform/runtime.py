@@ -43,7 +43,17 @@ class Instance:
     """One resource being made (or the message root), with its segment group."""
 
     __slots__ = (
-        "children", "derived", "entry", "full_url", "identity", "own", "parent", "resource", "run", "start", "end",
+        "children",
+        "derived",
+        "end",
+        "entry",
+        "full_url",
+        "identity",
+        "own",
+        "parent",
+        "resource",
+        "run",
+        "start",
     )
 
     def __init__(self, entry: CompiledEntry | None, parent: Instance | None, run: Run, start: int, end: int) -> None:
@@ -81,8 +91,10 @@ def _positions(entry: CompiledEntry, parent: Instance) -> list[int]:
     run = parent.run
     pos = [i for i in run.index.get(entry.segment, ()) if parent.start <= i < parent.end]
     if entry.before:
-        stop = min((i for n in entry.before for i in run.index.get(n, ()) if parent.start <= i < parent.end),
-                   default=parent.end)
+        stop = min(
+            (i for n in entry.before for i in run.index.get(n, ()) if parent.start <= i < parent.end),
+            default=parent.end,
+        )
         pos = [i for i in pos if i < stop]
     if pos and parent.entry is not None and pos[0] == parent.start:
         pos = pos[1:]  # a group never contains its own start segment again
@@ -94,12 +106,17 @@ def _instantiate(entry: CompiledEntry, parent: Instance, made: list[Instance]) -
     pos = _positions(entry, parent)
     if not pos:
         if entry.required:
-            raise TransformError(f"required segment {entry.segment} is missing", field=entry.segment,
-                                 rule=entry.rule, code="100")
+            raise TransformError(
+                f"required segment {entry.segment} is missing", field=entry.segment, rule=entry.rule, code="100"
+            )
         return
     if not entry.each and len(pos) > 1:
-        raise TransformError(f"more than one {entry.segment} segment where one is expected", field=entry.segment,
-                             rule=entry.rule, code="100")
+        raise TransformError(
+            f"more than one {entry.segment} segment where one is expected",
+            field=entry.segment,
+            rule=entry.rule,
+            code="100",
+        )
     segs = run.segments
     for n, p in enumerate(pos):
         end = pos[n + 1] if n + 1 < len(pos) else parent.end
@@ -131,8 +148,12 @@ def _identity(entry: CompiledEntry, inst: Instance, env: Env) -> tuple[str, str]
         got = _derived(alt, inst, env) if alt.ident is None else _identifier(alt, inst, env)
         if got:
             return got
-    raise TransformError(f"no business identifier for the {entry.resource_type} (identity rule)",
-                         field=entry.identity_field, rule=entry.rule, code="101")
+    raise TransformError(
+        f"no business identifier for the {entry.resource_type} (identity rule)",
+        field=entry.identity_field,
+        rule=entry.rule,
+        code="101",
+    )
 
 
 def _identifier(alt: IdentityAlt, inst: Instance, env: Env) -> tuple[str, str] | None:

@@ -64,7 +64,7 @@ def v2_system(source: str | None) -> str | None:
 class Table:
     """A compiled code-system map: dict look-ups returning fresh objects (callers may extend them)."""
 
-    __slots__ = ("_codings", "_codes", "keep_system", "name", "system", "unmapped")
+    __slots__ = ("_codes", "_codings", "keep_system", "name", "system", "unmapped")
 
     def __init__(self, name: str, spec: TableFile) -> None:
         self.name = name

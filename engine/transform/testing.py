@@ -35,7 +35,7 @@ from engine.errors import ConfigError, HL7Error, TransformError
 from engine.spec import yamlfile
 from engine.transform.library import map_dir
 from engine.transform.mappingset import MappingSet, load_mappings
-from engine.transform.spec import Fact, CaseSpec, CasesFile
+from engine.transform.spec import CasesFile, CaseSpec, Fact
 
 _STEP = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
 
@@ -85,9 +85,7 @@ def collect_mapping_tests(roots: list[Path]) -> list[MappingTestCase]:
     return cases
 
 
-def run_mapping_tests(
-    mappings: MappingSet | Path, *, overlays: list[Path] | None = None
-) -> list[MappingTestResult]:
+def run_mapping_tests(mappings: MappingSet | Path, *, overlays: list[Path] | None = None) -> list[MappingTestResult]:
     """Run every sibling test of a mapping set (or of the mapping folder given)."""
     ms = mappings if isinstance(mappings, MappingSet) else load_mappings(mappings, overlays=overlays or [])
     return [run_case(ms, c) for c in collect_mapping_tests(ms.roots)]

@@ -13,21 +13,30 @@ from functools import lru_cache
 
 UCUM = "http://unitsofmeasure.org"
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 _PREFIXES = ("da", "Y", "Z", "E", "P", "T", "G", "M", "k", "h", "d", "c", "m", "u", "n", "p", "f", "a", "z", "y")
 #: Atoms that take metric prefixes.
-_METRIC = frozenset(
-    "m s g rad K C cd mol sr Hz N Pa J W A V F Ohm S Wb Cel T H lm lx Bq Gy Sv l L ar t bar u eV pc "
-    "gf Ky Gal dyn erg P Bi St Mx G Oe Gb sb Lmb ph Ci R RAD REM cal U eq osm kat [iU] [IU] g% "
-    "m[Hg] m[H2O] B B[SPL] B[V] B[mV] B[uV] B[W] B[kW] Np".split()
+_METRIC = _words(
+    """
+    m s g rad K C cd mol sr Hz N Pa J W A V F Ohm S Wb Cel T H lm lx Bq Gy Sv l L ar t bar u eV pc gf Ky
+    Gal dyn erg P Bi St Mx G Oe Gb sb Lmb ph Ci R RAD REM cal U eq osm kat [iU] [IU] g% m[Hg] m[H2O] B
+    B[SPL] B[V] B[mV] B[uV] B[W] B[kW] Np
+    """
 )
 #: Atoms without prefixes (time, customary, arbitrary units).
-_PLAIN = frozenset(
-    "min h d a wk mo % [ppm] [ppb] [pptr] [ppth] [pH] [in_i] [ft_i] [yd_i] [mi_i] [lb_av] [oz_av] [degF] "
-    "[drp] [HPF] [LPF] [arb'U] [USP'U] [CFU] [PFU] [FFU] [BAU] [AU] [Lf] [ch] [diop] [mesh_i] [S] [sft_i] "
-    "[sin_i] [cin_i] [gal_us] [qt_us] [pt_us] [foz_us] [tsp_us] [tbs_us] [cup_us] [degRe] [hp'_X] "
-    "[hp'_C] [kp_X] [kp_C] [MPL'U] [GPL'U] [APL'U] [beth'U] [todd'U] [dye'U] [ka'U] [knk'U] [mclg'U] "
-    "[tb'U] [smgy'U] [bdsk'U] [TCID_50] [CCID_50] [EID_50] [PNU] [D'ag'U] [anti'Xa'U] [Amb'a'1'U] "
-    "mm[Hg] cm[H2O] [mm_Hg] [srd]".split()
+_PLAIN = _words(
+    """
+    min h d a wk mo % [ppm] [ppb] [pptr] [ppth] [pH] [in_i] [ft_i] [yd_i] [mi_i] [lb_av] [oz_av] [degF]
+    [drp] [HPF] [LPF] [arb'U] [USP'U] [CFU] [PFU] [FFU] [BAU] [AU] [Lf] [ch] [diop] [mesh_i] [S] [sft_i]
+    [sin_i] [cin_i] [gal_us] [qt_us] [pt_us] [foz_us] [tsp_us] [tbs_us] [cup_us] [degRe] [hp'_X] [hp'_C]
+    [kp_X] [kp_C] [MPL'U] [GPL'U] [APL'U] [beth'U] [todd'U] [dye'U] [ka'U] [knk'U] [mclg'U] [tb'U]
+    [smgy'U] [bdsk'U] [TCID_50] [CCID_50] [EID_50] [PNU] [D'ag'U] [anti'Xa'U] [Amb'a'1'U] mm[Hg] cm[H2O]
+    [mm_Hg] [srd]
+    """
 )
 _ATOMS = sorted(_METRIC | _PLAIN, key=len, reverse=True)
 

@@ -45,4 +45,6 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
         err = exc.errors(include_url=False)[0]
         where = _path(bundle, tuple(err["loc"]))
         msg = _QUOTED.sub("…", str(err["msg"]))
-        raise TransformError(f"FHIR validation failed at {where}: {msg}", rule="fhir-r4-validation", code="207") from None
+        raise TransformError(
+            f"FHIR validation failed at {where}: {msg}", rule="fhir-r4-validation", code="207"
+        ) from None

@@ -1,0 +1,107 @@
+"""Transform benchmark: HL7 readers and the mapping of one ORU^R01 with 8 OBX, with and without validation.
+
+    python bench/transform.py [--seconds 2] [--message mappings/hl7v2/samples/oru_r01_cbc.hl7]
+
+Prints messages/s (and µs per message) for: a naive split on CR, | and ^ (the floor); the engine's
+``hl7v2.Message.parse``; python-hl7 ``hl7.parse``; hl7apy ``parse_message`` (a few iterations: it is slow);
+``MappingSet.transform`` with validation off, and with full fhir.resources R4B validation; and the ratios.
+Each measurement runs for about ``--seconds`` (hl7apy for at most that, and at least 3 messages), so the
+whole run stays well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine import hl7v2  # noqa: E402
+from engine.transform import load_mappings  # noqa: E402
+
+
+def rate(fn: Callable[[], Any], seconds: float, *, min_n: int = 3, batch: int = 50) -> float:
+    """Calls per second of ``fn``, measured for about ``seconds`` after a short warm-up."""
+    for _ in range(min(batch, 5)):
+        fn()
+    n, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(batch):
+            fn()
+        n += batch
+        now = time.perf_counter()
+        if now >= deadline and n >= min_n:
+            return n / (now - start)
+
+
+def naive_split(text: str) -> list[list[list[str]]]:
+    return [[f.split("^") for f in seg.split("|")] for seg in text.split("\r") if seg]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="Time per measurement.")
+    ap.add_argument("--message", type=Path, default=ROOT / "mappings" / "hl7v2" / "samples" / "oru_r01_cbc.hl7")
+    args = ap.parse_args()
+
+    text = hl7v2.decode(args.message.read_bytes()).replace("\r\n", "\r").replace("\n", "\r")
+    ms = load_mappings(ROOT / "mappings")
+    message = hl7v2.Message.parse(text)
+    bundle = ms.transform(message, validation="full")
+    obx = sum(1 for s in message.segments if s.name == "OBX")
+    print(
+        f"message: {args.message.name}, {len(message.segments)} segments ({obx} OBX), "
+        f"bundle of {len(bundle['entry'])} resources"
+    )
+
+    results: dict[str, float] = {}
+
+    def report(name: str, per_s: float) -> None:
+        results[name] = per_s
+        print(f"  {name:<34} {per_s:>10,.0f} msg/s  {1e6 / per_s:>9.1f} µs")
+
+    print("reading:")
+    report("naive split (\\r | ^)", rate(lambda: naive_split(text), args.seconds))
+    report("engine hl7v2.Message.parse", rate(lambda: hl7v2.Message.parse(text), args.seconds))
+    try:
+        import hl7
+
+        report("python-hl7 hl7.parse", rate(lambda: hl7.parse(text), args.seconds, batch=10))
+    except ImportError:
+        print("  python-hl7 not installed")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from hl7apy.parser import parse_message
+
+            report("hl7apy parse_message", rate(lambda: parse_message(text), args.seconds, batch=1))
+    except ImportError:
+        print("  hl7apy not installed")
+
+    print("mapping (parsed message → transaction Bundle):")
+    report("transform, validation off", rate(lambda: ms.transform(message, validation="off"), args.seconds))
+    report("transform, validation full", rate(lambda: ms.transform(message, validation="full"), args.seconds))
+    report(
+        "parse + transform (off)", rate(lambda: ms.transform(hl7v2.Message.parse(text), validation="off"), args.seconds)
+    )
+
+    print("ratios:")
+    engine = results["engine hl7v2.Message.parse"]
+    for other in ("naive split (\\r | ^)", "python-hl7 hl7.parse", "hl7apy parse_message"):
+        if other in results:
+            print(f"  engine parse vs {other:<28} {engine / results[other]:>8.2f}x")
+    off, full = results["transform, validation off"], results["transform, validation full"]
+    print(f"  full validation costs {off / full:.1f}x the mapping ({1e6 / full - 1e6 / off:.0f} µs per bundle)")
+    budget_us = 300.0
+    print(f"  transform (off) vs the {budget_us:.0f} µs budget: {1e6 / off / budget_us:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
