@@ -20,7 +20,7 @@ from engine.destinations import Destination, Outcome, RetryPolicy, make_destinat
 from engine.errors import HL7Error, TransformError
 from engine.queue.deadletter import DeadLetter
 from engine.spec.channel import Channel
-from engine.store import AttemptRecord, ContentKind, DeliveryStatus, MessageStatus, Store
+from engine.store import AttemptRecord, DeliveryStatus, MessageStatus, Store
 
 if TYPE_CHECKING:
     from engine.transform import MappingSet
@@ -68,14 +68,15 @@ class Pipeline:
 
     def process(self, message_id: str) -> Processed:
         """received → transformed (deliveries queued) | error | filtered. A no-op for any other status."""
-        row = self.store.message(message_id)
-        if row is None or row.status != MessageStatus.received:
-            return Processed(row.status if row else "missing")
-        channel = self.channels.get(row.channel)
+        loaded = self.store.load_for_processing(message_id)
+        if loaded is None or loaded[0] != MessageStatus.received:
+            return Processed(loaded[0] if loaded else "missing")
+        _, channel_name, raw = loaded
+        channel = self.channels.get(channel_name)
         if channel is None:
-            self.store.mark_error(message_id, f"channel {row.channel} is not configured in this process")
+            self.store.mark_error(message_id, f"channel {channel_name} is not configured in this process")
             return Processed(MessageStatus.error)
-        raw = self.store.content(message_id, ContentKind.raw) or b""
+        raw = raw or b""
         try:
             message = hl7v2.Message.parse(hl7v2.decode(raw, channel.charset))
             bundle = self.mappings.transform(message, mapping=channel.mapping, validation=channel.validation)
@@ -95,17 +96,17 @@ class Pipeline:
 
     def deliver(self, message_id: str, destination: str) -> DeliveryStatus | None:
         """Send the stored bundle to one destination; schedule a retry or give up (DeadLetter)."""
-        d = self.store.delivery(message_id, destination)
-        if d is None or d.status in (DeliveryStatus.sent, DeliveryStatus.dead):
+        loaded = self.store.load_for_delivery(message_id, destination)
+        if loaded is None or loaded[0] in (DeliveryStatus.sent, DeliveryStatus.dead):
             return None
-        msg = self.store.message(message_id)
-        key = (msg.channel, destination) if msg else ("", destination)
+        _, attempts_so_far, channel_name, stored = loaded
+        key = (channel_name, destination)
         dest = self.destinations.get(key)
         if dest is None:
             raise DeadLetter(f"destination {destination} is not configured in this process")
-        stored = self.store.content(message_id, ContentKind.transformed) or b"{}"
+        stored = stored or b"{}"
         bundle = orjson.loads(stored)
-        number = d.attempts + 1
+        number = attempts_so_far + 1
         started = time.time()
         t0 = time.perf_counter()
         result = dest.send(bundle, message_id=message_id)

@@ -28,6 +28,7 @@ from engine.store.schema import (
     deliveries,
     messages,
 )
+from engine.store.sql import Statements
 
 
 def new_id() -> str:
@@ -84,23 +85,7 @@ class Store:
         self.ingest, self.work = make_engines(url, sqlite_synchronous=sqlite_synchronous)
         if migrate_schema:
             migrate.upgrade(self.ingest)
-        mark = self._mark = "?" if self.ingest.dialect.paramstyle == "qmark" else "%s"
-
-        def sql(text: str) -> str:
-            return text.replace("?", mark)
-
-        self._sql_insert_message = sql(
-            "INSERT INTO messages (id, channel, status, received_at, updated_at, peer, message_type, sender,"
-            " control_id, duplicate_of, error, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        self._sql_insert_content = sql(
-            "INSERT INTO contents (message_id, kind, destination, data, created_at) VALUES (?, ?, ?, ?, ?)"
-        )
-        self._sql_find_duplicates = sql(
-            "SELECT control_id, id FROM messages WHERE channel = ? AND sender = ? AND received_at >= ?"
-            f" AND status NOT IN ('{MessageStatus.error}', '{MessageStatus.duplicate}')"
-            " AND control_id IN (?) ORDER BY received_at"
-        )
+        self.sql = Statements(self.ingest.dialect.paramstyle)
 
     def close(self) -> None:
         self.ingest.dispose()
@@ -132,8 +117,8 @@ class Store:
                     )  # fmt: skip
                     content_rows.append((m.id, ContentKind.raw.value, "", m.raw, now))
                     out.append(Accepted(m.id, status, dup))
-                conn.exec_driver_sql(self._sql_insert_message, msg_rows)
-                conn.exec_driver_sql(self._sql_insert_content, content_rows)
+                conn.exec_driver_sql(self.sql.insert_message, msg_rows)
+                conn.exec_driver_sql(self.sql.insert_content, content_rows)
             return out
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"message store commit failed ({exc.__class__.__name__})") from exc
@@ -150,7 +135,7 @@ class Store:
         found: dict[str, str] = {}
         for (channel, sender, window), items in groups.items():
             ids = list({m.control_id for m in items})
-            sql = self._sql_find_duplicates.replace(f"({self._mark})", "(" + ", ".join([self._mark] * len(ids)) + ")")
+            sql = self.sql.find_duplicates(len(ids))
             first: dict[str, str] = {}
             for cid, mid in conn.exec_driver_sql(sql, (channel, sender, now - window, *ids)):
                 first.setdefault(cid, mid)
@@ -242,46 +227,29 @@ class Store:
 
     # -- processing -----------------------------------------------------------------------------------
 
+    def load_for_processing(self, message_id: str) -> tuple[str, str, bytes | None] | None:
+        """(status, channel, raw bytes) of a message, or None."""
+        with self.work.connect() as conn:
+            row = conn.exec_driver_sql(self.sql.load_for_processing, (message_id,)).first()
+        return (row[0], row[1], row[2]) if row else None
+
     def mark_transformed(self, message_id: str, bundle: bytes, destinations: Iterable[str]) -> bool:
         """received → transformed: store the bundle and create one pending delivery per destination.
 
         Returns False when the message was not in ``received`` (another worker got there first).
         """
         now = time.time()
+        sql = self.sql
         with self.work.begin() as conn:
-            res = conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id, messages.c.status == MessageStatus.received)
-                .values(status=MessageStatus.transformed, updated_at=now)
+            res = conn.exec_driver_sql(
+                sql.advance_message, (MessageStatus.transformed.value, now, message_id, MessageStatus.received.value)
             )
             if res.rowcount != 1:
                 conn.rollback()
                 return False
-            conn.execute(
-                insert(contents),
-                [
-                    {
-                        "message_id": message_id,
-                        "kind": ContentKind.transformed,
-                        "destination": "",
-                        "data": bundle,
-                        "created_at": now,
-                    }
-                ],
-            )
-            conn.execute(
-                insert(deliveries),
-                [
-                    {
-                        "message_id": message_id,
-                        "destination": d,
-                        "status": DeliveryStatus.pending,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "updated_at": now,
-                    }
-                    for d in destinations
-                ],
+            conn.exec_driver_sql(sql.insert_content, [(message_id, ContentKind.transformed.value, "", bundle, now)])
+            conn.exec_driver_sql(
+                sql.insert_delivery, [(message_id, d, DeliveryStatus.pending.value, now, now) for d in destinations]
             )
         return True
 
@@ -318,6 +286,12 @@ class Store:
             )
             return res.rowcount == 1
 
+    def load_for_delivery(self, message_id: str, destination: str) -> tuple[str, int, str, bytes | None] | None:
+        """(delivery status, attempts so far, channel, transformed bundle bytes), or None."""
+        with self.work.connect() as conn:
+            row = conn.exec_driver_sql(self.sql.load_for_delivery, (message_id, destination)).first()
+        return (row[0], row[1], row[2], row[3]) if row else None
+
     def record_attempt(
         self,
         message_id: str,
@@ -329,49 +303,37 @@ class Store:
     ) -> None:
         """Record one attempt and move the delivery (and, when all are final, the message) on."""
         now = time.time()
+        sql = self.sql
+        a = attempt
         with self.work.begin() as conn:
-            conn.execute(
-                insert(attempts),
+            conn.exec_driver_sql(
+                sql.insert_attempt,
                 [
-                    {
-                        "message_id": message_id,
-                        "destination": destination,
-                        "number": attempt.number,
-                        "started_at": attempt.started_at,
-                        "duration_ms": attempt.duration_ms,
-                        "outcome": attempt.outcome,
-                        "status_code": attempt.status_code,
-                        "error": attempt.error,
-                    }
+                    (
+                        message_id,
+                        destination,
+                        a.number,
+                        a.started_at,
+                        a.duration_ms,
+                        str(a.outcome),
+                        a.status_code,
+                        a.error,
+                    )
                 ],
             )
-            stored = []
-            if attempt.sent is not None:
-                stored.append((ContentKind.sent, attempt.sent))
-            if attempt.response is not None:
-                stored.append((ContentKind.response, attempt.response))
+            stored = [
+                (k, d) for k, d in ((ContentKind.sent, a.sent), (ContentKind.response, a.response)) if d is not None
+            ]
             if stored:
-                conn.execute(
-                    insert(contents),
-                    [
-                        {"message_id": message_id, "kind": k, "destination": destination, "data": d, "created_at": now}
-                        for k, d in stored
-                    ],
+                conn.exec_driver_sql(
+                    sql.insert_content, [(message_id, k.value, destination, d, now) for k, d in stored]
                 )
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.message_id == message_id, deliveries.c.destination == destination)
-                .values(
-                    status=status,
-                    attempts=attempt.number,
-                    next_attempt_at=next_attempt_at,
-                    updated_at=now,
-                    last_status_code=attempt.status_code,
-                    last_error=attempt.error,
-                )
+            conn.exec_driver_sql(
+                sql.update_delivery,
+                (str(status), a.number, next_attempt_at, now, a.status_code, a.error, message_id, destination),
             )
             if status == DeliveryStatus.sent:
-                self._settle_message(conn, message_id, now)
+                conn.exec_driver_sql(sql.settle_message, (now, message_id, message_id))
 
     def mark_dead(self, message_id: str, destination: str, error: str) -> None:
         """The dead-letter choke point: a delivery gives up and the message is marked dead."""
@@ -390,21 +352,6 @@ class Store:
                 update(messages)
                 .where(messages.c.id == message_id, messages.c.status == MessageStatus.transformed)
                 .values(status=MessageStatus.dead, updated_at=now)
-            )
-
-    def _settle_message(self, conn: Any, message_id: str, now: float) -> None:
-        pending = conn.execute(
-            select(func.count())
-            .select_from(deliveries)
-            .where(deliveries.c.message_id == message_id, deliveries.c.status != DeliveryStatus.sent)
-        ).scalar()
-        if pending == 0:
-            conn.execute(
-                update(messages)
-                .where(
-                    messages.c.id == message_id, messages.c.status.in_([MessageStatus.transformed, MessageStatus.dead])
-                )
-                .values(status=MessageStatus.sent, updated_at=now)
             )
 
     # -- recovery and operator actions ------------------------------------------------------------------

@@ -17,7 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from engine.errors import ConfigError, TransformError
-from engine.hl7v2 import Delimiters, unescape
+from engine.hl7v2 import Delimiters, Segment, unescape
 from engine.spec.yamlfile import YamlDoc
 from engine.transform import fhirmodel, paths
 from engine.transform.conditions import Cond, compile_condition
@@ -118,7 +118,8 @@ def merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def run_steps(steps: list[Step], env: Env, out: dict[str, Any]) -> dict[str, Any]:
-    fields = getattr(env.cur, "fields", None)
+    cur = env.cur
+    fields = cur.fields if cur.__class__ is Segment else None
     nf = len(fields) if fields is not None else 0
     for step in steps:
         found = False

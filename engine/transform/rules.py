@@ -137,7 +137,7 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
             raise w.error(f"{target} is a {el.type}: `build` makes objects")
         sub = CompiledMap(target, el.type, 0)
         sub.steps, refs = compile_steps(
-            parse_all(rule.build, w.at("build")), Context(ctx.library, ctx.resolver, el.type, False)
+            parse_all(rule.build, w.at("build")), Context(ctx.library, ctx.resolver, el.type, False, ctx.used)
         )
         if refs:
             raise w.error("`ref` is not allowed inside `build`")
@@ -159,7 +159,10 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
         raise w.error("`join` joins text values into one string element")
     keep = None
     if rule.where is not None:
-        sp = paths.parse_segment_path(rule.from_) if level else None
+        try:
+            sp: paths.SegmentPath | None = paths.parse_segment_path(rule.from_) if level else None
+        except ValueError:
+            sp = None  # a datatype path
         if sp is None or sp.field is None or sp.component is not None:
             raise w.at("where").error("`where` filters the repetitions of a field path (PID-3[*])")
         keep = condition(rule.where, RelativeResolver(sp, ctx.resolver), w.at("where"))
