@@ -36,15 +36,38 @@ def _path(bundle: dict[str, Any], loc: tuple[Any, ...]) -> str:
 
 
 def validate_bundle(bundle: dict[str, Any]) -> None:
-    """Raise TransformError (code 207) naming ``Type.element.path`` when the bundle is not valid FHIR R4."""
+    """Raise TransformError (code 207) naming ``Type.element.path`` when the bundle is not valid FHIR R4.
+
+    Each resource is validated with its own model, then the bundle around them (entries without their
+    resources): the same checks as validating the whole Bundle at once, and cheaper.
+    """
+    from fhir.resources.R4B import get_fhir_model_class
     from fhir.resources.R4B.bundle import Bundle
 
+    entries = bundle.get("entry") or []
+    for i, e in enumerate(entries):
+        r = e.get("resource") if isinstance(e, dict) else None
+        if not isinstance(r, dict):
+            continue
+        try:
+            model = get_fhir_model_class(str(r.get("resourceType")))
+        except (ValueError, AttributeError):
+            raise _failure(f"entry[{i}]", "unknown resource type") from None
+        try:
+            model.model_validate(r)
+        except ValidationError as exc:
+            raise _from_pydantic(bundle, exc, ("entry", i, "resource")) from None
+    shell = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries]}
     try:
-        Bundle.model_validate(bundle)
+        Bundle.model_validate(shell)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = _path(bundle, tuple(err["loc"]))
-        msg = _QUOTED.sub("…", str(err["msg"]))
-        raise TransformError(
-            f"FHIR validation failed at {where}: {msg}", rule="fhir-r4-validation", code="207"
-        ) from None
+        raise _from_pydantic(bundle, exc, ()) from None
+
+
+def _from_pydantic(bundle: dict[str, Any], exc: ValidationError, prefix: tuple[Any, ...]) -> TransformError:
+    err = exc.errors(include_url=False)[0]
+    return _failure(_path(bundle, (*prefix, *err["loc"])), _QUOTED.sub("…", str(err["msg"])))
+
+
+def _failure(where: str, msg: str) -> TransformError:
+    return TransformError(f"FHIR validation failed at {where}: {msg}", rule="fhir-r4-validation", code="207")

@@ -56,3 +56,12 @@ def test_failures_name_type_and_path(resource: dict, where: str) -> None:
         validate_bundle(bundle(resource))
     assert where in str(exc.value) and exc.value.code == "207"
     assert "SECRET" not in str(exc.value)
+
+
+def test_unknown_resource_type_and_bad_bundle_shell() -> None:
+    with pytest.raises(TransformError, match=r"entry\[0\]: unknown resource type"):
+        validate_bundle(bundle({"resourceType": "Nonsense"}))
+    broken = bundle({"resourceType": "Patient"})
+    broken["entry"][0]["request"]["method"] = 7
+    with pytest.raises(TransformError, match=r"Bundle\.entry\[0\]\.request\.method"):
+        validate_bundle(broken)
