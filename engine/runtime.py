@@ -17,12 +17,12 @@ from engine.pipeline import Pipeline
 from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
 from engine.queue.deadletter import DeadLetters
+from engine.queue.sweeper import Sweeper
 from engine.settings import Settings
 from engine.sources.base import Inbound
 from engine.sources.mllp import MLLPSource
 from engine.spec.channel import Channel, load_channels
 from engine.store import Store
-from engine.store.sweeper import Sweeper
 from engine.transform import MappingSet, load_mappings
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class Engine:
                 self.store,
                 self.actors.enqueue_process,
                 self.actors.enqueue_deliver,
+                waiting=self.actors.waiting,
                 interval_s=self.settings.sweeper.interval_s,
                 grace_s=self.settings.sweeper.grace_s,
             )

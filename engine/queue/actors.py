@@ -6,6 +6,7 @@ They carry ids only; the store holds the payloads. Both are idempotent (see engi
 from __future__ import annotations
 
 import dramatiq
+from dramatiq.brokers.stub import StubBroker
 
 from engine.pipeline import Pipeline
 from engine.queue.deadletter import DeadLetter
@@ -38,6 +39,18 @@ class Actors:
 
     def _deliver(self, message_id: str, destination: str) -> None:
         self.pipeline.deliver(message_id, destination)
+
+    def waiting(self, queue_name: str) -> int:
+        """Messages waiting in a queue (not counting those a worker already holds)."""
+        b = self.broker
+        if isinstance(b, StubBroker):
+            q = b.queues.get(queue_name)
+            return q.qsize() if q is not None else 0
+        client = getattr(b, "client", None)
+        if client is not None:  # Redis
+            return int(client.llen(f"{b.namespace}:{queue_name}"))
+        counts = getattr(b, "get_queue_message_counts", None)
+        return counts(queue_name)[0] if counts else 0
 
     def enqueue_process(self, message_id: str) -> None:
         self.process.send(message_id)

@@ -17,9 +17,9 @@ from engine.pipeline import Pipeline
 from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
 from engine.queue.deadletter import DeadLetters
+from engine.queue.sweeper import Sweeper
 from engine.spec.channel import Channel
 from engine.store import NewMessage, Store
-from engine.store.sweeper import Sweeper
 from tests.integration.harness import wait_until
 
 RAW = b"MSH|^~\\&|LIS|LAB|EHR|HOSP|2024||ORU^R01|C1|P|2.5.1\rPID|1||123^^^HOSP^MR\r"
@@ -193,4 +193,17 @@ def test_sweeper_recovers_unqueued_work(rig) -> None:
     mids = [receive(store) for _ in range(5)]  # committed, never enqueued (a crash right after commit)
     sweeper = Sweeper(store, actors.enqueue_process, actors.enqueue_deliver, interval_s=60, grace_s=0)
     assert sweeper.sweep() == (5, 0)
+    wait_until(lambda: all(status(store, m) == "sent" for m in mids), 10, "all sent")
+
+
+def test_sweeper_leaves_a_backlog_alone(rig) -> None:
+    store, actors, _ = rig(Server())
+    mids = [receive(store) for _ in range(3)]
+    waiting = {"process": 3}
+    sweeper = Sweeper(
+        store, actors.enqueue_process, actors.enqueue_deliver, waiting=lambda q: waiting.get(q, 0), grace_s=0
+    )
+    assert sweeper.sweep() == (0, 0)  # they are old, but the queue still holds work: not orphans
+    waiting["process"] = 0
+    assert sweeper.sweep() == (3, 0)
     wait_until(lambda: all(status(store, m) == "sent" for m in mids), 10, "all sent")

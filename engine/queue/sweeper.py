@@ -3,7 +3,9 @@
 Covers a crash between commit and enqueue, a flushed Redis, a dead worker and lost delayed retries of
 the in-process queue. It does not rely on Dramatiq's (random) maintenance: it runs at start-up and then
 every ``interval_s``. Work is only picked up once untouched for ``grace_s``, so a live queue entry is
-not doubled (and if it is, every step is idempotent).
+not doubled (and if it is, every step is idempotent). And only while the queue concerned has nothing
+waiting: under a backlog, old-but-queued work is not orphaned, and re-enqueueing it would double the
+backlog.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from engine.queue.actors import DELIVER_QUEUE, PROCESS_QUEUE
 from engine.store.repository import Store
 
 log = logging.getLogger(__name__)
@@ -25,12 +28,14 @@ class Sweeper:
         enqueue_process: Callable[[str], None],
         enqueue_deliver: Callable[[str, str, int], None],
         *,
+        waiting: Callable[[str], int] = lambda _queue: 0,
         interval_s: float = 30,
         grace_s: float = 60,
     ) -> None:
         self.store = store
         self._process = enqueue_process
         self._deliver = enqueue_deliver
+        self._waiting = waiting
         self.interval_s = interval_s
         self.grace_s = grace_s
         self._stop = threading.Event()
@@ -40,6 +45,10 @@ class Sweeper:
         """One pass; returns (messages re-enqueued, deliveries re-enqueued)."""
         cutoff = time.time() - (self.grace_s if grace_s is None else grace_s)
         received, due = self.store.unfinished(older_than=cutoff)
+        if received and self._waiting(PROCESS_QUEUE):
+            received = []
+        if due and self._waiting(DELIVER_QUEUE):
+            due = []
         self.store.touch_messages(received)
         self.store.touch_deliveries(due)
         for mid in received:
