@@ -35,7 +35,7 @@ class Actors:
         pipeline.enqueue_deliver = self.enqueue_deliver
 
     def _process(self, message_id: str) -> None:
-        self.pipeline.process(message_id)
+        self.pipeline.process(message_id, deliver_inline=True)
 
     def _deliver(self, message_id: str, destination: str) -> None:
         self.pipeline.deliver(message_id, destination)

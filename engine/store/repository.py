@@ -32,6 +32,9 @@ from engine.store.schema import (
 )
 from engine.store.sql import Statements
 
+#: Earlier messages with these statuses do not make a resend a duplicate.
+_NOT_ORIGINALS = frozenset({MessageStatus.error, MessageStatus.duplicate})
+
 
 def new_id() -> str:
     """A 32-hex-digit id that sorts by creation time (µs) and is unique without coordination."""
@@ -147,8 +150,14 @@ class Store:
         for (channel, sender, window), items in groups.items():
             ids = list({m.control_id for m in items})
             sql = self.sql.find_duplicates(len(ids))
+            since = now - window
+            earlier = [
+                (received_at, cid, mid)
+                for cid, mid, received_at, status in conn.exec_driver_sql(sql, (channel, sender, *ids))
+                if received_at >= since and status not in _NOT_ORIGINALS
+            ]
             first: dict[str, str] = {}
-            for cid, mid in conn.exec_driver_sql(sql, (channel, sender, now - window, *ids)):
+            for _, cid, mid in sorted(earlier):
                 first.setdefault(cid, mid)
             for m in items:
                 if m.control_id in first:
