@@ -50,7 +50,12 @@ class HL7Error(InterlinkError):
 
 
 class EncodingError(HL7Error):
-    """The bytes do not decode with the charset declared in MSH-18 or configured on the channel."""
+    """The bytes do not decode with the charset declared in MSH-18 or configured on the channel.
+
+    ``header`` is the message's MSH (read before decoding) when it could be read, else None.
+    """
+
+    header: object = None
 
 
 class TransformError(InterlinkError):

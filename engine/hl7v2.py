@@ -163,7 +163,49 @@ def read_header(text: str) -> Header:
     )
 
 
-def decode(raw: bytes, default_charset: str = "utf-8", *, honour_msh18: bool = True) -> str:
+def _codec(declared: str, default_charset: str) -> str:
+    declared = declared.strip()
+    if not declared:
+        return default_charset
+    codec = CHARSETS.get(declared.upper())
+    if codec is None:
+        raise EncodingError(f"unknown character set in MSH-18: {declared[:40]!r}", code="204", location="MSH^1^18")
+    return codec
+
+
+def _decode(raw: bytes, codec: str) -> str:
+    try:
+        return raw.decode(codec)
+    except (UnicodeDecodeError, LookupError) as exc:
+        pos = getattr(exc, "start", None)
+        where = f" at byte {pos}" if pos is not None else ""
+        raise EncodingError(f"message is not valid {codec}{where}", code="102") from None
+
+
+def read(raw: bytes, default_charset: str = "utf-8") -> tuple[str, Header]:
+    """Decode raw bytes (MSH-18 when declared and known, else ``default_charset``) and read their MSH.
+
+    One pass for the accept path. Raises :class:`HL7Error` when MSH cannot be read, and
+    :class:`EncodingError` (with ``.header`` set, so the reply can still name the message) when the
+    bytes do not decode.
+    """
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[3:]
+        default_charset = "utf-8"
+    # MSH is plain ASCII in every charset HL7 allows over MLLP: latin-1 reads it losslessly.
+    header = read_header(raw[:4096].decode("latin-1"))
+    try:
+        text = _decode(raw, _codec(header.charset, default_charset))
+    except EncodingError as exc:
+        exc.header = header
+        raise
+    end = raw.find(b"\r")
+    if not raw[: end if end != -1 else 4096].isascii():  # non-ASCII names in MSH: read them decoded
+        header = read_header(text)
+    return text, header
+
+
+def decode(raw: bytes, default_charset: str = "utf-8") -> str:
     """Decode raw bytes using MSH-18 when declared (and known), else ``default_charset``.
 
     Raises :class:`EncodingError` for an unknown MSH-18 value or bytes invalid in the chosen charset.
@@ -171,27 +213,11 @@ def decode(raw: bytes, default_charset: str = "utf-8", *, honour_msh18: bool = T
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[3:]
         default_charset = "utf-8"
-    charset = default_charset
-    if honour_msh18:
-        # MSH is plain ASCII in every charset HL7 allows over MLLP: latin-1 reads it losslessly.
-        head = raw[:2048].decode("latin-1")
-        try:
-            declared = read_header(head).charset.strip()
-        except HL7Error:
-            declared = ""
-        if declared:
-            codec = CHARSETS.get(declared.upper())
-            if codec is None:
-                raise EncodingError(
-                    f"unknown character set in MSH-18: {declared[:40]!r}", code="204", location="MSH^1^18"
-                )
-            charset = codec
     try:
-        return raw.decode(charset)
-    except (UnicodeDecodeError, LookupError) as exc:
-        pos = getattr(exc, "start", None)
-        where = f" at byte {pos}" if pos is not None else ""
-        raise EncodingError(f"message is not valid {charset}{where}", code="102") from None
+        declared = read_header(raw[:4096].decode("latin-1")).charset
+    except HL7Error:
+        declared = ""
+    return _decode(raw, _codec(declared, default_charset))
 
 
 _UNESCAPE_FIXED = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine import hl7v2, response
-from engine.errors import HL7Error, StoreUnavailable, TransformError
+from engine.errors import EncodingError, HL7Error, StoreUnavailable, TransformError
 from engine.spec.channel import Channel, ReplyPolicy
 from engine.store import Accepted, MessageStatus, NewMessage, Store
 
@@ -141,6 +141,8 @@ class Reply:
     text: str
     message_id: str | None
     status: str
+    #: Codec of the inbound message (MSH-18), used to encode the reply; None = the channel's.
+    codec: str | None = None
 
 
 class HL7Ingest:
@@ -168,10 +170,12 @@ class HL7Ingest:
         text: str | None = None
         header: hl7v2.Header | None = None
         try:
-            text = hl7v2.decode(raw, ch.charset)
-            header = hl7v2.read_header(text)
+            text, header = hl7v2.read(raw, ch.charset)
             if error is None:
                 error = self._check_type(header)
+        except EncodingError as exc:
+            header = exc.header  # type: ignore[assignment]
+            error = error or exc
         except HL7Error as exc:
             error = error or exc
         msg = NewMessage(
@@ -232,16 +236,12 @@ class HL7Ingest:
         # Enhanced mode: MSH-15 says when the sender wants an accept acknowledgement at all.
         when = header.accept_ack_type.upper()
         ok = code == "AA"
+        codec = hl7v2.CHARSETS.get(header.charset.strip().upper()) if header.charset else None
         if (when == "NE") or (when == "ER" and ok) or (when == "SU" and not ok):
-            return Reply("", message_id, status)
-        return Reply(response.hl7_ack(header, code, error=error), message_id, status)
+            return Reply("", message_id, status, codec)
+        return Reply(response.hl7_ack(header, code, error=error), message_id, status, codec)
 
     @staticmethod
-    def encode(reply: Reply, raw: bytes, charset: str) -> bytes:
-        """Encode the reply like the inbound message (MSH-18 or the channel charset)."""
-        try:
-            head = hl7v2.read_header(raw[:2048].decode("latin-1"))
-            codec = hl7v2.CHARSETS.get(head.charset.strip().upper(), charset) if head.charset else charset
-        except HL7Error:
-            codec = charset
-        return reply.text.encode(codec, errors="replace")
+    def encode(reply: Reply, charset: str) -> bytes:
+        """Encode the reply like the inbound message (MSH-18, else the channel charset)."""
+        return reply.text.encode(reply.codec or charset, errors="replace")

@@ -151,6 +151,6 @@ class Engine:
 
         async def handle(raw: bytes, inbound: Inbound) -> bytes:
             reply = await ingest.handle(raw, inbound.peer, inbound.error)
-            return HL7Ingest.encode(reply, raw, ch.charset)
+            return HL7Ingest.encode(reply, ch.charset)
 
         return handle
