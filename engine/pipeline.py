@@ -31,6 +31,17 @@ EnqueueDeliver = Callable[[str, str, int], None]
 
 
 @dataclass(slots=True, frozen=True)
+class Attempted:
+    """One delivery attempt and its consequence."""
+
+    record: AttemptRecord
+    status: DeliveryStatus
+    next_attempt_at: float
+    retry_in_ms: int | None = None  # schedule another attempt
+    dead: str | None = None  # give up, with this reason
+
+
+@dataclass(slots=True, frozen=True)
 class Processed:
     """Outcome of processing one message."""
 
@@ -93,19 +104,31 @@ class Pipeline:
             return Processed(MessageStatus.filtered)
         names = [d.name for d in channel.destinations]
         data = orjson.dumps(bundle)
-        if not self.store.mark_transformed(message_id, data, names):
-            return Processed(MessageStatus.transformed)
         if deliver_inline and len(names) == 1:
-            try:
-                self._attempt(message_id, names[0], channel.name, 0, data, bundle)
-            except DeadLetter as exc:
-                self.on_dead("deliver", (message_id, names[0]), str(exc))
-            except Exception:
-                log.exception("inline delivery of %s failed; handing it to the queue", message_id)
-                self.enqueue_deliver(message_id, names[0], 0)
-        else:
+            return self._process_and_deliver(message_id, channel.name, names[0], data, bundle)
+        if self.store.mark_transformed(message_id, data, names):
             for name in names:
                 self.enqueue_deliver(message_id, name, 0)
+        return Processed(MessageStatus.transformed)
+
+    def _process_and_deliver(
+        self, message_id: str, channel: str, destination: str, data: bytes, bundle: dict
+    ) -> Processed:
+        """First attempt before anything is written, then one transaction for the bundle, the delivery
+        and the attempt (a crash in between re-runs the message: at-least-once, idempotent at the EHR)."""
+        try:
+            attempted = self._send(message_id, destination, channel, 0, data, bundle)
+        except Exception:
+            log.exception("inline delivery of %s failed; handing it to the queue", message_id)
+            if self.store.mark_transformed(message_id, data, [destination]):
+                self.enqueue_deliver(message_id, destination, 0)
+            return Processed(MessageStatus.transformed)
+        first = (attempted.record, attempted.status, attempted.next_attempt_at)
+        if self.store.mark_transformed(message_id, data, [destination], first_attempt=first):
+            try:
+                self._follow_up(message_id, destination, attempted)
+            except DeadLetter as exc:
+                self.on_dead("deliver", (message_id, destination), str(exc))
         return Processed(MessageStatus.transformed)
 
     # -- deliver ------------------------------------------------------------------------------------
@@ -117,11 +140,20 @@ class Pipeline:
             return None
         _, attempts_so_far, channel_name, stored = loaded
         stored = stored or b"{}"
-        return self._attempt(message_id, destination, channel_name, attempts_so_far, stored, orjson.loads(stored))
+        attempted = self._send(message_id, destination, channel_name, attempts_so_far, stored, orjson.loads(stored))
+        self.store.record_attempt(
+            message_id,
+            destination,
+            attempted.record,
+            status=attempted.status,
+            next_attempt_at=attempted.next_attempt_at,
+        )
+        return self._follow_up(message_id, destination, attempted)
 
-    def _attempt(
+    def _send(
         self, message_id: str, destination: str, channel_name: str, attempts_so_far: int, stored: bytes, bundle: dict
-    ) -> DeliveryStatus:
+    ) -> Attempted:
+        """One attempt, and what it means (sent, retry when, or dead); nothing is written here."""
         key = (channel_name, destination)
         dest = self.destinations.get(key)
         if dest is None:
@@ -130,12 +162,10 @@ class Pipeline:
         started = time.time()
         t0 = time.perf_counter()
         result = dest.send(bundle, message_id=message_id)
-        duration_ms = (time.perf_counter() - t0) * 1000
-        policy = self.retry[key]
         record = AttemptRecord(
             number=number,
             started_at=started,
-            duration_ms=duration_ms,
+            duration_ms=(time.perf_counter() - t0) * 1000,
             outcome=result.outcome,
             status_code=result.status_code,
             error=result.error,
@@ -144,23 +174,26 @@ class Pipeline:
             response=result.response,
         )
         if result.outcome == Outcome.SENT:
-            self.store.record_attempt(
-                message_id, destination, record, status=DeliveryStatus.sent, next_attempt_at=started
-            )
-            return DeliveryStatus.sent
+            return Attempted(record, DeliveryStatus.sent, started)
+        policy = self.retry[key]
         if result.outcome == Outcome.RETRY and not policy.exhausted(number):
             delay = policy.delay_ms(number, result.retry_after_s)
-            self.store.record_attempt(
-                message_id, destination, record, status=DeliveryStatus.retrying, next_attempt_at=started + delay / 1000
-            )
-            log.info(
-                "delivery to %s failed (attempt %d, %s); retrying in %d ms", destination, number, result.error, delay
-            )
-            self.enqueue_deliver(message_id, destination, delay)
-            return DeliveryStatus.retrying
-        self.store.record_attempt(message_id, destination, record, status=DeliveryStatus.retrying, next_attempt_at=1e18)
+            return Attempted(record, DeliveryStatus.retrying, started + delay / 1000, retry_in_ms=delay)
         why = "retries exhausted" if result.outcome == Outcome.RETRY else "permanent failure"
-        raise DeadLetter(f"{why} after {number} attempt(s): {result.error or result.status_code}")
+        reason = f"{why} after {number} attempt(s): {result.error or result.status_code}"
+        return Attempted(record, DeliveryStatus.retrying, 1e18, dead=reason)
+
+    def _follow_up(self, message_id: str, destination: str, a: Attempted) -> DeliveryStatus:
+        """After the attempt is recorded: schedule the retry, or give up through the dead-letter path."""
+        if a.dead is not None:
+            raise DeadLetter(a.dead)
+        if a.retry_in_ms is not None:
+            log.info(
+                "delivery to %s failed (attempt %d, %s); retrying in %d ms",
+                destination, a.record.number, a.record.error, a.retry_in_ms,
+            )  # fmt: skip
+            self.enqueue_deliver(message_id, destination, a.retry_in_ms)
+        return a.status
 
     # -- dead letters -------------------------------------------------------------------------------
 

@@ -253,10 +253,18 @@ class Store:
             row = conn.exec_driver_sql(self.sql.load_for_processing, (message_id,)).first()
         return (row[0], row[1], row[2]) if row else None
 
-    def mark_transformed(self, message_id: str, bundle: bytes, destinations: Iterable[str]) -> bool:
+    def mark_transformed(
+        self,
+        message_id: str,
+        bundle: bytes,
+        destinations: Iterable[str],
+        *,
+        first_attempt: tuple[AttemptRecord, DeliveryStatus, float] | None = None,
+    ) -> bool:
         """received → transformed: store the bundle and create one pending delivery per destination.
 
-        Returns False when the message was not in ``received`` (another worker got there first).
+        ``first_attempt`` (one destination only): the attempt already made, recorded in the same
+        transaction. Returns False when the message was not in ``received`` (another worker got there first).
         """
         now = time.time()
         sql = self.sql
@@ -271,6 +279,10 @@ class Store:
             conn.exec_driver_sql(
                 sql.insert_delivery, [(message_id, d, DeliveryStatus.pending.value, now, now) for d in destinations]
             )
+            if first_attempt is not None:
+                [destination] = destinations
+                attempt, status, next_attempt_at = first_attempt
+                self._record(conn, message_id, destination, attempt, status, next_attempt_at, now)
         return True
 
     def mark_error(self, message_id: str, error: str, *, from_status: MessageStatus = MessageStatus.received) -> bool:
@@ -322,38 +334,33 @@ class Store:
         next_attempt_at: float,
     ) -> None:
         """Record one attempt and move the delivery (and, when all are final, the message) on."""
-        now = time.time()
-        sql = self.sql
-        a = attempt
         with self._writing(self.work) as conn:
-            conn.exec_driver_sql(
-                sql.insert_attempt,
-                [
-                    (
-                        message_id,
-                        destination,
-                        a.number,
-                        a.started_at,
-                        a.duration_ms,
-                        str(a.outcome),
-                        a.status_code,
-                        a.error,
-                    )
-                ],
-            )
-            stored = [
-                (k, d) for k, d in ((ContentKind.sent, a.sent), (ContentKind.response, a.response)) if d is not None
-            ]
-            if stored:
-                conn.exec_driver_sql(
-                    sql.insert_content, [(message_id, k.value, destination, d, now) for k, d in stored]
-                )
-            conn.exec_driver_sql(
-                sql.update_delivery,
-                (str(status), a.number, next_attempt_at, now, a.status_code, a.error, message_id, destination),
-            )
-            if status == DeliveryStatus.sent:
-                conn.exec_driver_sql(sql.settle_message, (now, message_id, message_id))
+            self._record(conn, message_id, destination, attempt, status, next_attempt_at, time.time())
+
+    def _record(
+        self,
+        conn: Connection,
+        message_id: str,
+        destination: str,
+        a: AttemptRecord,
+        status: DeliveryStatus,
+        next_attempt_at: float,
+        now: float,
+    ) -> None:
+        sql = self.sql
+        conn.exec_driver_sql(
+            sql.insert_attempt,
+            [(message_id, destination, a.number, a.started_at, a.duration_ms, str(a.outcome), a.status_code, a.error)],
+        )
+        stored = [(k, d) for k, d in ((ContentKind.sent, a.sent), (ContentKind.response, a.response)) if d is not None]
+        if stored:
+            conn.exec_driver_sql(sql.insert_content, [(message_id, k.value, destination, d, now) for k, d in stored])
+        conn.exec_driver_sql(
+            sql.update_delivery,
+            (str(status), a.number, next_attempt_at, now, a.status_code, a.error, message_id, destination),
+        )
+        if status == DeliveryStatus.sent:
+            conn.exec_driver_sql(sql.settle_message, (now, message_id, message_id))
 
     def mark_dead(self, message_id: str, destination: str, error: str) -> None:
         """The dead-letter choke point: a delivery gives up and the message is marked dead."""
