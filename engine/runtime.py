@@ -134,8 +134,8 @@ class Engine:
     # -- wiring -----------------------------------------------------------------------------------
 
     def _enqueue_committed(self, ids: list[str]) -> None:
-        for mid in ids:
-            self.actors.enqueue_process(mid)
+        if ids:
+            self.actors.enqueue_process(ids)
 
     def _transform_now(self, message_id: str) -> None:
         outcome = self.pipeline.process(message_id)

@@ -25,7 +25,7 @@ class Sweeper:
     def __init__(
         self,
         store: Store,
-        enqueue_process: Callable[[str], None],
+        enqueue_process: Callable[[list[str]], None],
         enqueue_deliver: Callable[[str, str, int], None],
         *,
         waiting: Callable[[str], int] = lambda _queue: 0,
@@ -51,8 +51,8 @@ class Sweeper:
             due = []
         self.store.touch_messages(received)
         self.store.touch_deliveries(due)
-        for mid in received:
-            self._process(mid)
+        if received:
+            self._process(received)
         for mid, dest in due:
             self._deliver(mid, dest, 0)
         if received or due:

@@ -1,6 +1,6 @@
 """The message store: what was received, what it became, where it went."""
 
-from engine.store.repository import Accepted, AttemptRecord, NewMessage, Store, new_id
+from engine.store.repository import Accepted, AttemptRecord, NewMessage, ProcessResult, Store, new_id
 from engine.store.schema import ContentKind, DeliveryStatus, MessageStatus
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "DeliveryStatus",
     "MessageStatus",
     "NewMessage",
+    "ProcessResult",
     "Store",
     "new_id",
 ]

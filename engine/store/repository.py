@@ -69,6 +69,18 @@ class Accepted:
 
 
 @dataclass(slots=True, frozen=True)
+class ProcessResult:
+    """What processing made of one message (see :meth:`Store.finish_processing`)."""
+
+    message_id: str
+    status: MessageStatus  # transformed, error or filtered
+    bundle: bytes | None = None
+    destinations: tuple[str, ...] = ()
+    error: str | None = None
+    channel: str = ""
+
+
+@dataclass(slots=True, frozen=True)
 class AttemptRecord:
     """One delivery attempt, as the worker saw it."""
 
@@ -247,43 +259,51 @@ class Store:
 
     # -- processing -----------------------------------------------------------------------------------
 
-    def load_for_processing(self, message_id: str) -> tuple[str, str, bytes | None] | None:
-        """(status, channel, raw bytes) of a message, or None."""
+    def load_for_processing(self, message_ids: Sequence[str]) -> list[tuple[str, str, str, bytes | None]]:
+        """(id, status, channel, raw bytes) of each message that exists."""
+        if not message_ids:
+            return []
         with self.work.connect() as conn:
-            row = conn.exec_driver_sql(self.sql.load_for_processing, (message_id,)).first()
-        return (row[0], row[1], row[2]) if row else None
+            rows = conn.exec_driver_sql(self.sql.load_for_processing(len(message_ids)), tuple(message_ids)).all()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
-    def mark_transformed(
-        self,
-        message_id: str,
-        bundle: bytes,
-        destinations: Iterable[str],
-        *,
-        first_attempt: tuple[AttemptRecord, DeliveryStatus, float] | None = None,
-    ) -> bool:
-        """received → transformed: store the bundle and create one pending delivery per destination.
+    def finish_processing(self, results: Sequence[ProcessResult]) -> set[str]:
+        """Move a batch of ``received`` messages on, in one transaction: store each bundle and create its
+        pending deliveries, or record why it stopped (error, filtered).
 
-        ``first_attempt`` (one destination only): the attempt already made, recorded in the same
-        transaction. Returns False when the message was not in ``received`` (another worker got there first).
+        Returns the ids that were still ``received`` (those another worker finished first are skipped).
         """
         now = time.time()
         sql = self.sql
         with self._writing(self.work) as conn:
-            res = conn.exec_driver_sql(
-                sql.advance_message, (MessageStatus.transformed.value, now, message_id, MessageStatus.received.value)
-            )
-            if res.rowcount != 1:
-                conn.rollback()
-                return False
-            conn.exec_driver_sql(sql.insert_content, [(message_id, ContentKind.transformed.value, "", bundle, now)])
-            conn.exec_driver_sql(
-                sql.insert_delivery, [(message_id, d, DeliveryStatus.pending.value, now, now) for d in destinations]
-            )
-            if first_attempt is not None:
-                [destination] = destinations
-                attempt, status, next_attempt_at = first_attempt
-                self._record(conn, message_id, destination, attempt, status, next_attempt_at, now)
-        return True
+            won = [
+                r
+                for r in results
+                if conn.exec_driver_sql(
+                    sql.finish_message, (r.status.value, r.error, now, r.message_id, MessageStatus.received.value)
+                ).rowcount
+                == 1
+            ]
+            content = [
+                (r.message_id, ContentKind.transformed.value, "", r.bundle, now) for r in won if r.bundle is not None
+            ] + [
+                (r.message_id, ContentKind.error.value, "", r.error.encode(), now)
+                for r in won
+                if r.status == MessageStatus.error and r.error
+            ]
+            if content:
+                conn.exec_driver_sql(sql.insert_content, content)
+            new_deliveries = [
+                (r.message_id, d, DeliveryStatus.pending.value, now, now) for r in won for d in r.destinations
+            ]
+            if new_deliveries:
+                conn.exec_driver_sql(sql.insert_delivery, new_deliveries)
+        return {r.message_id for r in won}
+
+    def mark_transformed(self, message_id: str, bundle: bytes, destinations: Iterable[str]) -> bool:
+        """received → transformed with pending deliveries. False when another worker got there first."""
+        result = ProcessResult(message_id, MessageStatus.transformed, bundle=bundle, destinations=tuple(destinations))
+        return bool(self.finish_processing([result]))
 
     def mark_error(self, message_id: str, error: str, *, from_status: MessageStatus = MessageStatus.received) -> bool:
         """Record why a message cannot be processed; its raw content stays for inspection and replay."""
@@ -309,15 +329,6 @@ class Store:
                 )
             return res.rowcount == 1
 
-    def mark_filtered(self, message_id: str, reason: str) -> bool:
-        with self._writing(self.work) as conn:
-            res = conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id, messages.c.status == MessageStatus.received)
-                .values(status=MessageStatus.filtered, error=reason, updated_at=time.time())
-            )
-            return res.rowcount == 1
-
     def load_for_delivery(self, message_id: str, destination: str) -> tuple[str, int, str, bytes | None] | None:
         """(delivery status, attempts so far, channel, transformed bundle bytes), or None."""
         with self.work.connect() as conn:
@@ -334,8 +345,14 @@ class Store:
         next_attempt_at: float,
     ) -> None:
         """Record one attempt and move the delivery (and, when all are final, the message) on."""
+        self.record_attempts([(message_id, destination, attempt, status, next_attempt_at)])
+
+    def record_attempts(self, batch: Sequence[tuple[str, str, AttemptRecord, DeliveryStatus, float]]) -> None:
+        """Record several (message id, destination, attempt, new status, next attempt at) in one transaction."""
+        now = time.time()
         with self._writing(self.work) as conn:
-            self._record(conn, message_id, destination, attempt, status, next_attempt_at, time.time())
+            for message_id, destination, attempt, status, next_attempt_at in batch:
+                self._record(conn, message_id, destination, attempt, status, next_attempt_at, now)
 
     def _record(
         self,

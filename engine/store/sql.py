@@ -30,11 +30,11 @@ class Statements:
             "SELECT control_id, id, received_at, status FROM messages"
             " WHERE channel = ? AND sender = ? AND control_id IN (?)"
         )
-        self.load_for_processing = s(
-            "SELECT m.status, m.channel, c.data FROM messages m"
-            f" LEFT JOIN contents c ON c.message_id = m.id AND c.kind = '{ContentKind.raw}' WHERE m.id = ?"
+        self._load_for_processing = s(
+            "SELECT m.id, m.status, m.channel, c.data FROM messages m"
+            f" LEFT JOIN contents c ON c.message_id = m.id AND c.kind = '{ContentKind.raw}' WHERE m.id IN (?)"
         )
-        self.advance_message = s("UPDATE messages SET status = ?, updated_at = ? WHERE id = ? AND status = ?")
+        self.finish_message = s("UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE id = ? AND status = ?")
         self.insert_delivery = s(
             "INSERT INTO deliveries (message_id, destination, status, attempts, next_attempt_at, updated_at)"
             " VALUES (?, ?, ?, 0, ?, ?)"
@@ -64,6 +64,13 @@ class Statements:
     def _sql(self, text: str) -> str:
         return text.replace("?", self.mark)
 
+    def _in(self, sql: str, n: int) -> str:
+        return sql.replace(f"IN ({self.mark})", "IN (" + ", ".join([self.mark] * n) + ")")
+
     def find_duplicates(self, n: int) -> str:
         """The duplicate lookup for ``n`` control ids."""
-        return self._find_duplicates.replace(f"({self.mark})", "(" + ", ".join([self.mark] * n) + ")")
+        return self._in(self._find_duplicates, n)
+
+    def load_for_processing(self, n: int) -> str:
+        """Status, channel and raw content of ``n`` messages."""
+        return self._in(self._load_for_processing, n)

@@ -123,7 +123,7 @@ def test_happy_path(rig) -> None:
     server = Server()
     store, actors, _ = rig(server)
     mid = receive(store)
-    actors.enqueue_process(mid)
+    actors.enqueue_process([mid])
     wait_until(lambda: status(store, mid) == "sent", 10, "sent")
     [a] = store.attempts_of(mid)
     assert (a.outcome, a.status_code, a.number) == ("sent", 200, 1)
@@ -134,7 +134,7 @@ def test_retry_on_503_honours_retry_after_then_delivers(rig) -> None:
     server = Server(503, 503, retry_after="1")
     store, actors, _ = rig(server)
     mid = receive(store)
-    actors.enqueue_process(mid)
+    actors.enqueue_process([mid])
     wait_until(lambda: status(store, mid) == "sent", 15, "sent after retries")
     attempts = store.attempts_of(mid)
     assert [(a.outcome, a.status_code) for a in attempts] == [("retry", 503), ("retry", 503), ("sent", 200)]
@@ -146,7 +146,7 @@ def test_permanent_error_is_dead_lettered_and_replayable(rig) -> None:
     server = Server(400)
     store, actors, _ = rig(server)
     mid = receive(store)
-    actors.enqueue_process(mid)
+    actors.enqueue_process([mid])
     wait_until(lambda: status(store, mid) == "dead", 10, "dead")
     [dead] = store.dead_letters()
     assert dead.message_id == mid and dead.last_status_code == 400 and "permanent" in dead.last_error
@@ -159,7 +159,7 @@ def test_permanent_error_is_dead_lettered_and_replayable(rig) -> None:
 def test_retries_exhausted_is_dead(rig) -> None:
     store, actors, _ = rig(Server(503, 503, 503), max_attempts=3)
     mid = receive(store)
-    actors.enqueue_process(mid)
+    actors.enqueue_process([mid])
     wait_until(lambda: status(store, mid) == "dead", 10, "dead")
     assert store.delivery(mid, "ehr").attempts == 3
     assert "retries exhausted" in store.dead_letters()[0].last_error
@@ -168,7 +168,7 @@ def test_retries_exhausted_is_dead(rig) -> None:
 def test_mapping_rejection_keeps_raw_with_error(rig) -> None:
     store, actors, _ = rig(Server())
     mid = receive(store, b"MSH|^~\\&|LIS|LAB|EHR|HOSP|2024||ORU^R01|C2|P|2.5.1\rOBX|1\r")
-    actors.enqueue_process(mid)
+    actors.enqueue_process([mid])
     wait_until(lambda: status(store, mid) == "error", 10, "error")
     assert store.message(mid).error.startswith("PID: PID segment is required")
 
@@ -178,7 +178,7 @@ def test_processing_is_idempotent(rig) -> None:
     store, actors, _ = rig(server)
     mid = receive(store)
     for _ in range(3):
-        actors.enqueue_process(mid)
+        actors.enqueue_process([mid])
     wait_until(lambda: status(store, mid) == "sent", 10, "sent")
     actors.enqueue_deliver(mid, "ehr")
     actors.broker.join("process")
