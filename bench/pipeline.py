@@ -61,14 +61,11 @@ def run(workdir: Path, n: int, conns: int, fhir_base_url: str | None, *, warmup:
         asyncio.run(blast(eng.lab_port, warm, conns))
         msgs = [oru(f"B{tag}-{i}", obx=8, mrn=f"M{i % 300}") for i in range(n)]
 
-        def done() -> int:
-            return sum(v for (_, s), v in store.status_counts().items() if s in ("sent", "dead", "error"))
-
-        while done() < warmup:
+        while store.backlog():
             time.sleep(0.05)
         t0 = time.perf_counter()
         ack_s = asyncio.run(blast(eng.lab_port, msgs, conns))
-        while done() < warmup + n:
+        while store.backlog():
             if time.perf_counter() - t0 > 600:
                 raise RuntimeError("pipeline did not finish within 600 s")
             time.sleep(0.02)

@@ -235,6 +235,15 @@ class Store:
             )
             return {(c, s): n for c, s, n in rows}
 
+    def backlog(self) -> int:
+        """Messages not yet finished (received or transformed): cheap, by the status index."""
+        with self.work.connect() as conn:
+            return conn.execute(
+                select(func.count())
+                .select_from(messages)
+                .where(messages.c.status.in_([MessageStatus.received, MessageStatus.transformed]))
+            ).scalar_one()
+
     def dead_letters(self, *, channel: str | None = None, limit: int = 100) -> list[Row[Any]]:
         q = (
             select(
