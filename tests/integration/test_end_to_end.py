@@ -217,3 +217,28 @@ def test_kill_9_mid_stream_loses_nothing_acknowledged(tmp_path: Path, fhir) -> N
     fillers = [i["value"] for r in reports for i in r.get("identifier", []) if i["value"].startswith("FK")]
     assert len(fillers) == len(set(fillers)) == total  # every message exactly once
     assert fhir.count("Observation") == total
+
+
+def test_reply_after_transform_names_the_field_and_delivers_nothing(tmp_path: Path, fhir) -> None:
+    eng = EngineProcess(tmp_path / "engine", fhir_base_url=fhir.base_url, lab_response="after_transform")
+    with eng:
+        cases = {
+            "OBX-5": oru("AT-1", value="five point five"),  # NM that is not a number
+            "PID": oru("AT-2", pid=False),  # a result without a patient
+            "OBX-14": oru("AT-3").replace(b"|||20240301093000+0000", b"|||20241399250000+0000"),  # invalid date
+        }
+        for field, raw in cases.items():
+            [reply] = send("127.0.0.1", eng.lab_port, [raw], timeout_s=10)
+            assert ack_code(reply) == "AE", field
+            err = hl7v2.Message.parse(reply.decode()).first("ERR")
+            assert field.replace("-", "^1^") in err.field(2) or field in reply.decode(), (field, reply)
+        [ok] = send("127.0.0.1", eng.lab_port, [oru("AT-4")], timeout_s=10)
+        assert ack_code(ok) == "AA"
+        wait_until(lambda: fhir.count("DiagnosticReport") == 1, 20, "the good message delivered")
+        store = eng.store()
+        try:
+            errors = store.list_messages(status="error")
+        finally:
+            store.close()
+    assert len(errors) == 3
+    assert fhir.count("Observation") == 1  # nothing of the rejected messages reached the server
