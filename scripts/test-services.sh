@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure what the integration tests talk to is installed and running:
-# PostgreSQL (127.0.0.1:5432, trust auth), Redis (127.0.0.1:6379), Node.js + npm (FHIR test server),
-# and the FHIR test server's npm packages.
+# PostgreSQL (127.0.0.1:5432, trust auth), Redis (127.0.0.1:6379), RabbitMQ (127.0.0.1:5672, guest),
+# Node.js + npm (FHIR test server), and the FHIR test server's npm packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -28,6 +29,13 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
   for _ in $(seq 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
+fi
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if ! port_open 5672; then
+  echo "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 60); do port_open 5672 && break; sleep 1; done
 fi
 
 (cd tests/fhir_server && npm ci --no-audit --no-fund --silent)

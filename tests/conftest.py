@@ -62,9 +62,44 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+AMQP_URL = os.environ.get("INTERLINK_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    """RabbitMQ with the engine's queues emptied for the test."""
+    import pika
+    from pika.exceptions import AMQPError
+
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL + "?connection_attempts=1&socket_timeout=3"))
+    except (AMQPError, OSError):
+        unavailable("RabbitMQ on 127.0.0.1:5672")
+    try:
+        channel = conn.channel()
+        for q in ("process", "deliver", "process.DQ", "deliver.DQ", "process.XQ", "deliver.XQ"):
+            channel.queue_delete(q)
+    finally:
+        conn.close()
+    return AMQP_URL
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/store.db"
+
+
+@pytest.fixture
+def pg_fresh(pg_url: str) -> str:
+    """The session's PostgreSQL database with the engine's tables emptied."""
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(pg_url)
+    with eng.begin() as c:
+        if c.execute(text("select to_regclass('public.messages')")).scalar():
+            c.execute(text("TRUNCATE attempts, deliveries, contents, messages"))
+    eng.dispose()
+    return pg_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -72,14 +107,4 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Run a test against both store backends."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db"
-    base = request.getfixturevalue("pg_url")
-    # One database per session; isolate tests by emptying the tables.
-    from sqlalchemy import create_engine, text
-
-    eng = create_engine(base)
-    with eng.begin() as c:
-        exists = c.execute(text("select to_regclass('public.messages')")).scalar()
-        if exists:
-            c.execute(text("TRUNCATE attempts, deliveries, contents, messages"))
-    eng.dispose()
-    return base
+    return request.getfixturevalue("pg_fresh")

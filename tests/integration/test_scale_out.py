@@ -1,4 +1,5 @@
-"""Production shape: PostgreSQL store, Redis queue, listener and workers in separate processes."""
+"""Production shape: PostgreSQL store, a shared queue (Redis or RabbitMQ), listener and workers in
+separate processes."""
 
 from __future__ import annotations
 
@@ -25,8 +26,12 @@ def statuses(eng: EngineProcess) -> dict[str, int]:
         store.close()
 
 
-def test_postgres_and_redis_with_separate_workers(tmp_path: Path, pg_url: str, redis_url: str) -> None:
-    listener = EngineProcess(tmp_path / "listener", database_url=pg_url, queue_url=redis_url)
+@pytest.mark.parametrize("broker", ["redis_url", "amqp_url"])
+def test_postgres_and_shared_queue_with_separate_workers(
+    tmp_path: Path, pg_fresh: str, broker: str, request: pytest.FixtureRequest
+) -> None:
+    queue_url = request.getfixturevalue(broker)
+    listener = EngineProcess(tmp_path / "listener", database_url=pg_fresh, queue_url=queue_url)
     listener.start()
     try:
         replies = send("127.0.0.1", listener.lab_port, [oru(f"S{i}", obx=2) for i in range(20)], timeout_s=20)
@@ -37,11 +42,11 @@ def test_postgres_and_redis_with_separate_workers(tmp_path: Path, pg_url: str, r
         time.sleep(1.0)
         # nobody consumes the Redis queue yet: the listener runs no workers
         assert statuses(listener).get("received", 0) == 20
-        worker = EngineProcess(tmp_path / "worker", database_url=pg_url, queue_url=redis_url)
+        worker = EngineProcess(tmp_path / "worker", database_url=pg_fresh, queue_url=queue_url)
         worker.config.write_text(listener.config.read_text())
         worker.start("worker", wait=False)
         try:
-            wait_until(lambda: statuses(listener).get("sent", 0) == 21, 60, "21 messages sent by the worker")
+            wait_until(lambda: statuses(listener).get("sent", 0) >= 21, 60, "21 messages sent by the worker")
         finally:
             worker.stop()
         out = (tmp_path / "listener" / "out" / "lab-results.ndjson").read_text().splitlines()
