@@ -6,7 +6,7 @@
 
 Modules, in the order data flows: ``spec`` (the mapping-file language), ``library`` (reading files and
 overlays), ``paths``/``conditions``/``functions``/``tables``/``dates``/``units`` (what rules may say),
-``compiler``/``rules``/``messages`` (compile to closures), ``runtime`` (groups → resources), ``bundle``
+``compiler``/``rules``/``steps``/``messages`` (compile to closures), ``runtime`` (groups → resources), ``bundle``
 (identity, fullUrls, conditional PUTs), ``validate`` (fhir.resources R4B), ``testing`` (sibling tests).
 """
 

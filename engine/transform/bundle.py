@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
 from engine.errors import TransformError
-from engine.transform.compiler import put
 from engine.transform.runtime import Instance
+from engine.transform.steps import put
 
 IDENTITY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:interlink:fhir-identity")
 _NS = IDENTITY_NAMESPACE.bytes
@@ -42,6 +43,9 @@ def _escape(s: str) -> str:
     return quote(s.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$"), safe=_SAFE)
 
 
+_VARIANT = {h: "89ab"[int(h, 16) & 3] for h in "0123456789abcdef"}
+
+
 _escape_system = lru_cache(maxsize=1024)(_escape)  # systems repeat; values (identifiers) are not cached
 
 
@@ -52,11 +56,9 @@ def conditional_url(resource_type: str, system: str, value: str) -> str:
 
 def full_url(resource_type: str, system: str, value: str) -> str:
     """``urn:uuid:`` + UUIDv5 (RFC 4122, SHA-1) of ``Type|system|value`` in the Interlink namespace."""
-    h = bytearray(hashlib.sha1(_NS + f"{resource_type}|{system}|{value}".encode()).digest()[:16])
-    h[6] = (h[6] & 0x0F) | 0x50
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
-    return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    x = hashlib.sha1(_NS + f"{resource_type}|{system}|{value}".encode()).hexdigest()
+    # Version 5 in the 13th hex digit, the RFC 4122 variant (10xx) in the 17th: set on the text directly.
+    return f"urn:uuid:{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 def _ensure_identifier(resource: dict[str, Any], system: str, value: str) -> None:
@@ -67,12 +69,14 @@ def _ensure_identifier(resource: dict[str, Any], system: str, value: str) -> Non
     ids.append({"system": system, "value": value} if system else {"value": value})
 
 
-def _collect(inst: Instance, up: int, down: tuple[str, ...]) -> list[Instance]:
+def _collect(inst: Instance, up: int, down: tuple[str, ...]) -> Sequence[Instance]:
     anc: Instance | None = inst
     for _ in range(up):
         anc = anc.parent if anc is not None else None
     if anc is None:
         return []
+    if not down:
+        return (anc,)
     level = [anc]
     for name in down:
         level = [c for x in level for c in x.children.get(name, ())]
@@ -99,10 +103,19 @@ def assemble(made: list[Instance]) -> dict[str, Any]:
     entries = []
     for inst in made:
         assert inst.entry is not None
+        resource = inst.resource
         for plan in inst.entry.refs:
-            refs = [{"reference": t.full_url} for up, down in plan.routes for t in _collect(inst, up, down)]
+            refs = []
+            for up, down in plan.routes:
+                for t in _collect(inst, up, down):
+                    refs.append({"reference": t.full_url})
             if refs:
-                put(inst.resource, plan.keys, refs if plan.is_list else refs[0])
+                value = refs if plan.is_list else refs[0]
+                key = plan.keys[0][0]
+                if len(plan.keys) == 1 and key not in resource:
+                    resource[key] = value
+                else:
+                    put(resource, plan.keys, value)
         rtype = inst.entry.resource_type
         entries.append(
             {

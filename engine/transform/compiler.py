@@ -1,6 +1,6 @@
 """Compile mapping rules to closures, checking every name against the FHIR models and the registries.
 
-A compiled rule is ``rule(env) -> list`` of finished FHIR values; a :class:`Step` fills one element from
+A compiled rule is ``rule(env) -> list`` of finished FHIR values; a step (``steps``) fills one element from
 its rules; a :class:`CompiledMap` runs its steps into a fresh dict. Everything that can be checked before
 a message arrives is checked here, and reported as ``file:line: message``: unknown elements, functions,
 tables and maps, paths that do not parse or reach too deep, and values of the wrong FHIR type.
@@ -16,16 +16,16 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from engine.errors import ConfigError, TransformError
-from engine.hl7v2 import Delimiters, Segment, unescape
+from engine.errors import ConfigError
+from engine.hl7v2 import Delimiters, unescape
 from engine.spec.yamlfile import YamlDoc
 from engine.transform import fhirmodel, paths
 from engine.transform.conditions import Cond, compile_condition
 from engine.transform.functions import REGISTRY, Function
 from engine.transform.paths import Env, Getter
 from engine.transform.spec import Rule
+from engine.transform.steps import Steps
 
-RuleFn = Callable[[Env], list[Any]]
 _MISS = object()
 Loc = tuple[str | int, ...]
 
@@ -47,7 +47,10 @@ def parts(raw: str, level: int, d: Delimiters) -> list[str]:
     """Every part of a composite value (first sub-component of each), unescaped and trimmed."""
     if level >= 3:
         return [primitive(raw, 3, d)]
-    return [primitive(p, level + 1, d) for p in raw.split(paths.separator(d, level))]
+    items = raw.split(paths.separator(d, level))
+    if d.escape not in raw and (level == 2 or d.subcomponent not in raw):
+        return [p.strip() for p in items]  # what primitive() gives for each, without a call per part
+    return [primitive(p, level + 1, d) for p in items]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,104 +72,6 @@ class Where:
         return f"{self.label}.{target} ({self.doc.path}:{line})"
 
 
-@dataclass(slots=True)
-class Step:
-    """Fill one element (a dotted path) from its rules."""
-
-    keys: tuple[tuple[str, bool], ...]  # (element, is_list) along the path
-    is_list: bool
-    rules: list[RuleFn]
-    required: str | None = None  # field named when nothing is produced
-    rule: str = ""
-    merge_all: bool = False  # a single object element: every rule adds to it (earlier rules win per element)
-    gate: Any = None  # (reader, memo key, values): the step runs only when the value is one of them
-    single: str | None = None  # the element name, when the path has one step (fast assignment)
-    own_field: int | None = None  # every rule reads this field of the current segment: skip when empty
-
-    def __post_init__(self) -> None:
-        self.single = self.keys[0][0] if len(self.keys) == 1 else None
-
-
-def put(out: dict[str, Any], keys: tuple[tuple[str, bool], ...], value: Any) -> None:
-    d = out
-    for k, is_list in keys[:-1]:
-        nxt = d.get(k)
-        if nxt is None:
-            nxt = {}
-            d[k] = [nxt] if is_list else nxt
-        elif is_list:
-            nxt = nxt[0]
-        d = nxt
-    k = keys[-1][0]
-    old = d.get(k)
-    if old is None:
-        d[k] = value
-    elif isinstance(old, list) and isinstance(value, list):
-        old.extend(value)
-    elif isinstance(old, dict) and isinstance(value, dict):
-        merge(old, value)
-
-
-def merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Add ``extra`` into ``into`` without overwriting what is there (nested objects merge)."""
-    for k, v in extra.items():
-        old = into.get(k)
-        if old is None:
-            into[k] = v
-        elif isinstance(old, dict) and isinstance(v, dict):
-            merge(old, v)
-
-
-def run_steps(steps: list[Step], env: Env, out: dict[str, Any]) -> dict[str, Any]:
-    cur = env.cur
-    fields = cur.fields if cur.__class__ is Segment else None
-    nf = len(fields) if fields is not None else 0
-    for step in steps:
-        found = False
-        of = step.own_field
-        g = step.gate
-        if g is not None:
-            memo = env.memo
-            v = memo.get(g[1], _MISS) if memo is not None else _MISS
-            if (v if v is not _MISS else g[0](env)) not in g[2]:
-                of = -1  # skip the step
-        if of is not None and (of < 0 or of >= nf or not fields[of]):  # type: ignore[index]
-            pass
-        elif step.is_list:
-            vals: list[Any] = []
-            for r in step.rules:
-                vals.extend(r(env))
-            if vals:
-                put(out, step.keys, vals)
-                found = True
-        elif step.merge_all:
-            acc: dict[str, Any] | None = None
-            for r in step.rules:
-                got = r(env)
-                if got:
-                    if acc is None:
-                        acc = got[0]
-                    else:
-                        merge(acc, got[0])
-            if acc is not None:
-                put(out, step.keys, acc)
-                found = True
-        else:
-            for r in step.rules:
-                got = r(env)
-                if got:
-                    k = step.single
-                    if k is not None and k not in out:
-                        out[k] = got[0]
-                    else:
-                        put(out, step.keys, got[0])
-                    found = True
-                    break
-        if not found and step.required:
-            raise TransformError("required value is missing", field=step.required, rule=step.rule, code="101")
-    return out
-
-
 CACHE_LIMIT = 4096
 
 
@@ -182,7 +87,7 @@ class CompiledMap:
 
     def __init__(self, name: str, target: str, level: int) -> None:
         self.name, self.target, self.level = name, target, level
-        self.steps: list[Step] = []
+        self.steps = Steps()
         self.requires: tuple[str, ...] = ()
         self.pure = True  # reads only its own value (and so may be cached)
         self.cache: dict[Any, Any] | None = None
@@ -195,7 +100,7 @@ class CompiledMap:
             hit = cache.get(key, _MISS)
             if hit is not _MISS:
                 return orjson.loads(hit) if hit is not None else None
-        out: dict[str, Any] | None = run_steps(self.steps, Env(scope, cur, field, run), {})
+        out: dict[str, Any] | None = self.steps.run(Env(scope, cur, field, run), {})
         if not out or any(k not in out for k in self.requires):
             out = None
         if cache is not None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.hl7v2 import unescape
-from engine.transform.paths import Env, Getter
+from engine.transform.paths import NULL, Env, Getter, own_value
 
 if TYPE_CHECKING:
     from engine.transform.compiler import Resolver
@@ -22,6 +22,8 @@ Cond = Callable[[Env], bool]
 
 def _first(get: Getter, level: int) -> Callable[[Env], str | None]:
     """The first value's first component, read once per env (conditions often test the same field)."""
+    if hasattr(get, "component"):
+        return _part_text(get, level)
 
     def first(env: Env) -> str | None:
         memo = env.memo
@@ -50,7 +52,106 @@ def _first(get: Getter, level: int) -> Callable[[Env], str | None]:
     return first
 
 
-def _present(get: Getter, level: int) -> Cond:
+def _own_text(spec: tuple[int, int | None, int | None], level: int) -> Callable[[Env], str | None]:
+    """:func:`_first` for the current segment's own field, read in place."""
+    field, comp, sub = spec
+    deep = comp is not None
+
+    def first(env: Env) -> str | None:
+        fields = env.cur.fields
+        raw = fields[field] if field < len(fields) else ""
+        if not raw:
+            return None
+        d = env.run.d
+        if deep or d.repetition in raw:
+            raw = own_value(fields, field, comp, sub, d)
+            if not raw:
+                return None
+        elif raw == NULL:
+            return None
+        if level == 1 and d.component in raw:
+            raw = raw.split(d.component, 1)[0]
+        if level <= 2 and d.subcomponent in raw:
+            raw = raw.split(d.subcomponent, 1)[0]
+        if d.escape in raw:
+            raw = unescape(raw, d)
+        return raw.strip()
+
+    return first
+
+
+def _part_text(get: Getter, level: int) -> Callable[[Env], str | None]:
+    """:func:`_first` for a component of a datatype value (split once per value: no memo needed)."""
+
+    def first(env: Env) -> str | None:
+        vals = get(env)
+        if not vals:
+            return None
+        raw = vals[0]
+        d = env.run.d
+        if level <= 2 and d.subcomponent in raw:
+            raw = raw.split(d.subcomponent, 1)[0]
+        if d.escape in raw:
+            raw = unescape(raw, d)
+        return raw.strip()
+
+    return first
+
+
+def text_reader(get: Getter, level: int) -> Callable[[Env], str | None]:
+    """The first value's first component, unescaped and trimmed (None when empty)."""
+    own = getattr(get, "own", None)
+    return _own_text(own, level) if own is not None else _first(get, level)
+
+
+def _own_read(spec: tuple[int, int | None, int | None], level: int, values: frozenset[str] | None, neg: bool) -> Cond:
+    """A test of the current segment's own field, read in place (no memo: the read is as cheap as a look-up).
+
+    ``values`` None: is the value present; else: is its first component (unescaped, trimmed) one of them.
+    ``neg`` inverts the answer (``absent``, ``not: {in: …}``).
+    """
+    field, comp, sub = spec
+    deep = comp is not None
+
+    def test(env: Env) -> bool:
+        fields = env.cur.fields
+        raw = fields[field] if field < len(fields) else ""
+        if not raw:
+            return neg
+        d = env.run.d
+        if deep or d.repetition in raw:
+            raw = own_value(fields, field, comp, sub, d)
+            if not raw:
+                return neg
+        elif raw == NULL:
+            return neg
+        if values is None:
+            return bool(raw.strip(env.run.blank)) is not neg
+        if level == 1 and d.component in raw:
+            raw = raw.split(d.component, 1)[0]
+        if level <= 2 and d.subcomponent in raw:
+            raw = raw.split(d.subcomponent, 1)[0]
+        if d.escape in raw:
+            raw = unescape(raw, d)
+        return (raw.strip() in values) is not neg
+
+    return test
+
+
+def _present(get: Getter, level: int, neg: bool = False) -> Cond:
+    own = getattr(get, "own", None)
+    if own is not None:
+        return _own_read(own, level, None, neg)
+    if hasattr(get, "component"):
+
+        def present_part(env: Env) -> bool:
+            vals = get(env)
+            return bool(vals and vals[0].strip(env.run.blank)) is not neg
+
+        return present_part
+    if neg:
+        inner = _present(get, level)
+        return lambda env: not inner(env)
     if level == 0:
         return lambda env: bool(get(env))
     key = (get, "present")
@@ -61,9 +162,8 @@ def _present(get: Getter, level: int) -> Cond:
             memo = env.memo = {}
         elif key in memo:
             return memo[key]
-        d = env.run.d
-        strip = d.component + d.subcomponent + d.repetition + " "
-        memo[key] = out = any(v.strip(strip) for v in get(env))
+        blank = env.run.blank
+        memo[key] = out = any(v.strip(blank) for v in get(env))
         return out
 
     return present
@@ -81,7 +181,18 @@ def _and(conds: list[Cond]) -> Cond:
     if len(conds) == 2:
         a, b = conds
         return lambda env: a(env) and b(env)
-    return lambda env: all(c(env) for c in conds)
+    if len(conds) == 3:
+        a, b, c = conds
+        return lambda env: a(env) and b(env) and c(env)
+    every = tuple(conds)
+
+    def all_of(env: Env) -> bool:
+        for c in every:  # noqa: SIM110  # a loop: no generator per call on the hot path
+            if not c(env):
+                return False
+        return True
+
+    return all_of
 
 
 def _or(conds: list[Cond]) -> Cond:
@@ -90,14 +201,25 @@ def _or(conds: list[Cond]) -> Cond:
     if len(conds) == 2:
         a, b = conds
         return lambda env: a(env) or b(env)
-    return lambda env: any(c(env) for c in conds)
+    some = tuple(conds)
+
+    def any_of(env: Env) -> bool:
+        for c in some:  # noqa: SIM110
+            if c(env):
+                return True
+        return False
+
+    return any_of
 
 
-def _equals(f: Callable[[Env], str | None], v: str) -> Cond:
-    return lambda env: f(env) == v
-
-
-def _in(f: Callable[[Env], str | None], s: frozenset[str]) -> Cond:
+def _in(get: Getter, level: int, s: frozenset[str], neg: bool = False) -> Cond:
+    """``equals`` (one value) and ``in``: the first value's first component is one of ``s``."""
+    own = getattr(get, "own", None)
+    if own is not None:
+        return _own_read(own, level, s, neg)
+    f = _first(get, level)
+    if neg:
+        return lambda env: f(env) not in s
     return lambda env: f(env) in s
 
 
@@ -133,22 +255,35 @@ def gate(conds: list[Condition | None], resolver: Resolver) -> Gate | None:
     path = sorted(common)[0]
     values = frozenset().union(*(m[path] for m in maps))
     get, level, _ = resolver.resolve(path)
-    return _first(get, level), get, values
+    return text_reader(get, level), get, values
+
+
+def _leaf(spec: Condition, resolver: Resolver, neg: bool) -> Cond | None:
+    """A test of one path (present, absent, equals or in on a single path), inverted when ``neg``."""
+    if spec.present is not None or spec.absent is not None:
+        get, level, _ = resolver.resolve(spec.present or spec.absent or "")
+        return _present(get, level, neg if spec.present is not None else not neg)
+    tests = spec.equals if spec.equals is not None else spec.in_
+    if tests is None or len(tests) != 1:
+        return None
+    ((p, vs),) = tests.items()
+    values = frozenset([_text(vs)]) if spec.equals is not None else frozenset(_text(v) for v in vs)
+    return _in(*resolver.resolve(p)[:2], values, neg)
 
 
 def compile_condition(spec: Condition, resolver: Resolver) -> Cond:
     """Compile a Condition model; raises PathError/ValueError for a bad path or value."""
-    if spec.present is not None or spec.absent is not None:
-        get, level, _ = resolver.resolve(spec.present or spec.absent or "")
-        test = _present(get, level)
-        return test if spec.present is not None else (lambda env: not test(env))
+    leaf = _leaf(spec, resolver, False)
+    if leaf is not None:
+        return leaf
     if spec.equals is not None:
-        return _and([_equals(_first(*resolver.resolve(p)[:2]), _text(v)) for p, v in spec.equals.items()])
+        return _and([_in(*resolver.resolve(p)[:2], frozenset([_text(v)])) for p, v in spec.equals.items()])
     if spec.in_ is not None:
-        return _and(
-            [_in(_first(*resolver.resolve(p)[:2]), frozenset(_text(v) for v in vs)) for p, vs in spec.in_.items()]
-        )
+        return _and([_in(*resolver.resolve(p)[:2], frozenset(_text(v) for v in vs)) for p, vs in spec.in_.items()])
     if spec.not_ is not None:
+        inner = _leaf(spec.not_, resolver, True)
+        if inner is not None:
+            return inner
         inner = compile_condition(spec.not_, resolver)
         return lambda env: not inner(env)
     if spec.all is not None:

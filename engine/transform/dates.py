@@ -63,6 +63,10 @@ def _local_offset(naive: datetime, tz: tzinfo) -> str:
 
 def parse_ts(value: str, tz: tzinfo, *, need: str = "year") -> str:
     """Convert a TS/DTM/DT value. ``need="minute"`` (instants) refuses anything less precise."""
+    n = len(value)
+    digits = n - 5 if n in (17, 19) and value[n - 5] in "+-" else n
+    if digits in (12, 14) and value[:digits].isdecimal() and (digits == n or value[digits + 1 :].isdecimal()):
+        return _minutes(value, digits, tz)  # the usual shapes, to the minute or second: no regex
     m = _TS.match(value)
     if not m:
         raise Invalid("not a valid HL7 date/time (YYYY[MM[DD[HHMM[SS[.S]]]]][+/-ZZZZ])")
@@ -80,6 +84,18 @@ def parse_ts(value: str, tz: tzinfo, *, need: str = "year") -> str:
     frac = f".{f}" if f else ""
     off = _offset(z) if z else _local_offset(naive, tz)
     return f"{y}-{mo}-{d}T{h}:{mi or '00'}:{s or '00'}{frac}{off}"
+
+
+def _minutes(value: str, digits: int, tz: tzinfo) -> str:
+    """:func:`parse_ts` for ``YYYYMMDDHHMM[SS][+/-ZZZZ]`` (``\\d`` is what ``isdecimal`` tests)."""
+    y, mo, d, h, mi = value[:4], value[4:6], value[6:8], value[8:10], value[10:12]
+    s = value[12:14] if digits == 14 else "00"
+    try:
+        naive = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s))
+    except ValueError:
+        raise Invalid("not a valid calendar date/time") from None
+    off = _offset(value[digits:]) if digits < len(value) else _local_offset(naive, tz)
+    return f"{y}-{mo}-{d}T{h}:{mi}:{s}{off}"
 
 
 def parse_date(value: str) -> str:

@@ -11,15 +11,17 @@ parent's, and its ``rules`` replace the parent's message-level rules element by 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.transform import fhirmodel, paths
-from engine.transform.compiler import CompiledMap, Resolver, Step, Where, condition, did_you_mean
-from engine.transform.conditions import Cond
+from engine.transform.compiler import CompiledMap, Resolver, Where, condition, did_you_mean
+from engine.transform.conditions import Cond, text_reader
 from engine.transform.library import Library, Source
 from engine.transform.rules import Context, RefTarget, compile_steps, parse_all
 from engine.transform.spec import Entry, IdentityRule, MessageMap, Reject
+from engine.transform.steps import Steps
 
 
 @dataclass
@@ -33,6 +35,7 @@ class IdentityAlt:
     when: Cond | None = None
     derive_up: int = 0  # derived: how many parents up the base identity is
     parts: list[tuple[paths.Getter, int]] = field(default_factory=list)
+    readers: list[Callable[[paths.Env], str | None]] = field(default_factory=list)  # parts, as primitives
 
 
 @dataclass
@@ -64,7 +67,7 @@ class CompiledEntry:
     resource_type: str
     rule: str
     when: Cond | None = None
-    steps: list[Step] = field(default_factory=list)
+    steps: Steps = field(default_factory=Steps)
     refs: list[RefPlan] = field(default_factory=list)
     identity: list[IdentityAlt] = field(default_factory=list)
     identity_field: str = ""
@@ -234,6 +237,7 @@ def _identity(r: IdentityRule, w: Where, resolver: Resolver, ce: CompiledEntry, 
             except ValueError as exc:
                 raise w.at("derive").error(str(exc)) from None
             alt.parts.append((get, level))
+            alt.readers.append(text_reader(get, level))
         return alt
     assert r.from_ is not None and r.use is not None
     try:

@@ -154,6 +154,8 @@ def segment_getter(p: SegmentPath, current: str | None) -> Getter:
         return segments
     if own and rep is None and not whole_field:
         return _own_first(field, comp, sub)
+    if own and rep == ALL and not whole_field:
+        return _own_all(field, comp, sub)
 
     def get(env: Env) -> list[str]:
         out: list[str] = []
@@ -174,6 +176,33 @@ def segment_getter(p: SegmentPath, current: str | None) -> Getter:
                         v = subs[sub - 1] if sub <= len(subs) else ""
                 if v and v != NULL:
                     out.append(v)
+        return out
+
+    return get
+
+
+def _own_all(field: int, comp: int | None, sub: int | None) -> Getter:
+    """Every repetition of a field (or of one of its components) of the current segment."""
+
+    def get(env: Env) -> list[str]:
+        fields = env.cur.fields
+        raw = fields[field] if field < len(fields) else ""
+        if not raw:
+            return EMPTY
+        d = env.run.d
+        if comp is None:
+            if d.repetition not in raw:
+                return EMPTY if raw == NULL else [raw]
+            return [r for r in raw.split(d.repetition) if r and r != NULL]
+        out: list[str] = []
+        for r in raw.split(d.repetition):
+            parts = r.split(d.component)
+            v = parts[comp - 1] if comp <= len(parts) else ""
+            if sub is not None and v:
+                subs = v.split(d.subcomponent)
+                v = subs[sub - 1] if sub <= len(subs) else ""
+            if v and v != NULL:
+                out.append(v)
         return out
 
     return get
@@ -202,7 +231,24 @@ def _own_first(field: int, comp: int | None, sub: int | None) -> Getter:
             return EMPTY
         return [raw]
 
+    get.own = (field, comp, sub)  # type: ignore[attr-defined]  # lets rules and conditions fuse the read
     return get
+
+
+def own_value(fields: list[str], field: int, comp: int | None, sub: int | None, d: Delimiters) -> str:
+    """The raw value :func:`_own_first` selects, ``""`` when empty (for closures that fuse the read)."""
+    raw = fields[field] if field < len(fields) else ""
+    if not raw:
+        return raw
+    if d.repetition in raw:
+        raw = raw.split(d.repetition, 1)[0]
+    if comp is not None:
+        parts = raw.split(d.component)
+        raw = parts[comp - 1] if comp <= len(parts) else ""
+        if sub is not None and raw:
+            subs = raw.split(d.subcomponent)
+            raw = subs[sub - 1] if sub <= len(subs) else ""
+    return "" if raw == NULL else raw
 
 
 def datatype_getter(p: DatatypePath, base: int) -> Getter:

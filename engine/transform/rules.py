@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.errors import TransformError
+from engine.hl7v2 import Delimiters
 from engine.transform import fhirmodel, paths
 from engine.transform.compiler import (
     CompiledMap,
     RelativeResolver,
     Resolver,
-    RuleFn,
-    Step,
     Where,
     check_constant,
     check_object,
@@ -27,16 +26,15 @@ from engine.transform.compiler import (
     deep_copy,
     finish_fn,
     lookup_function,
-    merge,
     parse_rules,
     primitive,
     resolve_target,
-    run_steps,
 )
 from engine.transform.conditions import gate
 from engine.transform.dates import Invalid
 from engine.transform.paths import EMPTY, Env
 from engine.transform.spec import Rule
+from engine.transform.steps import RuleFn, Step, Steps, merge
 from engine.transform.tables import Table, Unmapped
 
 
@@ -71,7 +69,7 @@ class RefTarget:
 Converter = Callable[[Env, Any], Any]
 
 
-def compile_steps(rules: dict[str, list[tuple[Rule, Where]]], ctx: Context) -> tuple[list[Step], list[RefTarget]]:
+def compile_steps(rules: dict[str, list[tuple[Rule, Where]]], ctx: Context) -> tuple[Steps, list[RefTarget]]:
     """Compile target → rules (already parsed and merged) into steps and reference targets."""
     steps: list[Step] = []
     refs: list[RefTarget] = []
@@ -94,7 +92,7 @@ def compile_steps(rules: dict[str, list[tuple[Rule, Where]]], ctx: Context) -> t
             step.gate = None  # a bad path: the rule's own condition reports it at its line
         step.own_field = _own_field([r for r, _w in items], ctx.resolver.segment)
         steps.append(step)
-    return steps, refs
+    return Steps(steps), refs
 
 
 def _own_field(rules: list[Rule], segment: str | None) -> int | None:
@@ -143,7 +141,7 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
             raise w.error("`ref` is not allowed inside `build`")
 
         def build(env: Env) -> list[Any]:
-            out = run_steps(sub.steps, env, {})
+            out = sub.steps.run(env, {})
             return [out] if out else []
 
         return _guarded_when(build, when)
@@ -167,12 +165,12 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
             raise w.at("where").error("`where` filters the repetitions of a field path (PID-3[*])")
         keep = condition(rule.where, RelativeResolver(sp, ctx.resolver), w.at("where"))
     defaults = rule.defaults
-    fresh_defaults = None
+    add_defaults = None
     if defaults is not None:
         if el.primitive:
             raise w.error("`defaults` apply to objects")
         check_object(defaults, el.type, w.at("defaults"))
-        fresh_defaults = deep_copy(defaults)
+        add_defaults = _defaults(defaults)
     first_only = not el.is_list and rule.join is None
     joiner = rule.join
 
@@ -182,6 +180,8 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
 
     if first_only and keep is None and defaults is None and hasattr(get, "component"):
         return _fused_component(get.component, when, convert, plain, fail)  # type: ignore[attr-defined]
+    if first_only and keep is None and defaults is None and hasattr(get, "own"):
+        return _fused_own(get.own, level, when, convert, plain, fail)  # type: ignore[attr-defined]
 
     if first_only and keep is None and defaults is None:
 
@@ -212,8 +212,8 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
                 x = convert(env, raw)
                 if x is None or x == "":
                     continue
-                if fresh_defaults is not None:
-                    merge(x, fresh_defaults())
+                if add_defaults is not None:
+                    add_defaults(x)
                 if first_only:
                     return [x]
                 out.append(x)
@@ -262,6 +262,60 @@ def _fused_component(
     return run
 
 
+def _fused_own(
+    spec: tuple[int, int | None, int | None],
+    level: int,
+    when: Callable[[Env], bool] | None,
+    convert: Converter,
+    plain: bool,
+    fail: Callable[[Exception, Env], TransformError],
+) -> RuleFn:
+    """A segment-map rule reading the current segment's first repetition: read, test, convert in one closure."""
+    field, comp, sub = spec
+    deep = comp is not None
+    apply, label = getattr(convert, "map", (None, None))
+
+    def run(env: Env) -> list[Any]:
+        fields = env.cur.fields
+        raw = fields[field] if field < len(fields) else ""
+        if not raw:
+            return EMPTY
+        d = env.run.d
+        if deep or d.repetition in raw:
+            raw = paths.own_value(fields, field, comp, sub, d)
+            if not raw:
+                return EMPTY
+        elif raw == paths.NULL:
+            return EMPTY
+        if when is not None and not when(env):
+            return EMPTY
+        if plain:
+            x = raw if raw.isalnum() else primitive(raw, level, d)
+        else:
+            try:
+                x = convert(env, raw) if apply is None else apply(env.scope, raw, label or env.field, env.run)
+            except (Invalid, Unmapped) as exc:
+                raise fail(exc, env) from None
+        return [x] if x is not None and x != "" else EMPTY
+
+    return run
+
+
+def _defaults(defaults: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """Merge constants into a produced object; flat ones (``{use: home}``) are set without copying."""
+    if all(isinstance(v, str | int | float) for v in defaults.values()):
+        flat = tuple(defaults.items())
+
+        def add_flat(x: dict[str, Any]) -> None:
+            for k, v in flat:
+                if x.get(k) is None:
+                    x[k] = v
+
+        return add_flat
+    fresh = deep_copy(defaults)
+    return lambda x: merge(x, fresh())
+
+
 def _guarded_when(produce: RuleFn, when: Callable[[Env], bool] | None) -> RuleFn:
     if when is None:
         return produce
@@ -289,8 +343,11 @@ def _converter(
         ctx.used.append(m)
         apply = m.apply
         if field:
-            return (lambda env, raw: apply(env.scope, raw, field, env.run)), m.target
-        return (lambda env, raw: apply(env.scope, raw, env.field, env.run)), m.target
+            via: Converter = lambda env, raw: apply(env.scope, raw, field, env.run)  # noqa: E731
+        else:
+            via = lambda env, raw: apply(env.scope, raw, env.field, env.run)  # noqa: E731
+        via.map = (apply, field)  # type: ignore[attr-defined]  # lets a fused rule call the map directly
+        return via, m.target
     if rule.fn is not None:
         f = lookup_function(rule.fn, w)
         if not fhirmodel.accepts(f.output, el):
@@ -301,9 +358,11 @@ def _converter(
         if args:
 
             def call(env: Env, raw: Any) -> Any:
-                return impl(env.run, finish(raw, env.run.d), **{k: a(env) for k, a in args.items()})
+                return impl(env.run, finish(raw, env.run.d), **_call_args(args, env))
 
             return call, f.output
+        if f.input == "primitive":
+            finish = _primitive_at(level)
         if f.memo:
 
             def memo_call(env: Env, raw: Any) -> Any:
@@ -331,14 +390,25 @@ def _converter(
             raise w.error(f"a table gives a code, Coding or CodeableConcept, but {el.name} is {el.type}")
 
         def lookup(env: Env, raw: Any) -> Any:
-            code = primitive(raw, level, env.run.d)
+            code = raw if raw.isalnum() else primitive(raw, level, env.run.d)
             return look(code) if code else None
 
         return lookup, el.type
     if not el.primitive or not fhirmodel.accepts("string", el):
         hint = " (use fn: date/datetime/decimal/…)" if el.primitive else " (use a map: `use:`)"
         raise w.error(f"{el.name} is {el.type}: a text value does not fit{hint}")
-    return (lambda env, raw: primitive(raw, level, env.run.d)), "string"
+    return (lambda env, raw: raw if raw.isalnum() else primitive(raw, level, env.run.d)), "string"
+
+
+def _primitive_at(level: int) -> Callable[[str, Delimiters], str]:
+    return lambda raw, d: raw if raw.isalnum() else primitive(raw, level, d)
+
+
+def _call_args(args: dict[str, Callable[[Env], Any]], env: Env) -> dict[str, Any]:
+    kw = {}
+    for k, a in args.items():
+        kw[k] = a(env)
+    return kw
 
 
 def _args(rule: Rule, f: Any, w: Where, ctx: Context) -> dict[str, Callable[[Env], Any]]:
@@ -383,7 +453,7 @@ def _fn_only(rule: Rule, w: Where, el: fhirmodel.Element, ctx: Context, label: s
 
     def run(env: Env) -> list[Any]:
         try:
-            x = impl(env.run, None, **{k: a(env) for k, a in args.items()})
+            x = impl(env.run, None, **_call_args(args, env))
         except Invalid as exc:
             raise TransformError(str(exc), field=env.field, rule=label, code="102") from None
         return [x] if x not in (None, "") else []

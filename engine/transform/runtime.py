@@ -13,7 +13,6 @@ from typing import Any
 
 from engine.errors import TransformError
 from engine.hl7v2 import Message, Segment
-from engine.transform.compiler import primitive, run_steps
 from engine.transform.messages import CompiledEntry, IdentityAlt, MessageProgram
 from engine.transform.paths import Env
 
@@ -21,7 +20,7 @@ from engine.transform.paths import Env
 class Run:
     """Per-message state: delimiters, default timezone, segment positions."""
 
-    __slots__ = ("d", "dkey", "index", "memo", "message", "segments", "tz")
+    __slots__ = ("blank", "d", "dkey", "index", "memo", "message", "segments", "tz")
 
     def __init__(self, message: Message, tz: tzinfo) -> None:
         self.memo: dict[Any, Any] = {}  # function results for this message (dates repeat across OBX)
@@ -29,6 +28,7 @@ class Run:
         self.segments = message.segments
         self.d = message.delimiters
         self.dkey = self.d.field + self.d.encoding_characters  # hashable, for caches
+        self.blank = self.d.component + self.d.subcomponent + self.d.repetition + " "  # a value of only these is absent
         self.tz = tz
         index: dict[str, list[int]] = {}
         for i, s in enumerate(self.segments):
@@ -133,7 +133,7 @@ def _instantiate(entry: CompiledEntry, parent: Instance, made: list[Instance]) -
         for rej in entry.rejects:
             if rej.when(env):
                 raise TransformError(rej.message, field=rej.field, rule=rej.rule, code=rej.code)
-        inst.resource = run_steps(entry.steps, env, {"resourceType": entry.resource_type})
+        inst.resource = entry.steps.run(env, {"resourceType": entry.resource_type})
         inst.identity = _identity(entry, inst, env)
         parent.children.setdefault(entry.name, []).append(inst)
         made.append(inst)
@@ -173,14 +173,13 @@ def _derived(alt: IdentityAlt, inst: Instance, env: Env) -> tuple[str, str] | No
         base = base.parent if base is not None else None
     if base is None or not base.identity[1]:
         return None
-    d = env.run.d
-    parts = []
-    for get, level in alt.parts:
-        vals = get(env)
-        parts.append(primitive(vals[0], level, d) if vals else "")
-    if not any(parts):
+    value = first = base.identity[1]
+    for read in alt.readers:
+        part = read(env)
+        if part:
+            value += "/" + part
+    if value is first:
         return None
-    value = "/".join([base.identity[1], *(p for p in parts if p)])
     # The n-th result with the same code and sub-id under one report gets "/#n" (stable across resends).
     parent = inst.parent
     if parent is not None:
