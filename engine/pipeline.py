@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from engine import hl7v2
 from engine.destinations import Destination, Outcome, RetryPolicy, make_destination
 from engine.errors import HL7Error, TransformError
 from engine.queue.deadletter import DeadLetter
 from engine.spec.channel import Channel
 from engine.store import AttemptRecord, DeliveryStatus, MessageStatus, ProcessResult, Store
+from engine.transform.pool import InThreadMapper, Job, Mapped
 
 if TYPE_CHECKING:
     from engine.transform import MappingSet
+    from engine.transform.pool import ProcessMapper
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,11 @@ class Pipeline:
         channels: list[Channel],
         *,
         make: Callable[..., Destination] = make_destination,
+        mapper: InThreadMapper | ProcessMapper | None = None,
     ) -> None:
         self.store = store
         self.mappings = mappings
+        self.mapper = mapper or InThreadMapper(mappings)
         self.channels = {c.name: c for c in channels}
         self.destinations: dict[tuple[str, str], Destination] = {
             (c.name, d.name): make(d) for c in channels for d in c.destinations
@@ -72,6 +75,7 @@ class Pipeline:
         self.enqueue_deliver: EnqueueDeliver = lambda _m, _d, _delay: None
 
     def close(self) -> None:
+        self.mapper.close()
         for d in self.destinations.values():
             d.close()
 
@@ -93,17 +97,24 @@ class Pipeline:
         the message: at-least-once, idempotent at the EHR); retries go through the queue as usual.
         """
         results: list[ProcessResult] = []
-        bundles: dict[str, dict] = {}
         out: dict[str, Processed] = {}
+        todo: list[tuple[str, Channel]] = []
+        jobs: list[Job] = []
         for message_id, status, channel_name, raw in self.store.load_for_processing(message_ids):
+            channel = self.channels.get(channel_name)
             if status != MessageStatus.received:
                 out[message_id] = Processed(status)
-                continue
-            result, error, bundle = self._transform(message_id, channel_name, raw or b"")
-            out[message_id] = Processed(result.status, error)
+            elif channel is None:
+                why = f"channel {channel_name} is not configured in this process"
+                results.append(ProcessResult(message_id, MessageStatus.error, error=why))
+                out[message_id] = Processed(MessageStatus.error)
+            else:
+                todo.append((message_id, channel))
+                jobs.append(Job(raw or b"", channel.charset, channel.mapping, channel.validation))
+        for (message_id, channel), mapped in zip(todo, self.mapper.map_many(jobs) if jobs else [], strict=True):
+            result = _result(message_id, channel, mapped)
             results.append(result)
-            if bundle is not None:
-                bundles[message_id] = bundle
+            out[message_id] = Processed(result.status, mapped.error)
         # Claim before sending: a message another worker already took is not sent twice.
         won = self.store.finish_processing(results) if results else set()
         inline: list[tuple[str, str, Attempted]] = []
@@ -112,7 +123,7 @@ class Pipeline:
                 continue
             attempted = None
             if deliver_inline and len(r.destinations) == 1:
-                attempted = self._try_inline(r, bundles[r.message_id])
+                attempted = self._try_inline(r)
             if attempted is None:
                 for name in r.destinations:
                     self.enqueue_deliver(r.message_id, name, 0)
@@ -127,31 +138,11 @@ class Pipeline:
                 self.on_dead("deliver", (message_id, destination), str(exc))
         return out
 
-    def _transform(
-        self, message_id: str, channel_name: str, raw: bytes
-    ) -> tuple[ProcessResult, HL7Error | TransformError | None, dict | None]:
-        """Parse and map one message (pure: nothing is written)."""
-        channel = self.channels.get(channel_name)
-        if channel is None:
-            why = f"channel {channel_name} is not configured in this process"
-            return ProcessResult(message_id, MessageStatus.error, error=why), None, None
-        try:
-            message = hl7v2.Message.parse(hl7v2.decode(raw, channel.charset))
-            bundle = self.mappings.transform(message, mapping=channel.mapping, validation=channel.validation)
-        except (HL7Error, TransformError) as exc:
-            return ProcessResult(message_id, MessageStatus.error, error=_reason(exc)), exc, None
-        if not bundle.get("entry"):
-            return ProcessResult(message_id, MessageStatus.filtered, error="mapping produced no resources"), None, None
-        names = tuple(d.name for d in channel.destinations)
-        result = ProcessResult(
-            message_id, MessageStatus.transformed, bundle=orjson.dumps(bundle), destinations=names, channel=channel_name
-        )
-        return result, None, bundle
-
-    def _try_inline(self, r: ProcessResult, bundle: dict) -> Attempted | None:
+    def _try_inline(self, r: ProcessResult) -> Attempted | None:
         """The first delivery attempt; None hands it to the queue instead."""
+        assert r.bundle is not None
         try:
-            return self._send(r.message_id, r.destinations[0], r.channel, 0, r.bundle or b"", bundle)
+            return self._send(r.message_id, r.destinations[0], r.channel, 0, r.bundle, orjson.loads(r.bundle))
         except Exception:
             log.exception("inline delivery of %s failed; handing it to the queue", r.message_id)
             return None
@@ -232,6 +223,17 @@ class Pipeline:
             for message_id in ids:
                 self.store.mark_error(str(message_id), reason)
             log.warning("processing of %d message(s) failed for good: %s", len(ids), reason)
+
+
+def _result(message_id: str, channel: Channel, mapped: Mapped) -> ProcessResult:
+    if mapped.error is not None:
+        return ProcessResult(message_id, MessageStatus.error, error=_reason(mapped.error))
+    if mapped.empty or mapped.bundle is None:
+        return ProcessResult(message_id, MessageStatus.filtered, error="mapping produced no resources")
+    names = tuple(d.name for d in channel.destinations)
+    return ProcessResult(
+        message_id, MessageStatus.transformed, bundle=mapped.bundle, destinations=names, channel=channel.name
+    )
 
 
 def _reason(exc: HL7Error | TransformError) -> str:

@@ -24,6 +24,7 @@ from engine.sources.mllp import MLLPSource
 from engine.spec.channel import Channel, load_channels
 from engine.store import Store
 from engine.transform import MappingSet, load_mappings
+from engine.transform.pool import ProcessMapper
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,10 @@ class Engine:
         self.settings = settings
         self.channels, self.mappings = load_config(settings, channel_paths)
         self.store = Store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-        self.pipeline = Pipeline(self.store, self.mappings, self.channels)
+        mapper = None
+        if workers and settings.mapping_process_count() > 0:
+            mapper = ProcessMapper(settings.mappings_dir, processes=settings.mapping_process_count())
+        self.pipeline = Pipeline(self.store, self.mappings, self.channels, mapper=mapper)
         self.broker = make_broker(settings.queue_url, DeadLetters(self.pipeline.on_dead))
         self.actors = Actors(self.broker, self.pipeline)
         self._want_sources = sources

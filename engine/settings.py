@@ -38,6 +38,11 @@ class Settings(Model):
     channels_dir: Path = Field(Path("channels"), description="Folder of channel files.")
     mappings_dir: Path = Field(Path("mappings"), description="Folder of mapping files.")
     worker_threads: int = Field(8, ge=1, le=256, description="Worker threads per process.")
+    mapping_processes: int | Literal["auto"] = Field(
+        "auto",
+        description="Child processes that run the mapping (parse + map), so it gets a CPU core of its own; "
+        "0 maps in the worker threads. auto: one per core beyond the first, at most 4.",
+    )
     ingest_batch_max: int = Field(200, ge=1, description="Most messages committed in one ingest transaction.")
     ingest_batch_wait_ms: float = Field(
         0, ge=0, le=1000, description="How long the ingest writer waits to fill a batch (0: commit when free)."
@@ -48,6 +53,11 @@ class Settings(Model):
     fhir_base_url: str = Field(
         "", description="Informational: INTERLINK_FHIR_BASE_URL is read by the example channels themselves."
     )
+
+    def mapping_process_count(self) -> int:
+        if self.mapping_processes != "auto":
+            return int(self.mapping_processes)
+        return max(0, min((os.cpu_count() or 1) - 1, 4))
 
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:

@@ -1,0 +1,196 @@
+"""Run the mapping where there is a free CPU core: in the calling thread, or in worker processes.
+
+The engine is one Python process, and everything in it shares one interpreter lock; measured on a
+2-core machine, parse + map is about a third of the CPU a message costs. ``ProcessMapper`` moves it to
+child processes that compile the same mapping files, so the listener, the store and the deliveries keep
+the first core and the mapping gets the others.
+
+The wire between parent and child carries bytes only (JSON requests, length-prefixed replies): nothing a
+sender controls is ever pickled. A child that dies is restarted and the batch it held fails with
+``MapperUnavailable`` (the queue retries it).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import struct
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import orjson
+
+from engine import hl7v2
+from engine.errors import HL7Error, InterlinkError, TransformError
+from engine.transform.mappingset import MappingSet, load_mappings
+
+_OK, _EMPTY, _TRANSFORM_ERROR, _HL7_ERROR = 0, 1, 2, 3
+_HEAD = struct.Struct("!BI")
+
+
+class MapperUnavailable(InterlinkError):
+    """A mapping process died or could not be started; the work can be retried."""
+
+
+@dataclass(slots=True, frozen=True)
+class Job:
+    """One message to map."""
+
+    raw: bytes
+    charset: str
+    mapping: str | None
+    validation: str
+
+
+@dataclass(slots=True, frozen=True)
+class Mapped:
+    """The bundle (JSON bytes), or why there is none. ``empty``: the mapping produced no resources."""
+
+    bundle: bytes | None = None
+    error: HL7Error | TransformError | None = None
+    empty: bool = False
+
+
+def map_one(mappings: MappingSet, job: Job) -> Mapped:
+    """Decode, parse and map one message."""
+    try:
+        message = hl7v2.Message.parse(hl7v2.decode(job.raw, job.charset))
+        bundle = mappings.transform(message, mapping=job.mapping, validation=job.validation)
+    except (HL7Error, TransformError) as exc:
+        return Mapped(error=exc)
+    if not bundle.get("entry"):
+        return Mapped(empty=True)
+    return Mapped(bundle=orjson.dumps(bundle))
+
+
+class InThreadMapper:
+    """Maps in the calling thread."""
+
+    def __init__(self, mappings: MappingSet) -> None:
+        self.mappings = mappings
+
+    def map_many(self, jobs: Sequence[Job]) -> list[Mapped]:
+        return [map_one(self.mappings, j) for j in jobs]
+
+    def close(self) -> None:
+        pass
+
+
+# -- the child's side -------------------------------------------------------------------------------
+
+
+def _encode_reply(m: Mapped) -> bytes:
+    if m.bundle is not None:
+        return _HEAD.pack(_OK, len(m.bundle)) + m.bundle
+    if m.empty:
+        return _HEAD.pack(_EMPTY, 0)
+    e = m.error
+    if isinstance(e, TransformError):
+        body = orjson.dumps({"message": e.message, "field": e.field, "rule": e.rule, "code": e.code})
+        return _HEAD.pack(_TRANSFORM_ERROR, len(body)) + body
+    assert isinstance(e, HL7Error)
+    body = orjson.dumps({"message": e.message, "code": e.code, "location": e.location, "reject": e.reject})
+    return _HEAD.pack(_HL7_ERROR, len(body)) + body
+
+
+def _child(conn: Connection, mappings_dir: str, timezone: str) -> None:
+    mappings = load_mappings(Path(mappings_dir), timezone=timezone)
+    conn.send_bytes(b"ready")
+    while True:
+        try:
+            request = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        jobs = [Job(raw.encode("latin-1"), c, m, v) for raw, c, m, v in orjson.loads(request)]
+        conn.send_bytes(b"".join(_encode_reply(map_one(mappings, j)) for j in jobs))
+
+
+# -- the parent's side ------------------------------------------------------------------------------
+
+
+def _decode_replies(data: bytes) -> list[Mapped]:
+    out: list[Mapped] = []
+    pos = 0
+    while pos < len(data):
+        kind, size = _HEAD.unpack_from(data, pos)
+        pos += _HEAD.size
+        body = data[pos : pos + size]
+        pos += size
+        if kind == _OK:
+            out.append(Mapped(bundle=body))
+        elif kind == _EMPTY:
+            out.append(Mapped(empty=True))
+        elif kind == _TRANSFORM_ERROR:
+            out.append(Mapped(error=TransformError(**orjson.loads(body))))
+        else:
+            out.append(Mapped(error=HL7Error(**orjson.loads(body))))
+    return out
+
+
+class _Child:
+    def __init__(self, ctx: mp.context.SpawnContext, mappings_dir: str, timezone: str) -> None:
+        self.conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_child, args=(child_conn, mappings_dir, timezone), name="interlink-mapper", daemon=True
+        )
+        self.process.start()
+        child_conn.close()
+        if not self.conn.poll(120) or self.conn.recv_bytes() != b"ready":
+            self.close()
+            raise MapperUnavailable("mapping process did not start")
+
+    def call(self, jobs: Sequence[Job]) -> list[Mapped]:
+        request = orjson.dumps([[j.raw.decode("latin-1"), j.charset, j.mapping, j.validation] for j in jobs])
+        self.conn.send_bytes(request)
+        return _decode_replies(self.conn.recv_bytes())
+
+    def close(self) -> None:
+        self.conn.close()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+class ProcessMapper:
+    """Maps in ``processes`` child processes; thread-safe (a calling thread borrows an idle child)."""
+
+    def __init__(self, mappings_dir: Path, *, processes: int = 1, timezone: str = "UTC") -> None:
+        self._args = (str(mappings_dir), timezone)
+        self._ctx = mp.get_context("spawn")
+        self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
+        self._all: list[_Child] = []
+        self._lock = threading.Lock()
+        for _ in range(processes):
+            self._add()
+
+    def _add(self) -> None:
+        child = _Child(self._ctx, *self._args)
+        with self._lock:
+            self._all.append(child)
+        self._idle.put(child)
+
+    def map_many(self, jobs: Sequence[Job]) -> list[Mapped]:
+        child = self._idle.get()
+        try:
+            result = child.call(jobs)
+        except (EOFError, OSError) as exc:
+            with self._lock:
+                self._all.remove(child)
+            child.close()
+            self._add()
+            raise MapperUnavailable(f"mapping process failed ({exc.__class__.__name__}); restarted") from None
+        self._idle.put(child)
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            children, self._all = self._all, []
+        for c in children:
+            c.close()
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self._all if c.process.pid is not None]
