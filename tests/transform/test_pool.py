@@ -1,0 +1,64 @@
+"""The mapping process pool gives exactly what mapping in the thread gives, and survives a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from engine.errors import HL7Error, TransformError
+from engine.transform import load_mappings
+from engine.transform.pool import InThreadMapper, Job, MapperUnavailable, ProcessMapper
+from tests.integration.messages import adt, oru
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+SAMPLES = sorted((MAPPINGS / "hl7v2" / "samples").glob("*.hl7"))
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = ProcessMapper(MAPPINGS, processes=1)
+    yield p
+    p.close()
+
+
+def jobs() -> list[Job]:
+    raws = [s.read_bytes() for s in SAMPLES] + [
+        oru("P1", obx=8),
+        oru("P2", value="not a number"),  # TransformError
+        oru("P3", pid=False),  # TransformError (no PID)
+        b"PID|1||X\r",  # HL7Error (no MSH)
+        adt("P4", "A08"),
+        "MSH|^~\\&|A|B|C|D|2024||ADT^A01|P5|P|2.5.1||||||8859/1\rPID|1||M^^^H^MR||MÜLLER^JÖRG\rPV1|1|I|||||||||||||||||V1\r".encode(
+            "latin-1"
+        ),
+    ]
+    return [Job(r, "utf-8", None, "full") for r in raws]
+
+
+def test_same_results_as_in_thread(pool: ProcessMapper) -> None:
+    inline = InThreadMapper(load_mappings(MAPPINGS)).map_many(jobs())
+    remote = pool.map_many(jobs())
+    assert len(inline) == len(remote) == len(jobs())
+    for a, b in zip(inline, remote, strict=True):
+        assert a.bundle == b.bundle and a.empty == b.empty
+        assert isinstance(b.error, HL7Error | TransformError | None) and (a.error is None) == (b.error is None)
+        assert isinstance(a.error, TransformError) == isinstance(b.error, TransformError)
+        if a.error is not None:
+            assert vars(a.error) == vars(b.error)
+    kinds = [type(m.error).__name__ if m.error else "ok" for m in remote]
+    assert kinds.count("TransformError") == 2 and kinds.count("HL7Error") == 1
+    assert isinstance(remote[-3].error, HL7Error) and isinstance(remote[-5].error, TransformError)
+    assert "JÖRG".encode() in remote[-1].bundle  # latin-1 input, decoded by MSH-18 in the child
+
+
+def test_a_dead_child_is_replaced(pool: ProcessMapper) -> None:
+    [pid] = pool.pids
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(MapperUnavailable):
+        pool.map_many(jobs()[:1])
+    [new_pid] = pool.pids
+    assert new_pid != pid
+    assert pool.map_many(jobs()[:1])[0].bundle is not None
