@@ -106,11 +106,15 @@ class GroupCommitter:
             err = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable("message store unavailable")
             results = None
             outcome = [err] * len(items)
+        # One wake-up per event loop for the whole batch (each call_soon_threadsafe is a syscall).
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Accepted], Accepted | BaseException]]] = {}
         for (_, loop, waiter), res in zip(items, outcome, strict=True):
             if loop is None:
                 waiter(res)  # type: ignore[operator]
             else:
-                loop.call_soon_threadsafe(_resolve, waiter, res)
+                by_loop.setdefault(loop, []).append((waiter, res))  # type: ignore[arg-type]
+        for loop, pairs in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, pairs)
         if results is not None:
             try:
                 self._on_committed(
@@ -125,13 +129,14 @@ class GroupCommitter:
                 log.exception("enqueue after commit failed; the recovery sweeper will pick these up")
 
 
-def _resolve(fut: asyncio.Future[Accepted], res: Accepted | BaseException) -> None:
-    if fut.done():
-        return
-    if isinstance(res, BaseException):
-        fut.set_exception(res)
-    else:
-        fut.set_result(res)
+def _resolve_all(pairs: list[tuple[asyncio.Future[Accepted], Accepted | BaseException]]) -> None:
+    for fut, res in pairs:
+        if fut.done():
+            continue
+        if isinstance(res, BaseException):
+            fut.set_exception(res)
+        else:
+            fut.set_result(res)
 
 
 @dataclass(slots=True)

@@ -58,6 +58,13 @@ class NewMessage:
     enqueue: bool = True
     id: str = field(default_factory=new_id)
 
+    @property
+    def dedupe_key(self) -> str:
+        """Channel, sender and MSH-10 (empty: never a duplicate, e.g. an unreadable message)."""
+        if not self.control_id or self.status != MessageStatus.received:
+            return ""
+        return f"{self.channel}\x1f{self.sender}\x1f{self.control_id}"[:512]
+
 
 @dataclass(slots=True, frozen=True)
 class Accepted:
@@ -139,7 +146,7 @@ class Store:
                     status = MessageStatus.duplicate if dup else m.status
                     msg_rows.append(
                         (m.id, m.channel, str(status), now, now, m.peer[:100], m.message_type[:40], m.sender[:200],
-                         m.control_id[:200], dup, m.error, len(m.raw))
+                         m.control_id[:200], m.dedupe_key, dup, m.error, len(m.raw))
                     )  # fmt: skip
                     content_rows.append((m.id, ContentKind.raw.value, "", m.raw, now))
                     out.append(Accepted(m.id, status, dup))
@@ -150,32 +157,26 @@ class Store:
             raise StoreUnavailable(f"message store commit failed ({exc.__class__.__name__})") from exc
 
     def _find_duplicates(self, conn: Any, batch: Sequence[NewMessage], now: float) -> dict[str, str]:
-        """Map new message id → id of the earlier message it duplicates (also within the batch).
-
-        One query per (channel, sender, window) group in the batch.
-        """
-        groups: dict[tuple[str, str, float], list[NewMessage]] = {}
-        for m in batch:
-            if m.dedupe_window_s is not None and m.control_id and m.status == MessageStatus.received:
-                groups.setdefault((m.channel, m.sender, m.dedupe_window_s), []).append(m)
+        """Map new message id → id of the earlier message it duplicates (also within the batch)."""
+        candidates = [m for m in batch if m.dedupe_window_s is not None and m.dedupe_key]
+        if not candidates:
+            return {}
+        keys = list({m.dedupe_key for m in candidates})
+        earlier: dict[str, list[tuple[float, str]]] = {}
+        for key, mid, received_at, status in conn.exec_driver_sql(self.sql.find_duplicates(len(keys)), tuple(keys)):
+            if status not in _NOT_ORIGINALS:
+                earlier.setdefault(key, []).append((received_at, mid))
         found: dict[str, str] = {}
-        for (channel, sender, window), items in groups.items():
-            ids = list({m.control_id for m in items})
-            sql = self.sql.find_duplicates(len(ids))
-            since = now - window
-            earlier = [
-                (received_at, cid, mid)
-                for cid, mid, received_at, status in conn.exec_driver_sql(sql, (channel, sender, *ids))
-                if received_at >= since and status not in _NOT_ORIGINALS
-            ]
-            first: dict[str, str] = {}
-            for _, cid, mid in sorted(earlier):
-                first.setdefault(cid, mid)
-            for m in items:
-                if m.control_id in first:
-                    found[m.id] = first[m.control_id]
-                else:
-                    first[m.control_id] = m.id
+        first_in_batch: dict[str, str] = {}
+        for m in candidates:
+            since = now - (m.dedupe_window_s or 0)
+            original = min((r for r in earlier.get(m.dedupe_key, ()) if r[0] >= since), default=None)
+            if original is not None:
+                found[m.id] = original[1]
+            elif m.dedupe_key in first_in_batch:
+                found[m.id] = first_in_batch[m.dedupe_key]
+            else:
+                first_in_batch[m.dedupe_key] = m.id
         return found
 
     # -- reads ----------------------------------------------------------------------------------------

@@ -69,10 +69,13 @@ messages = Table(
     Column("message_type", String(40), nullable=False, default=""),
     Column("sender", String(200), nullable=False, default=""),  # MSH-3|MSH-4
     Column("control_id", String(200), nullable=False, default=""),  # MSH-10
+    # channel, sender and control id in one indexed column: one equality lookup finds earlier copies,
+    # whatever the planner knows about the table (a three-column index was scanned by prefix only)
+    Column("dedupe_key", String(512), nullable=False, default=""),
     Column("duplicate_of", String(32), nullable=True),
     Column("error", Text, nullable=True),  # PHI-free reason
     Column("size_bytes", Integer, nullable=False, default=0),
-    Index("ix_messages_dedupe", "channel", "sender", "control_id"),
+    Index("ix_messages_dedupe", "dedupe_key"),
     Index("ix_messages_status", "status", "updated_at"),
     Index("ix_messages_channel_received", "channel", "received_at"),
 )

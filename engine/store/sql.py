@@ -18,18 +18,16 @@ class Statements:
         s = self._sql
         self.insert_message = s(
             "INSERT INTO messages (id, channel, status, received_at, updated_at, peer, message_type, sender,"
-            " control_id, duplicate_of, error, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " control_id, dedupe_key, duplicate_of, error, size_bytes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self.insert_content = s(
             "INSERT INTO contents (message_id, kind, destination, data, created_at) VALUES (?, ?, ?, ?, ?)"
         )
-        # Equality on (channel, sender, control_id) only, so the planner takes ix_messages_dedupe; the
-        # window and status are checked by the caller (a range on received_at here made SQLite scan the
-        # whole window through ix_messages_channel_received: measured O(messages in the window)).
-        self._find_duplicates = s(
-            "SELECT control_id, id, received_at, status FROM messages"
-            " WHERE channel = ? AND sender = ? AND control_id IN (?)"
-        )
+        # Equality on the dedupe key only, so every planner takes ix_messages_dedupe; the window and
+        # status are checked by the caller (a range on received_at here made SQLite scan the whole window
+        # through ix_messages_channel_received: measured O(messages in the window)).
+        self._find_duplicates = s("SELECT dedupe_key, id, received_at, status FROM messages WHERE dedupe_key IN (?)")
         self._load_for_processing = s(
             "SELECT m.id, m.status, m.channel, c.data FROM messages m"
             f" LEFT JOIN contents c ON c.message_id = m.id AND c.kind = '{ContentKind.raw}' WHERE m.id IN (?)"

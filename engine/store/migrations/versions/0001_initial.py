@@ -29,11 +29,12 @@ def upgrade() -> None:
         sa.Column("message_type", sa.String(40), nullable=False),
         sa.Column("sender", sa.String(200), nullable=False),
         sa.Column("control_id", sa.String(200), nullable=False),
+        sa.Column("dedupe_key", sa.String(512), nullable=False),
         sa.Column("duplicate_of", sa.String(32), nullable=True),
         sa.Column("error", sa.Text, nullable=True),
         sa.Column("size_bytes", sa.Integer, nullable=False),
     )
-    op.create_index("ix_messages_dedupe", "messages", ["channel", "sender", "control_id"])
+    op.create_index("ix_messages_dedupe", "messages", ["dedupe_key"])
     op.create_index("ix_messages_status", "messages", ["status", "updated_at"])
     op.create_index("ix_messages_channel_received", "messages", ["channel", "received_at"])
     op.create_table(
