@@ -1,0 +1,92 @@
+"""The ``interlink`` command: check, convert, test and the store-reading commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from engine.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "mappings" / "hl7v2" / "samples"
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Settings pointing at the repository's channels and mappings, with a store in tmp_path."""
+    for var in ("INTERLINK_FHIR_BASE_URL", "INTERLINK_CONFIG", "INTERLINK_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = tmp_path / "engine.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "database_url": f"sqlite:///{tmp_path}/s.db",
+                "channels_dir": str(ROOT / "channels"),
+                "mappings_dir": str(ROOT / "mappings"),
+            }
+        )
+    )
+    return cfg
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_check_passes_on_the_example_channels(config: Path) -> None:
+    code, out, _ = run("check", "--config", str(config))
+    assert code == 0
+    assert "channel lab-results" in out and "channel adt" in out and "ORU^R01" in out
+
+
+def test_check_names_file_and_line(config: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\nsource:\n  type: mllp\n  port: 70000\ndestinations:\n  - {name: f, type: file, path: x}\n"
+    )
+    code, _, err = run("check", str(bad), "--config", str(config))
+    assert code == 1
+    assert f"{bad}:4: source.port" in err
+
+
+def test_convert_prints_a_transaction_bundle(config: Path) -> None:
+    code, out, _ = run("convert", str(SAMPLES / "oru_r01_cbc.hl7"), "--config", str(config))
+    assert code == 0
+    bundle = json.loads(out)
+    assert bundle["type"] == "transaction"
+    types = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert types.count("Observation") >= 8 and "DiagnosticReport" in types and "Patient" in types
+    assert all(e["request"]["method"] == "PUT" and "?identifier=" in e["request"]["url"] for e in bundle["entry"])
+
+
+def test_convert_with_a_channel_uses_its_mapping(config: Path) -> None:
+    code, out, _ = run("convert", str(SAMPLES / "adt_a01.hl7"), "--channel", "adt", "--config", str(config))
+    assert code == 0 and json.loads(out)["entry"]
+
+
+def test_convert_refuses_what_it_cannot_map(config: Path, tmp_path: Path) -> None:
+    vxu = tmp_path / "vxu.hl7"
+    vxu.write_bytes(b"MSH|^~\\&|A|B|C|D|2024||VXU^V04|1|P|2.5.1\rPID|1||1^^^H^MR\r")
+    code, out, err = run("convert", str(vxu), "--config", str(config))
+    assert code == 1 and out == ""
+    assert "no mapping for message type VXU^V04" in err and str(vxu) in err
+    code, _, err = run("convert", str(tmp_path / "missing.hl7"), "--config", str(config))
+    assert code == 1 and "cannot read" in err
+
+
+def test_mapping_tests_run(config: Path) -> None:
+    code, out, _ = run("test", "--config", str(config))
+    assert code == 0
+    assert out.strip().splitlines()[-1].endswith("0 failed")
+
+
+def test_store_commands_on_an_empty_store(config: Path) -> None:
+    assert run("status", "--config", str(config))[1].strip() == "no messages stored"
+    assert "0 dead letter(s)" in run("dlq", "list", "--config", str(config))[1]
+    code, _, err = run("dlq", "replay", "--config", str(config))
+    assert code == 1 and "--all" in err
