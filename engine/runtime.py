@@ -71,7 +71,6 @@ class Engine:
         self.committer: GroupCommitter | None = None
         self.sources: dict[str, MLLPSource] = {}
         self.sweeper: Sweeper | None = None
-        self._stopped = asyncio.Event()
 
     @property
     def in_process_queue(self) -> bool:
@@ -121,7 +120,6 @@ class Engine:
         self.broker.close()
         self.pipeline.close()
         self.store.close()
-        self._stopped.set()
 
     async def serve(self) -> None:
         """Start, then run until SIGINT/SIGTERM."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -68,8 +69,9 @@ class Where:
         return Where(self.doc, (*self.loc, *more), self.label)
 
     def rule(self, target: str) -> str:
+        # File name only: rule labels travel in NAKs to senders, which have no business with server paths.
         line = self.doc.line(self.loc)
-        return f"{self.label}.{target} ({self.doc.path}:{line})"
+        return f"{self.label}.{target} ({Path(self.doc.path).name}:{line})"
 
 
 CACHE_LIMIT = 4096
