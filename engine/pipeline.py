@@ -88,13 +88,14 @@ class Pipeline:
     def process_many(self, message_ids: list[str], *, deliver_inline: bool = False) -> dict[str, Processed]:
         """received → transformed (deliveries queued) | error | filtered, for a batch of messages.
 
-        A no-op for messages in any other status. One read and one write transaction per batch (the
-        ingest writer hands over what each group commit accepted): measured, per-message transactions
-        and queue hops cost more than the mapping itself.
+        A no-op for messages in any other status. One read, one claim transaction and one transaction
+        for the attempts per batch (the ingest writer hands over what each group commit accepted):
+        measured, per-message transactions and queue hops cost more than the mapping itself.
 
         ``deliver_inline``: a channel with one destination gets its first delivery attempt right here,
-        with the bundle in memory, recorded in the same write transaction (a crash in between re-runs
-        the message: at-least-once, idempotent at the EHR); retries go through the queue as usual.
+        with the bundle in memory, after the claim (so a message another worker took is not sent twice);
+        a crash between send and record re-sends it (at-least-once, idempotent at the EHR). Retries go
+        through the queue as usual.
         """
         results: list[ProcessResult] = []
         out: dict[str, Processed] = {}
