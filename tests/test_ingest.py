@@ -167,3 +167,23 @@ def test_commit_sync_for_threads(store: Store) -> None:
     acc = committer.commit_sync(NewMessage(channel="lab", raw=b"x"))
     committer.close()
     assert store.message(acc.id) is not None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xef\xbb\xbf" + ORU.format(cid="B1").encode(),  # UTF-8 BOM
+        ORU.format(cid="B2").replace("\r", "\n").encode(),  # LF terminators
+        ORU.format(cid="B3").replace("\r", "\r\n").encode(),  # CRLF terminators
+        ORU.format(cid="B4").replace("|P|2.5.1\r", "|P|2.5.1||||||8859/1\r", 1).replace("DOE", "DÖE").encode("latin-1"),
+    ],
+    ids=["bom", "lf", "crlf", "latin-1-by-msh18"],
+)
+def test_accepts_what_senders_really_send(store: Store, raw: bytes) -> None:
+    committer, ingest = make(store, channel(), [])
+    reply = run(ingest.handle(raw, "p"))
+    committer.close()
+    assert ack_fields(reply.text)[0] == "AA"
+    assert store.message(reply.message_id).message_type == "ORU^R01"
+    assert store.content(reply.message_id, ContentKind.raw) == raw  # kept byte for byte
+    assert HL7Ingest.encode(reply, "utf-8").decode(reply.codec or "utf-8") == reply.text
