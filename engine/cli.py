@@ -135,7 +135,10 @@ def convert(
     try:
         message = hl7v2.Message.parse(hl7v2.decode(raw, ch.charset if ch else "utf-8"))
         bundle = mappings.transform(
-            message, mapping=ch.mapping if ch else None, validation=ch.validation if ch else "full"
+            message,
+            mapping=ch.mapping if ch else None,
+            validation=ch.validation if ch else "full",
+            timezone=ch.timezone if ch else None,
         )
     except HL7Error as exc:
         _fail(f"{file}: {exc.location or 'message'}: {exc.message}")
@@ -300,25 +303,48 @@ def dlq_replay(
     """Send dead letters again (the stored bundle, attempts restart). Workers must be running."""
     if not message_id and not all_:
         _fail("name a message id, or pass --all")
-    from engine.queue.actors import Actors
-    from engine.queue.broker import make_broker
-    from engine.runtime import load_config
-
     settings = _settings(config)
-    from engine.pipeline import Pipeline
-
-    channels, mappings = load_config(settings)
     store = _store(config)
     in_process = settings.queue_url.startswith("memory://")
     pairs = store.replay_dead(message_id=message_id, destination=destination, channel=channel, for_sweeper=in_process)
     if not in_process:
-        actors = Actors(make_broker(settings.queue_url), Pipeline(store, mappings, channels))
+        actors = _enqueuer(settings, store)
         for m, d in pairs:
             actors.enqueue_deliver(m, d, 0)
-        note = "enqueued"
-    else:
-        note = f"marked pending; the running engine sends them within {settings.sweeper.interval_s:g} s (its sweeper)"
-    typer.echo(f"{len(pairs)} delivery(ies) {note}")
+    typer.echo(f"{len(pairs)} delivery(ies) {_handover(settings)}")
+
+
+@messages_app.command("reprocess")
+def messages_reprocess(
+    message_ids: Annotated[list[str], typer.Argument(help="Messages in error or dead to run again from raw.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Run messages again from their raw content with the current mappings (e.g. after a fix)."""
+    settings = _settings(config)
+    store = _store(config)
+    in_process = settings.queue_url.startswith("memory://")
+    done = [m for m in message_ids if store.reprocess(m, for_sweeper=in_process)]
+    skipped = sorted(set(message_ids) - set(done))
+    if done and not in_process:
+        _enqueuer(settings, store).enqueue_process(done)
+    typer.echo(f"{len(done)} message(s) {_handover(settings)}")
+    if skipped:
+        _fail(f"not in error or dead (or unknown): {', '.join(skipped)}")
+
+
+def _enqueuer(settings: Settings, store):  # type: ignore[no-untyped-def]
+    """Actors on the shared queue, for enqueueing only (workers elsewhere run them)."""
+    from engine.pipeline import Pipeline
+    from engine.queue.actors import Actors
+    from engine.queue.broker import make_broker
+
+    return Actors(make_broker(settings.queue_url), Pipeline(store, None, []))  # type: ignore[arg-type]
+
+
+def _handover(settings: Settings) -> str:
+    if settings.queue_url.startswith("memory://"):
+        return f"marked for the running engine, which takes them within {settings.sweeper.interval_s:g} s"
+    return "enqueued"
 
 
 @app.command()

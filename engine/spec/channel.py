@@ -11,8 +11,9 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.destinations import DestinationConfig
 from engine.errors import ConfigError
@@ -75,12 +76,28 @@ class Channel(Model):
     mapping: str | None = Field(
         None, description="Message map to use (path under mappings/); default: chosen from MSH-9."
     )
+    timezone: str | None = Field(
+        None,
+        description="IANA time zone of HL7 times sent without an offset (FHIR needs one), e.g. Europe/Paris; "
+        "default: the mapping's own, else UTC.",
+    )
     validation: Validation = Field(
         Validation.sampled, description="FHIR validation of each bundle: full, sampled (1 in 100) or off."
     )
     dedupe: Dedupe = Field(default_factory=Dedupe, description="Duplicate MSH-10 detection.")
     ordering: Literal["none"] = Field("none", description="Delivery ordering (only 'none' so far).")
     destinations: list[DestinationConfig] = Field(description="Where bundles are delivered.", min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Channel:

@@ -530,14 +530,17 @@ class Store:
                 )
         return pairs
 
-    def reprocess(self, message_id: str) -> bool:
-        """An operator re-runs a message from its raw content (e.g. after fixing a mapping)."""
+    def reprocess(self, message_id: str, *, for_sweeper: bool = False) -> bool:
+        """An operator re-runs a message from its raw content (e.g. after fixing a mapping).
+
+        Only messages in error or dead; their deliveries start again. ``for_sweeper``: see replay_dead.
+        """
         now = time.time()
         with self._writing(self.work) as conn:
             res = conn.execute(
                 update(messages)
                 .where(messages.c.id == message_id, messages.c.status.in_([MessageStatus.error, MessageStatus.dead]))
-                .values(status=MessageStatus.received, error=None, updated_at=now)
+                .values(status=MessageStatus.received, error=None, updated_at=0.0 if for_sweeper else now)
             )
             if res.rowcount == 1:
                 conn.execute(delete(deliveries).where(deliveries.c.message_id == message_id))

@@ -43,6 +43,7 @@ class Job:
     charset: str
     mapping: str | None
     validation: str
+    timezone: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,7 +59,7 @@ def map_one(mappings: MappingSet, job: Job) -> Mapped:
     """Decode, parse and map one message."""
     try:
         message = hl7v2.Message.parse(hl7v2.decode(job.raw, job.charset))
-        bundle = mappings.transform(message, mapping=job.mapping, validation=job.validation)
+        bundle = mappings.transform(message, mapping=job.mapping, validation=job.validation, timezone=job.timezone)
     except (HL7Error, TransformError) as exc:
         return Mapped(error=exc)
     if not bundle.get("entry"):
@@ -104,7 +105,7 @@ def _child(conn: Connection, mappings_dir: str, timezone: str) -> None:
             request = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        jobs = [Job(raw.encode("latin-1"), c, m, v) for raw, c, m, v in orjson.loads(request)]
+        jobs = [Job(raw.encode("latin-1"), c, m, v, tz) for raw, c, m, v, tz in orjson.loads(request)]
         conn.send_bytes(b"".join(_encode_reply(map_one(mappings, j)) for j in jobs))
 
 
@@ -143,7 +144,9 @@ class _Child:
             raise MapperUnavailable("mapping process did not start")
 
     def call(self, jobs: Sequence[Job]) -> list[Mapped]:
-        request = orjson.dumps([[j.raw.decode("latin-1"), j.charset, j.mapping, j.validation] for j in jobs])
+        request = orjson.dumps(
+            [[j.raw.decode("latin-1"), j.charset, j.mapping, j.validation, j.timezone] for j in jobs]
+        )
         self.conn.send_bytes(request)
         return _decode_replies(self.conn.recv_bytes())
 

@@ -90,3 +90,20 @@ def test_store_commands_on_an_empty_store(config: Path) -> None:
     assert "0 dead letter(s)" in run("dlq", "list", "--config", str(config))[1]
     code, _, err = run("dlq", "replay", "--config", str(config))
     assert code == 1 and "--all" in err
+
+
+def test_reprocess_hands_an_errored_message_back(config: Path, tmp_path: Path) -> None:
+    import time
+
+    from engine.store import NewMessage, Store
+
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    [bad, fine] = store.insert_messages([NewMessage("lab-results", b"MSH|x"), NewMessage("lab-results", b"MSH|y")])
+    store.mark_error(bad.id, "PID-7: not a valid date")
+    code, out, err = run("messages", "reprocess", bad.id, fine.id, "--config", str(config))
+    assert code == 1 and "1 message(s) marked for the running engine" in out and fine.id in err
+    row = store.message(bad.id)
+    assert row.status == "received" and row.error is None
+    received, _ = store.unfinished(older_than=time.time() - 60)  # stale on purpose: the sweeper takes it
+    assert bad.id in received
+    store.close()

@@ -34,7 +34,7 @@ class FakeMappings:
     def has_mapping(self, t: str) -> bool:
         return True
 
-    def transform(self, message: hl7v2.Message, *, mapping=None, validation="sampled") -> dict:
+    def transform(self, message: hl7v2.Message, *, mapping=None, validation="sampled", timezone=None) -> dict:
         self.calls += 1
         pid = message.first("PID")
         if pid is None:
@@ -207,3 +207,20 @@ def test_sweeper_leaves_a_backlog_alone(rig) -> None:
     waiting["process"] = 0
     assert sweeper.sweep() == (3, 0)
     wait_until(lambda: all(status(store, m) == "sent" for m in mids), 10, "all sent")
+
+
+def test_channel_timezone_reaches_the_mapping(tmp_path: Path) -> None:
+    from engine.transform import load_mappings
+    from engine.transform.pool import InThreadMapper, Job
+
+    mappings = load_mappings(Path(__file__).resolve().parents[2] / "mappings")
+    raw = (
+        b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|Z1|P|2.5.1\rPID|1||M1^^^H^MR||X^Y||19700101\r"
+        b"PV1|1|I|||||||||||||||||V1|||||||||||||||||||||||||20240701120000\r"
+    )
+    [utc, paris] = InThreadMapper(mappings).map_many(
+        [Job(raw, "utf-8", None, "off"), Job(raw, "utf-8", None, "off", "Europe/Paris")]
+    )
+    encounter = [e for e in orjson.loads(paris.bundle)["entry"] if e["resource"]["resourceType"] == "Encounter"]
+    assert encounter[0]["resource"]["period"]["start"] == "2024-07-01T12:00:00+02:00"
+    assert b"2024-07-01T12:00:00Z" in utc.bundle or b"2024-07-01T12:00:00+00:00" in utc.bundle

@@ -93,3 +93,10 @@ def test_error_in_second_destination_points_at_its_line(tmp_path: Path, monkeypa
         ConfigError, match=rf"{p}:10: destinations.1.path: required .* destinations.1.pth: unknown field \(line 13\)"
     ):
         load_channel(p)
+
+
+def test_timezone_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_FHIR_URL", raising=False)
+    assert load_channel(write(tmp_path, GOOD + "timezone: Europe/Paris\n")).timezone == "Europe/Paris"
+    with pytest.raises(ConfigError, match=r":14: timezone: Value error, unknown time zone 'Mars/Olympus'"):
+        load_channel(write(tmp_path, GOOD + "timezone: Mars/Olympus\n"))
