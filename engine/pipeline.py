@@ -144,8 +144,8 @@ class Pipeline:
         assert r.bundle is not None
         try:
             return self._send(r.message_id, r.destinations[0], r.channel, 0, r.bundle, orjson.loads(r.bundle))
-        except Exception:
-            log.exception("inline delivery of %s failed; handing it to the queue", r.message_id)
+        except Exception as exc:  # a bug or an outage: the queue's retries take over; no content in the log
+            log.error("inline delivery of %s failed (%s); handing it to the queue", r.message_id, type(exc).__name__)
             return None
 
     # -- deliver ------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Connections to the message store: SQLite (WAL) by default, PostgreSQL by URL.
 
+Statement parameters (message content) are never shown in database errors (``hide_parameters``).
+
 Two SQLAlchemy engines share one database:
 
 - ``ingest``: commits raw inbound messages before they are acknowledged. Fully durable
@@ -21,7 +23,7 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
     u = make_url(url)
     if u.database and u.database != ":memory:":
         Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-    eng = create_engine(url, connect_args={"timeout": 30}, pool_size=16, max_overflow=16)
+    eng = create_engine(url, connect_args={"timeout": 30}, pool_size=16, max_overflow=16, hide_parameters=True)
 
     @event.listens_for(eng, "connect")
     def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -47,7 +49,7 @@ def make_engines(url: str, *, sqlite_synchronous: str = "FULL") -> tuple[Engine,
     if u.get_backend_name() == "postgresql":
         if u.drivername == "postgresql":
             url = u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        common = {"pool_size": 16, "max_overflow": 16, "pool_pre_ping": True}
+        common = {"pool_size": 16, "max_overflow": 16, "pool_pre_ping": True, "hide_parameters": True}
         ingest = create_engine(url, connect_args={"connect_timeout": 5}, **common)
         work = create_engine(url, connect_args={"connect_timeout": 5, "options": "-c synchronous_commit=off"}, **common)
         return ingest, work
