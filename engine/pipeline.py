@@ -17,6 +17,7 @@ import orjson
 
 from engine.destinations import Destination, Outcome, RetryPolicy, make_destination
 from engine.errors import HL7Error, TransformError
+from engine.metrics import Metrics
 from engine.queue.deadletter import DeadLetter
 from engine.spec.channel import Channel
 from engine.store import AttemptRecord, DeliveryStatus, MessageStatus, ProcessResult, Store
@@ -61,7 +62,9 @@ class Pipeline:
         *,
         make: Callable[..., Destination] = make_destination,
         mapper: InThreadMapper | ProcessMapper | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.mappings = mappings
         self.mapper = mapper or InThreadMapper(mappings)
@@ -116,6 +119,7 @@ class Pipeline:
             result = _result(message_id, channel, mapped)
             results.append(result)
             out[message_id] = Processed(result.status, mapped.error)
+            self.metrics.processed(channel.name, result.status)
         # Claim before sending: a message another worker already took is not sent twice.
         won = self.store.finish_processing(results) if results else set()
         inline: list[tuple[str, str, Attempted]] = []
@@ -179,10 +183,12 @@ class Pipeline:
         started = time.time()
         t0 = time.perf_counter()
         result = dest.send(bundle, message_id=message_id)
+        seconds = time.perf_counter() - t0
+        self.metrics.attempted(channel_name, destination, result.outcome, seconds)
         record = AttemptRecord(
             number=number,
             started_at=started,
-            duration_ms=(time.perf_counter() - t0) * 1000,
+            duration_ms=seconds * 1000,
             outcome=result.outcome,
             status_code=result.status_code,
             error=result.error,
@@ -218,6 +224,7 @@ class Pipeline:
         """Called by the DeadLetters middleware for every nacked queue message."""
         if actor == "deliver" and len(args) == 2:
             self.store.mark_dead(str(args[0]), str(args[1]), reason)
+            self.metrics.dead(str(args[1]))
             log.warning("delivery of message %s to %s is dead: %s", args[0], args[1], reason)
         elif actor == "process" and args:
             ids = args[0] if isinstance(args[0], list) else [args[0]]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import dramatiq
 
 from engine.errors import ConfigError, HL7Error, TransformError
 from engine.ingest import GroupCommitter, HL7Ingest
+from engine.metrics import Metrics
 from engine.pipeline import Pipeline
-from engine.queue.actors import Actors
+from engine.queue.actors import DELIVER_QUEUE, PROCESS_QUEUE, Actors
 from engine.queue.broker import make_broker
 from engine.queue.deadletter import DeadLetters
 from engine.queue.sweeper import Sweeper
@@ -61,9 +63,19 @@ class Engine:
         mapper = None
         if workers and settings.mapping_process_count() > 0:
             mapper = ProcessMapper(settings.mappings_dir, processes=settings.mapping_process_count())
-        self.pipeline = Pipeline(self.store, self.mappings, self.channels, mapper=mapper)
+        self.metrics = Metrics()
+        self.pipeline = Pipeline(self.store, self.mappings, self.channels, mapper=mapper, metrics=self.metrics)
         self.broker = make_broker(settings.queue_url, DeadLetters(self.pipeline.on_dead))
         self.actors = Actors(self.broker, self.pipeline)
+        self.metrics.gauge(
+            "interlink_backlog", "Messages received or transformed, not yet finished.", self.store.backlog
+        )
+        for queue_name in (PROCESS_QUEUE, DELIVER_QUEUE):
+            self.metrics.gauge(
+                f"interlink_queue_{queue_name}_waiting",
+                f"Queue entries waiting for the {queue_name} actor.",
+                lambda q=queue_name: self.actors.waiting(q),
+            )
         self._want_sources = sources
         self._want_workers = workers
         self._want_sweeper = sweeper
@@ -79,6 +91,8 @@ class Engine:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.settings.metrics_port:
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         if self._want_workers:
             self.worker = dramatiq.Worker(self.broker, worker_threads=self.settings.worker_threads, worker_timeout=100)
             self.worker.start()
@@ -152,7 +166,9 @@ class Engine:
         ingest = HL7Ingest(ch, self.committer, has_mapping=self.mappings.has_mapping, transform_now=self._transform_now)
 
         async def handle(raw: bytes, inbound: Inbound) -> bytes:
+            t0 = time.perf_counter()
             reply = await ingest.handle(raw, inbound.peer, inbound.error)
+            self.metrics.received(ch.name, reply.status, time.perf_counter() - t0)
             return HL7Ingest.encode(reply, ch.charset)
 
         return handle

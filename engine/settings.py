@@ -48,6 +48,10 @@ class Settings(Model):
         0, ge=0, le=1000, description="How long the ingest writer waits to fill a batch (0: commit when free)."
     )
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings, description="Recovery sweeper.")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: not served)."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the /metrics endpoint listens on.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     fhir_base_url: str = Field(

@@ -60,6 +60,7 @@ class EngineProcess:
             "mappings_dir": str(ROOT / "mappings"),
             "worker_threads": 4,
             "sweeper": {"interval_s": 1, "grace_s": 2},
+            "metrics_port": 0,
             **(extra_settings or {}),
         }
         (workdir / "channels").mkdir(exist_ok=True)

@@ -242,3 +242,24 @@ def test_reply_after_transform_names_the_field_and_delivers_nothing(tmp_path: Pa
             store.close()
     assert len(errors) == 3
     assert fhir.count("Observation") == 1  # nothing of the rejected messages reached the server
+
+
+def test_metrics_endpoint(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.integration.harness import free_port
+
+    port = free_port()
+    eng = EngineProcess(tmp_path / "engine", extra_settings={"metrics_port": port})
+    with eng:
+        assert ack_code(send("127.0.0.1", eng.lab_port, [oru("M-1")], timeout_s=10)[0]) == "AA"
+        assert ack_code(send("127.0.0.1", eng.lab_port, [b"PID|no msh\r"], timeout_s=10)[0]) == "AR"
+        wait_until(lambda: all_final(eng, 2), 20, "both final")
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'interlink_messages_received_total{channel="lab-results",status="received"} 1.0' in text
+    assert 'interlink_messages_received_total{channel="lab-results",status="error"} 1.0' in text
+    assert 'interlink_messages_processed_total{channel="lab-results",status="transformed"} 1.0' in text
+    assert 'interlink_delivery_attempts_total{channel="lab-results",destination="ndjson",outcome="sent"} 1.0' in text
+    assert "interlink_backlog 0.0" in text
+    assert "interlink_reply_seconds_bucket" in text
+    assert "TESTER" not in text  # no message content in metrics
