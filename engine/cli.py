@@ -349,9 +349,14 @@ def _handover(settings: Settings) -> str:
 
 @app.command()
 def status(config: ConfigOpt = None) -> None:
-    """Message counts per channel and status."""
-    counts = _store(config).status_counts()
+    """Message counts per channel and status, the backlog and the dead letters."""
+    store = _store(config)
+    counts = store.status_counts()
     if not counts:
         typer.echo("no messages stored")
+        return
     for (ch, st), n in sorted(counts.items()):
         typer.echo(f"{ch:<16} {st:<12} {n}")
+    typer.echo(
+        f"backlog: {store.backlog()} message(s) not finished; dead letters: {len(store.dead_letters(limit=100000))}"
+    )
