@@ -23,25 +23,12 @@ from engine.spec.yamlfile import YamlDoc
 from engine.transform import fhirmodel, paths
 from engine.transform.conditions import Cond, compile_condition
 from engine.transform.functions import REGISTRY, Function
-from engine.transform.paths import Env, Getter
+from engine.transform.paths import Env, Getter, primitive
 from engine.transform.spec import Rule
 from engine.transform.steps import Steps
 
 _MISS = object()
 Loc = tuple[str | int, ...]
-
-
-def primitive(raw: str, level: int, d: Delimiters) -> str:
-    """The first component / sub-component of a raw value, unescaped and trimmed."""
-    if raw.isalnum():
-        return raw
-    if level == 1 and d.component in raw:
-        raw = raw.split(d.component, 1)[0]
-    if level <= 2 and d.subcomponent in raw:
-        raw = raw.split(d.subcomponent, 1)[0]
-    if d.escape in raw:
-        raw = unescape(raw, d)
-    return raw.strip()
 
 
 def parts(raw: str, level: int, d: Delimiters) -> list[str]:

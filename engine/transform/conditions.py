@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.hl7v2 import unescape
-from engine.transform.paths import NULL, Env, Getter, own_value
+from engine.transform.paths import NULL, Env, Getter, own_value, primitive
 
 if TYPE_CHECKING:
     from engine.transform.compiler import Resolver
@@ -52,30 +52,24 @@ def _first(get: Getter, level: int) -> Callable[[Env], str | None]:
     return first
 
 
+def _own_raw(env: Env, field: int, comp: int | None, sub: int | None) -> str:
+    """The current segment's own field (first repetition, component), read in place; ``""`` when empty."""
+    fields = env.cur.fields
+    raw = fields[field] if field < len(fields) else ""
+    if not raw:
+        return raw
+    if comp is not None or env.run.d.repetition in raw:
+        return own_value(fields, field, comp, sub, env.run.d)
+    return "" if raw == NULL else raw
+
+
 def _own_text(spec: tuple[int, int | None, int | None], level: int) -> Callable[[Env], str | None]:
     """:func:`_first` for the current segment's own field, read in place."""
     field, comp, sub = spec
-    deep = comp is not None
 
     def first(env: Env) -> str | None:
-        fields = env.cur.fields
-        raw = fields[field] if field < len(fields) else ""
-        if not raw:
-            return None
-        d = env.run.d
-        if deep or d.repetition in raw:
-            raw = own_value(fields, field, comp, sub, d)
-            if not raw:
-                return None
-        elif raw == NULL:
-            return None
-        if level == 1 and d.component in raw:
-            raw = raw.split(d.component, 1)[0]
-        if level <= 2 and d.subcomponent in raw:
-            raw = raw.split(d.subcomponent, 1)[0]
-        if d.escape in raw:
-            raw = unescape(raw, d)
-        return raw.strip()
+        raw = _own_raw(env, field, comp, sub)
+        return primitive(raw, level, env.run.d) if raw else None
 
     return first
 
@@ -111,29 +105,14 @@ def _own_read(spec: tuple[int, int | None, int | None], level: int, values: froz
     ``neg`` inverts the answer (``absent``, ``not: {in: …}``).
     """
     field, comp, sub = spec
-    deep = comp is not None
 
     def test(env: Env) -> bool:
-        fields = env.cur.fields
-        raw = fields[field] if field < len(fields) else ""
+        raw = _own_raw(env, field, comp, sub)
         if not raw:
-            return neg
-        d = env.run.d
-        if deep or d.repetition in raw:
-            raw = own_value(fields, field, comp, sub, d)
-            if not raw:
-                return neg
-        elif raw == NULL:
             return neg
         if values is None:
             return bool(raw.strip(env.run.blank)) is not neg
-        if level == 1 and d.component in raw:
-            raw = raw.split(d.component, 1)[0]
-        if level <= 2 and d.subcomponent in raw:
-            raw = raw.split(d.subcomponent, 1)[0]
-        if d.escape in raw:
-            raw = unescape(raw, d)
-        return (raw.strip() in values) is not neg
+        return (primitive(raw, level, env.run.d) in values) is not neg
 
     return test
 

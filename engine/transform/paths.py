@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.hl7v2 import Delimiters, Segment
+from engine.hl7v2 import Delimiters, Segment, unescape
 
 _SEGMENT = re.compile(
     r"^(?P<seg>[A-Z][A-Z0-9]{2})(?:\[(?P<segrep>\*|[1-9][0-9]*)\])?"
@@ -129,6 +129,29 @@ def separator(d: Delimiters, level: int) -> str:
     return d.component if level == 1 else d.subcomponent
 
 
+def pick_part(raw: str, comp: int, sub: int | None, d: Delimiters) -> str:
+    """Component ``comp`` (and sub-component ``sub``) of one raw repetition, ``""`` when absent."""
+    parts = raw.split(d.component)
+    raw = parts[comp - 1] if comp <= len(parts) else ""
+    if sub is not None and raw:
+        subs = raw.split(d.subcomponent)
+        raw = subs[sub - 1] if sub <= len(subs) else ""
+    return raw
+
+
+def primitive(raw: str, level: int, d: Delimiters) -> str:
+    """The first component / sub-component of a raw value, unescaped and trimmed."""
+    if raw.isalnum():
+        return raw
+    if level == 1 and d.component in raw:
+        raw = raw.split(d.component, 1)[0]
+    if level <= 2 and d.subcomponent in raw:
+        raw = raw.split(d.subcomponent, 1)[0]
+    if d.escape in raw:
+        raw = unescape(raw, d)
+    return raw.strip()
+
+
 def _pick(items: list[str], index: int | None) -> list[str]:
     if index == ALL:
         return items
@@ -169,11 +192,7 @@ def segment_getter(p: SegmentPath, current: str | None) -> Getter:
             for r in reps:
                 v = r
                 if comp is not None:
-                    parts = r.split(d.component)
-                    v = parts[comp - 1] if comp <= len(parts) else ""
-                    if sub is not None and v:
-                        subs = v.split(d.subcomponent)
-                        v = subs[sub - 1] if sub <= len(subs) else ""
+                    v = pick_part(r, comp, sub, d)
                 if v and v != NULL:
                     out.append(v)
         return out
@@ -196,11 +215,7 @@ def _own_all(field: int, comp: int | None, sub: int | None) -> Getter:
             return [r for r in raw.split(d.repetition) if r and r != NULL]
         out: list[str] = []
         for r in raw.split(d.repetition):
-            parts = r.split(d.component)
-            v = parts[comp - 1] if comp <= len(parts) else ""
-            if sub is not None and v:
-                subs = v.split(d.subcomponent)
-                v = subs[sub - 1] if sub <= len(subs) else ""
+            v = pick_part(r, comp, sub, d)
             if v and v != NULL:
                 out.append(v)
         return out
@@ -212,24 +227,8 @@ def _own_first(field: int, comp: int | None, sub: int | None) -> Getter:
     """The fast path: a field (or component) of the current segment's first repetition."""
 
     def get(env: Env) -> list[str]:
-        fields = env.cur.fields
-        if field >= len(fields):
-            return EMPTY
-        raw = fields[field]
-        if not raw:
-            return EMPTY
-        d = env.run.d
-        if d.repetition in raw:
-            raw = raw.split(d.repetition, 1)[0]
-        if comp is not None:
-            parts = raw.split(d.component)
-            raw = parts[comp - 1] if comp <= len(parts) else ""
-            if sub is not None and raw:
-                subs = raw.split(d.subcomponent)
-                raw = subs[sub - 1] if sub <= len(subs) else ""
-        if not raw or raw == NULL:
-            return EMPTY
-        return [raw]
+        raw = own_value(env.cur.fields, field, comp, sub, env.run.d)
+        return [raw] if raw else EMPTY
 
     get.own = (field, comp, sub)  # type: ignore[attr-defined]  # lets rules and conditions fuse the read
     return get
@@ -243,11 +242,7 @@ def own_value(fields: list[str], field: int, comp: int | None, sub: int | None, 
     if d.repetition in raw:
         raw = raw.split(d.repetition, 1)[0]
     if comp is not None:
-        parts = raw.split(d.component)
-        raw = parts[comp - 1] if comp <= len(parts) else ""
-        if sub is not None and raw:
-            subs = raw.split(d.subcomponent)
-            raw = subs[sub - 1] if sub <= len(subs) else ""
+        raw = pick_part(raw, comp, sub, d)
     return "" if raw == NULL else raw
 
 
