@@ -12,7 +12,7 @@ import orjson
 import typer
 
 from engine import hl7v2
-from engine.errors import ConfigError, HL7Error, TransformError
+from engine.errors import ConfigError, HL7Error, explain
 from engine.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Interlink healthcare integration engine.")
@@ -116,6 +116,7 @@ def convert(
     """Print the FHIR Bundle (JSON) a message becomes, without delivering it."""
     from engine.spec.channel import load_channels
     from engine.transform import load_mappings
+    from engine.transform.pool import Job, map_one
 
     settings = _settings(config)
     try:
@@ -132,19 +133,13 @@ def convert(
         raw = file.read_bytes()
     except OSError as exc:
         _fail(f"{file}: cannot read ({exc.strerror})")
-    try:
-        message = hl7v2.Message.parse(hl7v2.decode(raw, ch.charset if ch else "utf-8"))
-        bundle = mappings.transform(
-            message,
-            mapping=ch.mapping if ch else None,
-            validation=ch.validation if ch else "full",
-            timezone=ch.timezone if ch else None,
-        )
-    except HL7Error as exc:
-        _fail(f"{file}: {exc.location or 'message'}: {exc.message}")
-    except TransformError as exc:
-        _fail(f"{file}: {exc}" + (f" (rule {exc.rule})" if exc.rule else ""))
-    sys.stdout.buffer.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
+    job = Job(raw, ch.charset, ch.mapping, ch.validation, ch.timezone) if ch else Job(raw, "utf-8", None, "full")
+    mapped = map_one(mappings, job)
+    if mapped.error is not None:
+        _fail(f"{file}: {explain(mapped.error)}")
+    if mapped.bundle is None:
+        _fail(f"{file}: the mapping produced no resources")
+    sys.stdout.buffer.write(orjson.dumps(orjson.loads(mapped.bundle), option=orjson.OPT_INDENT_2) + b"\n")
 
 
 @app.command("test")

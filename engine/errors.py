@@ -75,3 +75,11 @@ class StoreUnavailable(InterlinkError):
 
 class DeliveryError(InterlinkError):
     """A destination failed to accept a bundle."""
+
+
+def explain(error: HL7Error | TransformError) -> str:
+    """The one-line, PHI-free reason stored with a message and shown to operators: where, what, which rule."""
+    if isinstance(error, TransformError):
+        rule = f" (rule {error.rule})" if error.rule else ""
+        return f"{error.field or 'message'}: {error.message}{rule}"
+    return f"{error.location or 'message'}: {error.message}"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from engine.destinations import Destination, Outcome, RetryPolicy, make_destination
-from engine.errors import HL7Error, TransformError
+from engine.errors import HL7Error, TransformError, explain
 from engine.metrics import Metrics
 from engine.queue.deadletter import DeadLetter
 from engine.spec.channel import Channel
@@ -235,17 +235,10 @@ class Pipeline:
 
 def _result(message_id: str, channel: Channel, mapped: Mapped) -> ProcessResult:
     if mapped.error is not None:
-        return ProcessResult(message_id, MessageStatus.error, error=_reason(mapped.error))
+        return ProcessResult(message_id, MessageStatus.error, error=explain(mapped.error))
     if mapped.empty or mapped.bundle is None:
         return ProcessResult(message_id, MessageStatus.filtered, error="mapping produced no resources")
     names = tuple(d.name for d in channel.destinations)
     return ProcessResult(
         message_id, MessageStatus.transformed, bundle=mapped.bundle, destinations=names, channel=channel.name
     )
-
-
-def _reason(exc: HL7Error | TransformError) -> str:
-    if isinstance(exc, TransformError):
-        rule = f" (rule {exc.rule})" if exc.rule else ""
-        return f"{exc.field or 'message'}: {exc.message}{rule}"
-    return f"{exc.location or 'message'}: {exc.message}"

@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import StoreUnavailable
 from engine.store import migrate
@@ -545,11 +544,3 @@ class Store:
             if res.rowcount == 1:
                 conn.execute(delete(deliveries).where(deliveries.c.message_id == message_id))
             return res.rowcount == 1
-
-    def ping(self) -> bool:
-        try:
-            with self.work.connect() as conn:
-                conn.execute(select(1))
-            return True
-        except SQLAlchemyError:
-            return False
