@@ -39,14 +39,7 @@ def _first(get: Getter, level: int) -> Callable[[Env], str | None]:
         if level == 0:
             memo[get] = raw.name
             return raw.name
-        d = env.run.d
-        if level == 1 and d.component in raw:
-            raw = raw.split(d.component, 1)[0]
-        if level <= 2 and d.subcomponent in raw:
-            raw = raw.split(d.subcomponent, 1)[0]
-        if d.escape in raw:
-            raw = unescape(raw, d)
-        memo[get] = out = raw.strip()
+        memo[get] = out = primitive(raw, level, env.run.d)
         return out
 
     return first
