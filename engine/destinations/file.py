@@ -3,6 +3,9 @@
 The file stays open between sends; a lock keeps lines from interleaving across worker threads. A
 failed write (disk full) is cut back so the file never holds a partial line, and is retried. When the
 file is moved away (log rotation), the next send opens a new one at ``path``.
+
+The lines are FHIR bundles (PHI): a new file is created mode 0600 and missing folders 0700
+(``engine.private``); an existing file or folder keeps its mode.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from engine.destinations.base import DestinationError, Outcome, Result, RetryPolicy, failure_result, to_json
+from engine.private import open_private
 from engine.spec.model import Model
 
 
@@ -24,7 +28,9 @@ class FileConfig(Model):
 
     type: Literal["file"] = Field(description="Destination kind.")
     name: str = Field(description="Destination name, unique in the channel.")
-    path: str = Field(description="NDJSON file to append to (directories are created).")
+    path: str = Field(
+        description="NDJSON file to append to (created mode 0600; missing folders are created mode 0700)."
+    )
     fsync: bool = Field(False, description="fsync after every line (survives power loss; much slower).")
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retry policy for failed writes.")
 
@@ -74,8 +80,7 @@ class FileDestination:
         if self._fd is not None and not self._moved(self._fd):
             return self._fd
         self._close()
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd = open_private(self._path)
         return self._fd
 
     def _moved(self, fd: int) -> bool:

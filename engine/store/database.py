@@ -2,6 +2,11 @@
 
 Statement parameters (message content) are never shown in database errors (``hide_parameters``).
 
+A SQLite database holds raw messages (PHI): it is created mode 0600 in folders created 0700
+(``engine.private``) before SQLite opens it, and SQLite gives its ``-wal`` and ``-shm`` files the mode of
+the database file. A database file that already grants access to group or others is reported once with a
+warning, not changed.
+
 Two SQLAlchemy engines share one database:
 
 - ``ingest``: commits raw inbound messages before they are acknowledged. Fully durable
@@ -13,16 +18,18 @@ Two SQLAlchemy engines share one database:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from engine.private import create_private_file, exposed_mode
+
+log = logging.getLogger(__name__)
+
 
 def _sqlite_engine(url: str, synchronous: str) -> Engine:
-    u = make_url(url)
-    if u.database and u.database != ":memory:":
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
     eng = create_engine(url, connect_args={"timeout": 30}, pool_size=16, max_overflow=16, hide_parameters=True)
 
     @event.listens_for(eng, "connect")
@@ -37,6 +44,14 @@ def _sqlite_engine(url: str, synchronous: str) -> Engine:
     return eng
 
 
+def _private_database_file(path: Path) -> None:
+    create_private_file(path)
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        mode = exposed_mode(p)
+        if mode is not None:
+            log.warning("store file %s is accessible to other users (mode %o): chmod 600 it", p, mode)
+
+
 def make_engines(url: str, *, sqlite_synchronous: str = "FULL") -> tuple[Engine, Engine]:
     """Return the (ingest, work) engines for a database URL.
 
@@ -45,6 +60,8 @@ def make_engines(url: str, *, sqlite_synchronous: str = "FULL") -> tuple[Engine,
     """
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+            _private_database_file(Path(u.database))
         return _sqlite_engine(url, sqlite_synchronous), _sqlite_engine(url, "NORMAL")
     if u.get_backend_name() == "postgresql":
         if u.drivername == "postgresql":

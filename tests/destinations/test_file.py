@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,29 @@ def test_appends_to_an_existing_file_and_reopens_after_close(tmp_path: Path) -> 
     d.send({"n": 2}, message_id="m")
     d.close()
     assert lines(path) == [{"old": 1}, {"n": 1}, {"n": 2}]
+
+
+def mode(path: Path) -> str:
+    return oct(stat.S_IMODE(path.stat().st_mode))
+
+
+def test_output_files_and_new_folders_are_private(tmp_path: Path) -> None:
+    """Bundles are PHI: the file (also the one reopened after rotation) is 0600 and the folders the
+    destination creates are 0700, under a common umask; a folder that already existed keeps its mode."""
+    tmp_path.chmod(0o755)
+    path = tmp_path / "data" / "out" / "lab.ndjson"
+    old = os.umask(0o022)
+    try:
+        d = dest(path)
+        d.send({"n": 1}, message_id="m")
+        path.rename(path.with_suffix(".1"))
+        d.send({"n": 2}, message_id="m")
+        d.close()
+    finally:
+        os.umask(old)
+    assert (mode(path), mode(path.with_suffix(".1"))) == ("0o600", "0o600")
+    assert (mode(path.parent), mode(path.parent.parent)) == ("0o700", "0o700")
+    assert mode(tmp_path) == "0o755"
 
 
 def test_concurrent_sends_never_interleave(tmp_path: Path) -> None:

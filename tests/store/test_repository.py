@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +116,33 @@ def test_unavailable_store_raises(tmp_path) -> None:
     with pytest.raises(StoreUnavailable):
         s.insert_messages([msg()])
     s.close()
+
+
+def test_sqlite_files_and_new_folders_are_private(tmp_path: Path) -> None:
+    """The store holds raw PHI: database, -wal and -shm 0600 and the folders it makes 0700, under a
+    common umask that would otherwise leave them readable by every user of the machine."""
+    folder = tmp_path / "data" / "store"
+    old = os.umask(0o022)
+    try:
+        s = Store(f"sqlite:///{folder}/interlink.db")
+        s.insert_messages([msg()])
+        files = [folder / "interlink.db", folder / "interlink.db-wal", folder / "interlink.db-shm"]
+        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+        s.close()
+    finally:
+        os.umask(old)
+    assert modes == {"interlink.db": "0o600", "interlink.db-wal": "0o600", "interlink.db-shm": "0o600"}
+    assert oct(stat.S_IMODE(folder.stat().st_mode)) == "0o700"
+    assert oct(stat.S_IMODE(folder.parent.stat().st_mode)) == "0o700"
+
+
+def test_existing_shared_database_is_reported_not_changed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "old.db"
+    db.touch()
+    db.chmod(0o644)
+    s = Store(f"sqlite:///{db}")
+    s.close()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o644
+    assert [r.getMessage() for r in caplog.records if r.name == "engine.store.database"] == [
+        f"store file {db} is accessible to other users (mode 644): chmod 600 it"
+    ]
