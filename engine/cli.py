@@ -333,7 +333,8 @@ def _enqueuer(settings: Settings, store):  # type: ignore[no-untyped-def]
     from engine.queue.actors import Actors
     from engine.queue.broker import make_broker
 
-    return Actors(make_broker(settings.queue_url), Pipeline(store, None, []))  # type: ignore[arg-type]
+    broker = make_broker(settings.queue_url, namespace=settings.queue_namespace)
+    return Actors(broker, Pipeline(store, None, []))  # type: ignore[arg-type]
 
 
 def _handover(settings: Settings) -> str:

@@ -65,7 +65,9 @@ class Engine:
             mapper = ProcessMapper(settings.mappings_dir, processes=settings.mapping_process_count())
         self.metrics = Metrics()
         self.pipeline = Pipeline(self.store, self.mappings, self.channels, mapper=mapper, metrics=self.metrics)
-        self.broker = make_broker(settings.queue_url, DeadLetters(self.pipeline.on_dead))
+        self.broker = make_broker(
+            settings.queue_url, DeadLetters(self.pipeline.on_dead), namespace=settings.queue_namespace
+        )
         self.actors = Actors(self.broker, self.pipeline)
         self.metrics.gauge(
             "interlink_backlog", "Messages received or transformed, not yet finished.", self.store.backlog

@@ -35,6 +35,13 @@ class Settings(Model):
         "of the engine but not of the machine, and ingests several times faster.",
     )
     queue_url: str = Field("memory://", description="Broker URL: memory://, redis://…, amqp://….")
+    queue_namespace: str = Field(
+        "interlink",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Redis only: prefix of every queue key (namespace:queue), so several engines or test runs "
+        "can share one Redis database. Every process of one engine must use the same. RabbitMQ separates "
+        "engines by the virtual host in queue_url instead.",
+    )
     channels_dir: Path = Field(Path("channels"), description="Folder of channel files.")
     mappings_dir: Path = Field(Path("mappings"), description="Folder of mapping files.")
     worker_threads: int = Field(8, ge=1, le=256, description="Worker threads per process.")

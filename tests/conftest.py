@@ -1,11 +1,18 @@
-"""Shared fixtures: real PostgreSQL and Redis (skipped locally when absent, a failure under CI=true)."""
+"""Shared fixtures: real PostgreSQL, Redis and RabbitMQ (skipped locally when absent, a failure under CI=true).
+
+Every run uses its own PostgreSQL database, Redis key prefix and RabbitMQ virtual host, and removes only them."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
@@ -47,41 +54,90 @@ def pg_url() -> Iterator[str]:
     admin.dispose()
 
 
+# Two test runs on one host (two checkouts, CI beside a developer) must never see each other's queues: each
+# run keeps its Redis keys under its own prefix and its RabbitMQ queues in its own virtual host, and
+# removes only those. Nothing shared is flushed.
+RUN_ID = uuid.uuid4().hex[:8]
+_tests = itertools.count(1)
+
+
 @pytest.fixture
-def redis_url() -> str:
-    """Redis database 15, emptied for the test."""
+def queue_namespace() -> str:
+    """The Redis key prefix of this test alone: give it to engines as the ``queue_namespace`` setting."""
+    return f"interlink-test-{RUN_ID}-{next(_tests)}"
+
+
+@pytest.fixture
+def redis_url(queue_namespace: str) -> Iterator[str]:
+    """Redis (database 15 by default); the test's keys live under ``queue_namespace`` (pass it to every
+    engine process) and only those are deleted afterwards."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
-        client.flushdb()
+        client.ping()
     except redis.exceptions.ConnectionError:
-        unavailable("Redis on 127.0.0.1:6379")
-    finally:
         client.close()
-    return REDIS_URL
+        unavailable("Redis on 127.0.0.1:6379")
+    try:
+        yield REDIS_URL
+    finally:
+        for key in client.scan_iter(match=f"{queue_namespace}:*", count=1000):
+            client.delete(key)
+        client.close()
 
 
-AMQP_URL = os.environ.get("INTERLINK_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
+AMQP_URL = os.environ.get("INTERLINK_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+QUEUES = ("process", "deliver", "process.DQ", "deliver.DQ", "process.XQ", "deliver.XQ")
+
+
+def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def amqp_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of this test run (``rabbitmqctl``, so the tests run on the broker's host),
+    deleted at the end of the session."""
+    parts = urlsplit(AMQP_URL)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=3).close()
+    except OSError:
+        unavailable(f"RabbitMQ on {parts.hostname}:{parts.port or 5672}")
+    if shutil.which("rabbitmqctl") is None:
+        unavailable("rabbitmqctl (the tests create a virtual host of their own)")
+    vhost = f"interlink-test-{RUN_ID}"
+    user = unquote(parts.username or "guest")
+    for args in (("add_vhost", vhost), ("set_permissions", "-p", vhost, user, ".*", ".*", ".*")):
+        done = rabbitmqctl(*args)
+        if done.returncode != 0:
+            rabbitmqctl("delete_vhost", vhost)
+            unavailable(f"rabbitmqctl {args[0]} (exit {done.returncode}: {done.stderr.strip()[-300:]})")
+    try:
+        yield vhost
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture
-def amqp_url() -> str:
-    """RabbitMQ with the engine's queues emptied for the test."""
+def amqp_url(amqp_vhost: str) -> str:
+    """RabbitMQ in this run's own virtual host, with the engine's queues emptied for the test."""
     import pika
     from pika.exceptions import AMQPError
 
+    parts = urlsplit(AMQP_URL)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + quote(amqp_vhost, safe=""), "", ""))
     try:
-        conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL + "?connection_attempts=1&socket_timeout=3"))
+        conn = pika.BlockingConnection(pika.URLParameters(url + "?connection_attempts=1&socket_timeout=3"))
     except (AMQPError, OSError):
-        unavailable("RabbitMQ on 127.0.0.1:5672")
+        unavailable(f"RabbitMQ virtual host {amqp_vhost}")
     try:
         channel = conn.channel()
-        for q in ("process", "deliver", "process.DQ", "deliver.DQ", "process.XQ", "deliver.XQ"):
+        for q in QUEUES:
             channel.queue_delete(q)
     finally:
         conn.close()
-    return AMQP_URL
+    return url
 
 
 @pytest.fixture

@@ -31,8 +31,17 @@ def default_middleware() -> list[dramatiq.Middleware]:
     return [Retries(max_retries=5, min_backoff=1000, max_backoff=60_000)]
 
 
-def make_broker(url: str, dead_letters: DeadLetters | None = None) -> dramatiq.Broker:
-    """Build the broker for a queue URL; ``dead_letters`` records nacked messages in the store."""
+DEFAULT_NAMESPACE = "interlink"
+
+
+def make_broker(
+    url: str, dead_letters: DeadLetters | None = None, *, namespace: str = DEFAULT_NAMESPACE
+) -> dramatiq.Broker:
+    """Build the broker for a queue URL; ``dead_letters`` records nacked messages in the store.
+
+    ``namespace`` prefixes every Redis key (``namespace:queue``); it has no effect on other brokers
+    (RabbitMQ separates engines by the virtual host in the URL).
+    """
     middleware = default_middleware()
     if dead_letters is not None:
         middleware.append(dead_letters)
@@ -41,7 +50,7 @@ def make_broker(url: str, dead_letters: DeadLetters | None = None) -> dramatiq.B
     if url.startswith(("redis://", "rediss://", "unix://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url, middleware=middleware, namespace="interlink")
+        return RedisBroker(url=url, middleware=middleware, namespace=namespace)
     if url.startswith(("amqp://", "amqps://")):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 

@@ -28,10 +28,15 @@ def statuses(eng: EngineProcess) -> dict[str, int]:
 
 @pytest.mark.parametrize("broker", ["redis_url", "amqp_url"])
 def test_postgres_and_shared_queue_with_separate_workers(
-    tmp_path: Path, pg_fresh: str, broker: str, request: pytest.FixtureRequest
+    tmp_path: Path, pg_fresh: str, broker: str, queue_namespace: str, request: pytest.FixtureRequest
 ) -> None:
     queue_url = request.getfixturevalue(broker)
-    listener = EngineProcess(tmp_path / "listener", database_url=pg_fresh, queue_url=queue_url)
+    listener = EngineProcess(
+        tmp_path / "listener",
+        database_url=pg_fresh,
+        queue_url=queue_url,
+        extra_settings={"queue_namespace": queue_namespace},  # this test's own Redis keys
+    )
     listener.start()
     try:
         replies = send("127.0.0.1", listener.lab_port, [oru(f"S{i}", obx=2) for i in range(20)], timeout_s=20)
