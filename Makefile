@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint bench
+.PHONY: run test lint reference bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,8 +20,14 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check engine tests bench
 	$(VENV)/bin/pytest -q
 
+## Static checks: ruff, and hadolint on the Dockerfile (tests/test_dockerfile.py runs it under `make test` too).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check engine tests bench
+	$(VENV)/bin/hadolint Dockerfile
+
+## Regenerate docs/reference.md (every engine and channel setting) from the pydantic models.
+reference: $(VENV)/.installed
+	$(PY) -m engine.reference --output docs/reference.md
 
 bench: $(VENV)/.installed
 	$(PY) bench/ingest.py
