@@ -4,7 +4,9 @@
 
 Prints messages/s (and µs per message) for: a naive split on CR, | and ^ (the floor); the engine's
 ``hl7v2.Message.parse``; python-hl7 ``hl7.parse``; hl7apy ``parse_message`` (a few iterations: it is slow);
-``MappingSet.transform`` with validation off, and with full fhir.resources R4B validation; and the ratios.
+``MappingSet.transform`` with validation off, and with full fhir.resources R4B validation; the same message
+with its identities' assigning authorities removed, mapped with a channel default (``identifiers:``); and
+the ratios.
 Each measurement runs for about ``--seconds`` (hl7apy for at most that, and at least 3 messages), so the
 whole run stays well under a minute.
 """
@@ -24,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine import hl7v2  # noqa: E402
 from engine.transform import load_mappings  # noqa: E402
+from engine.transform.authority import Identifiers  # noqa: E402
 
 
 def rate(fn: Callable[[], Any], seconds: float, *, min_n: int = 3, batch: int = 50) -> float:
@@ -43,6 +46,27 @@ def rate(fn: Callable[[], Any], seconds: float, *, min_n: int = 3, batch: int = 
 
 def naive_split(text: str) -> list[list[list[str]]]:
     return [[f.split("^") for f in seg.split("|")] for seg in text.split("\r") if seg]
+
+
+def without_authorities(text: str) -> str:
+    """The message with the assigning authorities of PID-3, PV1-19 (CX-4) and OBR-2/3, OBX-21 (EI-2..4) emptied."""
+    cx = {("PID", 3), ("PV1", 19)}
+    ei = {("OBR", 2), ("OBR", 3), ("OBX", 21)}
+    out = []
+    for seg in text.split("\r"):
+        fields = seg.split("|")
+        for n in range(1, len(fields)):
+            if (fields[0], n) in cx or (fields[0], n) in ei:
+                reps = []
+                for rep in fields[n].split("~"):
+                    comps = rep.split("^")
+                    for c in (3,) if (fields[0], n) in cx else (1, 2, 3):
+                        if c < len(comps):
+                            comps[c] = ""
+                    reps.append("^".join(comps))
+                fields[n] = "~".join(reps)
+        out.append("|".join(fields))
+    return "\r".join(out)
 
 
 def main() -> None:
@@ -91,6 +115,12 @@ def main() -> None:
     report(
         "parse + transform (off)", rate(lambda: ms.transform(hl7v2.Message.parse(text), validation="off"), args.seconds)
     )
+    bare = hl7v2.Message.parse(without_authorities(text))
+    channel = Identifiers(by_facility={"GENHOSP": "GENHOSP"}, authority="GENHOSP")
+    report(
+        "transform (off), default authority",
+        rate(lambda: ms.transform(bare, validation="off", identifiers=channel), args.seconds),
+    )
 
     print("ratios:")
     engine = results["engine hl7v2.Message.parse"]
@@ -99,6 +129,8 @@ def main() -> None:
             print(f"  engine parse vs {other:<28} {engine / results[other]:>8.2f}x")
     off, full = results["transform, validation off"], results["transform, validation full"]
     print(f"  full validation costs {off / full:.1f}x the mapping ({1e6 / full - 1e6 / off:.0f} µs per bundle)")
+    defaulted = results["transform (off), default authority"]
+    print(f"  identities with a channel default vs sent authorities: {defaulted / off:.2f}x")
     budget_us = 300.0
     print(f"  transform (off) vs the {budget_us:.0f} µs budget: {1e6 / off / budget_us:.2f}x")
 

@@ -94,7 +94,7 @@ def check(
     paths: Annotated[list[Path] | None, typer.Argument(help="Channel files or folders (default: channels/).")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Validate channel files and compile their mappings; exit 1 on any error."""
+    """Validate channel files and compile their mappings; exit 1 on any error (warnings do not fail)."""
     from engine.runtime import load_config
 
     settings = _settings(config)
@@ -104,13 +104,21 @@ def check(
         _fail(str(exc))
     for c in channels:
         typer.echo(f"ok  channel {c.name} ({c.source.type} → {', '.join(d.name for d in c.destinations)})")
+        if not c.identifiers.declares_default:
+            typer.echo(
+                f"warning: channel {c.name} declares no default assigning authority (identifiers:): "
+                "messages whose PID-3, PV1-19 or order numbers come without one will be refused",
+                err=True,
+            )
     typer.echo(f"ok  {len(mappings.message_types)} message type(s) mapped: {', '.join(sorted(mappings.message_types))}")
 
 
 @app.command()
 def convert(
     file: Annotated[Path, typer.Argument(help="A file holding one HL7 v2 message.")],
-    channel: Annotated[str | None, typer.Option(help="Use this channel's mapping and charset.")] = None,
+    channel: Annotated[
+        str | None, typer.Option(help="Use this channel's mapping, charset, time zone and default authority.")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Print the FHIR Bundle (JSON) a message becomes, without delivering it."""
@@ -133,7 +141,10 @@ def convert(
         raw = file.read_bytes()
     except OSError as exc:
         _fail(f"{file}: cannot read ({exc.strerror})")
-    job = Job(raw, ch.charset, ch.mapping, ch.validation, ch.timezone) if ch else Job(raw, "utf-8", None, "full")
+    if ch:
+        job = Job(raw, ch.charset, ch.mapping, ch.validation, ch.timezone, ch.identifiers)
+    else:
+        job = Job(raw, "utf-8", None, "full")
     mapped = map_one(mappings, job)
     if mapped.error is not None:
         _fail(f"{file}: {explain(mapped.error)}")
@@ -144,18 +155,29 @@ def convert(
 
 @app.command("test")
 def test_mappings(
+    channel: Annotated[
+        str | None,
+        typer.Option(help="Cases without their own `identifiers:` use this channel's default authority."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run every mapping's sibling test cases."""
+    from engine.spec.channel import load_channels
     from engine.transform import load_mappings
     from engine.transform.testing import run_mapping_tests
 
     settings = _settings(config)
+    identifiers = None
     try:
         mappings = load_mappings(settings.mappings_dir)
+        if channel:
+            found = [c for c in load_channels([settings.channels_dir]) if c.name == channel]
+            if not found:
+                _fail(f"no channel named {channel!r} in {settings.channels_dir}")
+            identifiers = found[0].identifiers
     except ConfigError as exc:
         _fail(str(exc))
-    results = run_mapping_tests(mappings)
+    results = run_mapping_tests(mappings, identifiers=identifiers)
     failed = [r for r in results if not r.passed]
     for r in results:
         mark = "ok  " if r.passed else "FAIL"

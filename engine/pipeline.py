@@ -114,7 +114,16 @@ class Pipeline:
                 out[message_id] = Processed(MessageStatus.error)
             else:
                 todo.append((message_id, channel))
-                jobs.append(Job(raw or b"", channel.charset, channel.mapping, channel.validation, channel.timezone))
+                jobs.append(
+                    Job(
+                        raw or b"",
+                        channel.charset,
+                        channel.mapping,
+                        channel.validation,
+                        channel.timezone,
+                        channel.identifiers,
+                    )
+                )
         for (message_id, channel), mapped in zip(todo, self.mapper.map_many(jobs) if jobs else [], strict=True):
             result = _result(message_id, channel, mapped)
             results.append(result)

@@ -20,6 +20,7 @@ from engine.errors import ConfigError
 from engine.sources.mllp import MLLPConfig
 from engine.spec import yamlfile
 from engine.spec.model import Model
+from engine.transform.authority import Identifiers
 
 SourceConfig = Annotated[MLLPConfig, Field(discriminator="type")]
 
@@ -85,6 +86,12 @@ class Channel(Model):
         Validation.sampled, description="FHIR validation of each bundle: full, sampled (1 in 100) or off."
     )
     dedupe: Dedupe = Field(default_factory=Dedupe, description="Duplicate MSH-10 detection.")
+    identifiers: Identifiers = Field(
+        default_factory=Identifiers,
+        description="Default assigning authority per sender (MSH-3/MSH-4) or for the channel, for identities "
+        "sent without one (PID-3.4, PV1-19.4, OBR-3.2 empty); without a default such messages are refused, "
+        "since a search by value alone matches other facilities' records.",
+    )
     ordering: Literal["none"] = Field("none", description="Delivery ordering (only 'none' so far).")
     destinations: list[DestinationConfig] = Field(description="Where bundles are delivered.", min_length=1)
 

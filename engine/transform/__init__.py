@@ -12,6 +12,19 @@ overlays), ``paths``/``conditions``/``functions``/``tables``/``dates``/``units``
 
 from __future__ import annotations
 
-from engine.transform.mappingset import MappingSet, load_mappings
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.transform.mappingset import MappingSet, load_mappings
 
 __all__ = ["MappingSet", "load_mappings"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the channel model composes transform.authority.Identifiers, and reading a
+    # channel file should not load the FHIR models (about 0.3 s).
+    if name in __all__:
+        from engine.transform import mappingset
+
+        return getattr(mappingset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

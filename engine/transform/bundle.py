@@ -7,8 +7,12 @@ not already put it there), so the conditional update finds it again next time:
   yields the same bundle, and a resend of the same result maps to the same URL;
 * ``request`` = ``PUT <Type>?identifier=<system>|<value>`` (each part escaped as a FHIR search value —
   ``\\``, ``|``, ``,`` and ``$`` backslash-escaped — then percent-encoded, keeping the characters a URI
-  query allows as they are, so ``urn:oid:1.2.3`` stays readable); an identity without a system is searched
-  by value alone;
+  query allows as they are, so ``urn:oid:1.2.3`` stays readable). An identity always has a system (the
+  runtime fills a missing one from the channel's default or refuses the message): a search by value alone
+  matches the value under every system, i.e. other facilities' records, so :func:`conditional_url`
+  refuses to build one;
+* when the identity's system was the channel's default, the identifier the rules made from the same value
+  without a system gets that system (rather than a second, system-less copy staying beside it);
 * references between entries (``subject``, ``result`` …) are those ``urn:uuid:`` fullUrls, which the server
   rewrites to the ids it assigns.
 
@@ -50,8 +54,10 @@ _escape_system = lru_cache(maxsize=1024)(_escape)  # systems repeat; values (ide
 
 
 def conditional_url(resource_type: str, system: str, value: str) -> str:
-    token = f"{_escape_system(system)}|{_escape(value)}" if system else _escape(value)
-    return f"{resource_type}?identifier={token}"
+    """``Type?identifier=system|value``; never without a system (ValueError)."""
+    if not system:
+        raise ValueError("a conditional URL needs an identifier system: a search by value alone matches every system")
+    return f"{resource_type}?identifier={_escape_system(system)}|{_escape(value)}"
 
 
 def full_url(resource_type: str, system: str, value: str) -> str:
@@ -61,12 +67,20 @@ def full_url(resource_type: str, system: str, value: str) -> str:
     return f"urn:uuid:{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
-def _ensure_identifier(resource: dict[str, Any], system: str, value: str) -> None:
+def _ensure_identifier(resource: dict[str, Any], system: str, value: str, filled: bool) -> None:
     ids = resource.setdefault("identifier", [])
-    for i in ids:
-        if i.get("value") == value and i.get("system", "") == system:
-            return
-    ids.append({"system": system, "value": value} if system else {"value": value})
+    bare = -1
+    for n, i in enumerate(ids):
+        if i.get("value") == value:
+            if i.get("system") == system:
+                return
+            if filled and bare < 0 and not i.get("system"):
+                bare = n
+    if bare >= 0:
+        # A new dict: the old one may be the run's memo of this identifier, read by other identities.
+        ids[bare] = {"system": system, **{k: v for k, v in ids[bare].items() if k != "system"}}
+    else:
+        ids.append({"system": system, "value": value})
 
 
 def _collect(inst: Instance, up: int, down: tuple[str, ...]) -> Sequence[Instance]:
@@ -99,7 +113,7 @@ def assemble(made: list[Instance]) -> dict[str, Any]:
                 code="205",
             )
         seen[inst.full_url] = inst
-        _ensure_identifier(inst.resource, system, value)
+        _ensure_identifier(inst.resource, system, value, inst.filled)
     entries = []
     for inst in made:
         assert inst.entry is not None

@@ -127,14 +127,19 @@ def _authority_system(
     universal_id_type: str | None = None,
     systems: Table | None = None,
 ) -> str | None:
-    return _authority(namespace, universal_id, universal_id_type, systems)
+    return system_for_authority(namespace, universal_id, universal_id_type, systems)
 
 
 @lru_cache(maxsize=4096)
-def _authority(
+def system_for_authority(
     namespace: str | None, universal_id: str | None, universal_id_type: str | None, systems: Table | None
 ) -> str | None:
-    """Assigning authorities repeat across messages (and are not patient data): remembered."""
+    """The Identifier.system of an assigning authority (HD parts), None without one.
+
+    Also used for a channel's default authority (``transform.authority``), so a sent and a defaulted
+    authority give the same system. Authorities repeat across messages (and are not patient data):
+    remembered.
+    """
     for key in (namespace, universal_id):
         if key and systems is not None and key in systems:
             return systems.code(key)

@@ -10,10 +10,12 @@ from typing import Any
 from engine.errors import ConfigError, TransformError
 from engine.hl7v2 import Message
 from engine.transform import dates
+from engine.transform.authority import SYSTEMS_TABLE, Identifiers
 from engine.transform.bundle import assemble
 from engine.transform.library import Library, read_sources
 from engine.transform.messages import MessageProgram, compile_message
 from engine.transform.runtime import run_program
+from engine.transform.tables import Table
 from engine.transform.validate import validate_bundle
 
 VALIDATION = ("full", "sampled", "off")
@@ -23,10 +25,17 @@ SAMPLE_EVERY = 100
 class MappingSet:
     """Every message map, compiled. Immutable after loading; :meth:`transform` is pure and thread-safe."""
 
-    def __init__(self, programs: dict[str, MessageProgram], roots: list[Path], timezone: str) -> None:
+    def __init__(
+        self,
+        programs: dict[str, MessageProgram],
+        roots: list[Path],
+        timezone: str,
+        identifier_systems: Table | None = None,
+    ) -> None:
         self.programs = programs
         self.roots = roots
         self.timezone = timezone
+        self.identifier_systems = identifier_systems  # resolves a channel's default authority, as CX-4
         self._by_type: dict[str, MessageProgram] = {}
         for p in programs.values():
             for t in p.accepts:
@@ -78,12 +87,15 @@ class MappingSet:
         mapping: str | None = None,
         validation: str = "sampled",
         timezone: str | None = None,
+        identifiers: Identifiers | None = None,
     ) -> dict[str, Any]:
         """Map one parsed message to a FHIR R4 transaction Bundle.
 
         ``mapping`` names the message map (default: chosen from MSH-9, then MSH-9.3); ``validation`` is
         ``full`` (every bundle), ``sampled`` (1 in 100) or ``off``; ``timezone`` (IANA) is the zone of
-        times sent without an offset (default: the message map's, else the set's, else UTC).
+        times sent without an offset (default: the message map's, else the set's, else UTC);
+        ``identifiers`` is the channel's default assigning authority for identities sent without one
+        (none: such a message is refused, HL7 101 naming e.g. PID-3.4).
         Raises TransformError naming the field and rule when a rule rejects the message.
         """
         if validation not in VALIDATION:
@@ -101,7 +113,7 @@ class MappingSet:
             tz = dates.zone(timezone or program.timezone or self.timezone)
         except ValueError as exc:
             raise TransformError(str(exc), rule="timezone", code="207") from None
-        bundle = assemble(run_program(program, message, tz))
+        bundle = assemble(run_program(program, message, tz, identifiers, self.identifier_systems))
         if validation == "full" or (validation == "sampled" and next(self._counter) % SAMPLE_EVERY == 0):
             validate_bundle(bundle)
         return bundle
@@ -137,4 +149,6 @@ def load_mappings(root: Path, *, overlays: Sequence[Path] = (), timezone: str = 
                 raise src.where("accepts").error(f"{t} is already mapped by {claimed[t]}")
             claimed[t] = name
         programs[name] = program
-    return MappingSet(programs, roots, timezone)
+    systems = sources.get(SYSTEMS_TABLE)
+    table = library.table(SYSTEMS_TABLE, systems.where()) if systems and systems.kind == "codesystems" else None
+    return MappingSet(programs, roots, timezone, table)

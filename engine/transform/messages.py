@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.transform import fhirmodel, paths
+from engine.transform.authority import AUTHORITY_COMPONENT
 from engine.transform.compiler import CompiledMap, Resolver, Where, condition, did_you_mean
 from engine.transform.conditions import Cond, text_reader
 from engine.transform.library import Library, Source
@@ -34,6 +35,7 @@ class IdentityAlt:
     keep: Cond | None = None
     when: Cond | None = None
     derive_up: int = 0  # derived: how many parents up the base identity is
+    authority_field: str = ""  # where the assigning authority is read (PID-3.4), named when it is missing
     parts: list[tuple[paths.Getter, int]] = field(default_factory=list)
     readers: list[Callable[[paths.Env], str | None]] = field(default_factory=list)  # parts, as primitives
 
@@ -241,7 +243,7 @@ def _identity(r: IdentityRule, w: Where, resolver: Resolver, ce: CompiledEntry, 
         return alt
     assert r.from_ is not None and r.use is not None
     try:
-        alt.get, alt.level, _ = resolver.resolve(r.from_)
+        alt.get, alt.level, label = resolver.resolve(r.from_)
     except ValueError as exc:
         raise w.error(str(exc)) from None
     if alt.level == 0:
@@ -249,6 +251,8 @@ def _identity(r: IdentityRule, w: Where, resolver: Resolver, ce: CompiledEntry, 
     alt.ident = library.datatype_map(r.use, alt.level, w)
     if alt.ident.target != "Identifier":
         raise w.error(f"identity map {r.use} makes {alt.ident.target}, not Identifier")
+    component = AUTHORITY_COMPONENT.get(library.sources[r.use].model.datatype) if alt.level == 1 else None
+    alt.authority_field = f"{label}.{component}" if label and component else label or ce.segment
     if r.where is not None:
         from engine.transform.compiler import RelativeResolver
 

@@ -25,6 +25,7 @@ import orjson
 
 from engine import hl7v2
 from engine.errors import HL7Error, InterlinkError, TransformError
+from engine.transform.authority import Identifiers
 from engine.transform.mappingset import MappingSet, load_mappings
 
 _OK, _EMPTY, _TRANSFORM_ERROR, _HL7_ERROR = 0, 1, 2, 3
@@ -44,6 +45,7 @@ class Job:
     mapping: str | None
     validation: str
     timezone: str | None = None
+    identifiers: Identifiers | None = None  # the channel's default assigning authority (none: refuse)
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,7 +61,9 @@ def map_one(mappings: MappingSet, job: Job) -> Mapped:
     """Decode, parse and map one message."""
     try:
         message = hl7v2.Message.parse(hl7v2.decode(job.raw, job.charset))
-        bundle = mappings.transform(message, mapping=job.mapping, validation=job.validation, timezone=job.timezone)
+        bundle = mappings.transform(
+            message, mapping=job.mapping, validation=job.validation, timezone=job.timezone, identifiers=job.identifiers
+        )
     except (HL7Error, TransformError) as exc:
         return Mapped(error=exc)
     if not bundle.get("entry"):
@@ -105,7 +109,10 @@ def _child(conn: Connection, mappings_dir: str, timezone: str) -> None:
             request = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        jobs = [Job(raw.encode("latin-1"), c, m, v, tz) for raw, c, m, v, tz in orjson.loads(request)]
+        jobs = [
+            Job(raw.encode("latin-1"), c, m, v, tz, None if ids is None else Identifiers.model_validate(ids))
+            for raw, c, m, v, tz, ids in orjson.loads(request)
+        ]
         conn.send_bytes(b"".join(_encode_reply(map_one(mappings, j)) for j in jobs))
 
 
@@ -145,7 +152,17 @@ class _Child:
 
     def call(self, jobs: Sequence[Job]) -> list[Mapped]:
         request = orjson.dumps(
-            [[j.raw.decode("latin-1"), j.charset, j.mapping, j.validation, j.timezone] for j in jobs]
+            [
+                [
+                    j.raw.decode("latin-1"),
+                    j.charset,
+                    j.mapping,
+                    j.validation,
+                    j.timezone,
+                    None if j.identifiers is None else j.identifiers.model_dump(mode="json"),
+                ]
+                for j in jobs
+            ]
         )
         self.conn.send_bytes(request)
         return _decode_replies(self.conn.recv_bytes())

@@ -13,16 +13,34 @@ from typing import Any
 
 from engine.errors import TransformError
 from engine.hl7v2 import Message, Segment
+from engine.transform.authority import Identifiers, default_system
 from engine.transform.messages import CompiledEntry, IdentityAlt, MessageProgram
 from engine.transform.paths import Env
+from engine.transform.tables import Table
+
+_UNSET: Any = object()
 
 
 class Run:
-    """Per-message state: delimiters, default timezone, segment positions."""
+    """Per-message state: delimiters, default timezone, segment positions, default identifier system."""
 
-    __slots__ = ("blank", "d", "dkey", "index", "memo", "message", "segments", "tz")
+    __slots__ = (
+        "_default",
+        "blank",
+        "d",
+        "dkey",
+        "identifiers",
+        "index",
+        "memo",
+        "message",
+        "segments",
+        "systems",
+        "tz",
+    )
 
-    def __init__(self, message: Message, tz: tzinfo) -> None:
+    def __init__(
+        self, message: Message, tz: tzinfo, identifiers: Identifiers | None = None, systems: Table | None = None
+    ) -> None:
         self.memo: dict[Any, Any] = {}  # function results for this message (dates repeat across OBX)
         self.message = message
         self.segments = message.segments
@@ -30,6 +48,9 @@ class Run:
         self.dkey = self.d.field + self.d.encoding_characters  # hashable, for caches
         self.blank = self.d.component + self.d.subcomponent + self.d.repetition + " "  # a value of only these is absent
         self.tz = tz
+        self.identifiers = identifiers
+        self.systems = systems
+        self._default = _UNSET
         index: dict[str, list[int]] = {}
         for i, s in enumerate(self.segments):
             index.setdefault(s.name, []).append(i)
@@ -37,6 +58,12 @@ class Run:
 
     def all(self, name: str) -> list[Segment]:
         return [self.segments[i] for i in self.index.get(name, ())]
+
+    def default_system(self) -> str | None:
+        """The system of identities sent without an assigning authority (resolved once, when first needed)."""
+        if self._default is _UNSET:
+            self._default = default_system(self.identifiers, self.message.header, self.systems)
+        return self._default
 
 
 class Instance:
@@ -47,6 +74,7 @@ class Instance:
         "derived",
         "end",
         "entry",
+        "filled",
         "full_url",
         "identity",
         "own",
@@ -65,6 +93,7 @@ class Instance:
         self.children: dict[str, list[Instance]] = {}
         self.resource: dict[str, Any] = {}
         self.identity: tuple[str, str] = ("", "")
+        self.filled = False  # the identity's system is the channel's default (the sender gave no authority)
         self.full_url = ""
         self.derived: dict[str, int] | None = None  # derived identities of children, for repeats
 
@@ -77,9 +106,15 @@ class Instance:
         return self.run.all(name)
 
 
-def run_program(program: MessageProgram, message: Message, tz: tzinfo) -> list[Instance]:
+def run_program(
+    program: MessageProgram,
+    message: Message,
+    tz: tzinfo,
+    identifiers: Identifiers | None = None,
+    systems: Table | None = None,
+) -> list[Instance]:
     """Make every instance of the program; returns them in output order (pre-order)."""
-    run = Run(message, tz)
+    run = Run(message, tz, identifiers, systems)
     root = Instance(None, None, run, 0, len(run.segments))
     made: list[Instance] = []
     for entry in program.roots:
@@ -163,7 +198,21 @@ def _identifier(alt: IdentityAlt, inst: Instance, env: Env) -> tuple[str, str] |
             continue
         ident = env.run.memo.get((alt.ident, raw)) or alt.ident.apply(inst, raw, env.field, env.run)
         if ident and ident.get("value"):
-            return ident.get("system", ""), ident["value"]
+            system = ident.get("system")
+            if not system:
+                system = env.run.default_system()
+                if not system:
+                    assert inst.entry is not None
+                    raise TransformError(
+                        f"assigning authority is empty and the channel declares no default for this sender "
+                        f"(identifiers:): a {inst.entry.resource_type} keyed on the value alone could be "
+                        "another facility's",
+                        field=alt.authority_field,
+                        rule=inst.entry.rule,
+                        code="101",
+                    )
+                inst.filled = True
+            return system, ident["value"]
     return None
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from engine.spec.model import Model
+from engine.transform.authority import Identifiers
 
 Scalar = str | int | float
 
@@ -206,6 +207,12 @@ class CaseSpec(Model):
     message: str = Field(description="The HL7 message inline, or a file path relative to the test file.")
     mapping: str | None = Field(None, description="Message map to use (default: chosen from MSH-9).")
     timezone: str | None = Field(None, description="Default timezone for the run.")
+    identifiers: Identifiers | None = Field(
+        None,
+        description="Default assigning authority for the run, as a channel's `identifiers:` ({}: none); "
+        "default: the channel given to `interlink test --channel`, else none (identities without an "
+        "authority are refused).",
+    )
     count: dict[str, int] = Field(default_factory=dict, description="Resource type → expected number.")
     expect: list[Fact] = Field(default_factory=list, description="Facts about the output bundle.")
     error: ExpectedError | None = Field(None, description="The message must be rejected like this.")

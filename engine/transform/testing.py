@@ -13,13 +13,17 @@
         message: |
           MSH|^~\\&|...
         error: {field: PID-7, code: "102"}
+      - name: a PID-3 without assigning authority takes the sender's default
+        identifiers: {by_facility: {NORTH: NORTHHOSP}}    # as a channel's `identifiers:`
+        message: ...
 
 A *path* starts with a resource type (every entry of that type, in bundle order) or ``Bundle``, optionally
 indexed (``Observation[0]``), then element names, each optionally indexed; lists are flattened along the
 way, so ``Observation.code.coding.code`` is every code of every Observation. ``equals`` compares the
 values found (one value, or the list given); ``contains`` wants one of them; ``exists`` says whether
 there is any; ``refers_to`` wants every value to be the fullUrl of an entry of that type. Every case runs
-with full FHIR validation.
+with full FHIR validation, and with the default assigning authority of its own ``identifiers:`` (``{}``:
+none), else the one the runner is given (``interlink test --channel``), else none.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 from engine import hl7v2
 from engine.errors import ConfigError, HL7Error, TransformError
 from engine.spec import yamlfile
+from engine.transform.authority import Identifiers
 from engine.transform.library import map_dir
 from engine.transform.mappingset import MappingSet, load_mappings
 from engine.transform.spec import CasesFile, CaseSpec, Fact
@@ -85,10 +90,15 @@ def collect_mapping_tests(roots: list[Path]) -> list[MappingTestCase]:
     return cases
 
 
-def run_mapping_tests(mappings: MappingSet | Path, *, overlays: list[Path] | None = None) -> list[MappingTestResult]:
-    """Run every sibling test of a mapping set (or of the mapping folder given)."""
+def run_mapping_tests(
+    mappings: MappingSet | Path, *, overlays: list[Path] | None = None, identifiers: Identifiers | None = None
+) -> list[MappingTestResult]:
+    """Run every sibling test of a mapping set (or of the mapping folder given).
+
+    ``identifiers``: the default assigning authority of cases that declare none (a channel's).
+    """
     ms = mappings if isinstance(mappings, MappingSet) else load_mappings(mappings, overlays=overlays or [])
-    return [run_case(ms, c) for c in collect_mapping_tests(ms.roots)]
+    return [run_case(ms, c, identifiers) for c in collect_mapping_tests(ms.roots)]
 
 
 def load_message(case: CaseSpec, base: Path) -> str:
@@ -102,7 +112,7 @@ def load_message(case: CaseSpec, base: Path) -> str:
         raise ConfigError(f"cannot read test message {text} ({exc.strerror})") from None
 
 
-def run_case(ms: MappingSet, tc: MappingTestCase) -> MappingTestResult:
+def run_case(ms: MappingSet, tc: MappingTestCase, identifiers: Identifiers | None = None) -> MappingTestResult:
     result = MappingTestResult(tc.name, tc.file, tc.line, False)
     case = tc.case
     if case is None:
@@ -110,7 +120,13 @@ def run_case(ms: MappingSet, tc: MappingTestCase) -> MappingTestResult:
         return result
     try:
         message = hl7v2.Message.parse(load_message(case, tc.base))
-        bundle = ms.transform(message, mapping=case.mapping, validation="full", timezone=case.timezone)
+        bundle = ms.transform(
+            message,
+            mapping=case.mapping,
+            validation="full",
+            timezone=case.timezone,
+            identifiers=identifiers if case.identifiers is None else case.identifiers,
+        )
     except ConfigError as exc:
         result.failures.append(str(exc))
         return result

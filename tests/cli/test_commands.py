@@ -44,6 +44,16 @@ def test_check_passes_on_the_example_channels(config: Path) -> None:
     assert "channel lab-results" in out and "channel adt" in out and "ORU^R01" in out
 
 
+def test_check_warns_about_a_channel_without_default_authority(config: Path, tmp_path: Path) -> None:
+    _, _, err = run("check", "--config", str(config))
+    assert "warning" not in err  # the example channels declare one
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: bare\nsource: {type: mllp, port: 2999}\ndestinations:\n  - {name: f, type: file, path: x}\n")
+    code, out, err = run("check", str(bare), "--config", str(config))
+    assert code == 0 and "ok  channel bare" in out
+    assert "warning: channel bare declares no default assigning authority (identifiers:)" in err
+
+
 def test_check_names_file_and_line(config: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -69,6 +79,18 @@ def test_convert_with_a_channel_uses_its_mapping(config: Path) -> None:
     assert code == 0 and json.loads(out)["entry"]
 
 
+def test_convert_uses_the_channels_default_authority(config: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.hl7"
+    bare.write_bytes((SAMPLES / "adt_a01.hl7").read_bytes().replace(b"MRN4455667^^^GENHOSP^MR", b"MRN4455667^^^^MR"))
+    code, out, _ = run("convert", str(bare), "--channel", "adt", "--config", str(config))
+    assert code == 0
+    urls = [e["request"]["url"] for e in json.loads(out)["entry"]]
+    assert urls[0] == "Patient?identifier=urn:interlink:id:GENHOSP|MRN4455667"  # MSH-4 GENHOSP → GENHOSP
+    code, out, err = run("convert", str(bare), "--config", str(config))  # no channel, no default
+    assert code == 1 and out == ""
+    assert f"{bare}: PID-3.4: assigning authority is empty" in err and "MRN4455667" not in err
+
+
 def test_convert_refuses_what_it_cannot_map(config: Path, tmp_path: Path) -> None:
     vxu = tmp_path / "vxu.hl7"
     vxu.write_bytes(b"MSH|^~\\&|A|B|C|D|2024||VXU^V04|1|P|2.5.1\rPID|1||1^^^H^MR\r")
@@ -83,6 +105,13 @@ def test_mapping_tests_run(config: Path) -> None:
     code, out, _ = run("test", "--config", str(config))
     assert code == 0
     assert out.strip().splitlines()[-1].endswith("0 failed")
+
+
+def test_mapping_tests_can_take_a_channels_default_authority(config: Path) -> None:
+    code, out, _ = run("test", "--channel", "adt", "--config", str(config))
+    assert code == 0 and out.strip().splitlines()[-1].endswith("0 failed")
+    code, _, err = run("test", "--channel", "nope", "--config", str(config))
+    assert code == 1 and "no channel named 'nope'" in err
 
 
 def test_store_commands_on_an_empty_store(config: Path) -> None:

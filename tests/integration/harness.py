@@ -83,6 +83,8 @@ class EngineProcess:
                 "accept": accept,
                 "response": response,
                 "validation": "full",
+                # The test messages send PV1-19 and order numbers without an assigning authority.
+                "identifiers": {"authority": "HOSP"},
                 "destinations": [d],
             }
             (workdir / "channels" / f"{name}.yaml").write_text(yaml.safe_dump(channel))

@@ -34,7 +34,9 @@ class FakeMappings:
     def has_mapping(self, t: str) -> bool:
         return True
 
-    def transform(self, message: hl7v2.Message, *, mapping=None, validation="sampled", timezone=None) -> dict:
+    def transform(
+        self, message: hl7v2.Message, *, mapping=None, validation="sampled", timezone=None, identifiers=None
+    ) -> dict:
         self.calls += 1
         pid = message.first("PID")
         if pid is None:
@@ -216,7 +218,7 @@ def test_channel_timezone_reaches_the_mapping(tmp_path: Path) -> None:
     mappings = load_mappings(Path(__file__).resolve().parents[2] / "mappings")
     raw = (
         b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|Z1|P|2.5.1\rPID|1||M1^^^H^MR||X^Y||19700101\r"
-        b"PV1|1|I|||||||||||||||||V1|||||||||||||||||||||||||20240701120000\r"
+        b"PV1|1|I|||||||||||||||||V1^^^H|||||||||||||||||||||||||20240701120000\r"
     )
     [utc, paris] = InThreadMapper(mappings).map_many(
         [Job(raw, "utf-8", None, "off"), Job(raw, "utf-8", None, "off", "Europe/Paris")]

@@ -100,3 +100,23 @@ def test_timezone_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert load_channel(write(tmp_path, GOOD + "timezone: Europe/Paris\n")).timezone == "Europe/Paris"
     with pytest.raises(ConfigError, match=r":14: timezone: Value error, unknown time zone 'Mars/Olympus'"):
         load_channel(write(tmp_path, GOOD + "timezone: Mars/Olympus\n"))
+
+
+def test_default_assigning_authority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_FHIR_URL", raising=False)
+    assert not load_channel(write(tmp_path, GOOD)).identifiers.declares_default  # none unless declared
+    ch = load_channel(
+        write(
+            tmp_path,
+            GOOD + "identifiers:\n  by_facility: {NORTH: NORTHHOSP}\n  authority: urn:oid:2.16.840.1.113883.3.72\n",
+        )
+    )
+    assert ch.identifiers.by_facility == {"NORTH": "NORTHHOSP"} and ch.identifiers.declares_default
+    with pytest.raises(ConfigError, match=r":15: identifiers.by_facilty: .*unknown field"):
+        load_channel(write(tmp_path, GOOD + "identifiers:\n  by_facilty: {NORTH: NORTHHOSP}\n"))
+    with pytest.raises(ConfigError, match=r":15: identifiers.authority: .*pattern"):
+        load_channel(write(tmp_path, GOOD + "identifiers:\n  authority: North Hospital\n"))
+
+
+def test_example_channels_declare_a_default_authority() -> None:
+    assert all(c.identifiers.declares_default for c in load_channels([ROOT / "channels"]))

@@ -5,6 +5,11 @@ fhir.resources R4B validates, or be refused with a clear error naming the field.
 below (``REJECTED``) with their reason, so a change in behaviour shows up as a failing test. Currently:
 29 messages, 18 mapped, 9 refused by a mapping rule, 2 refused by the HL7 reader.
 
+The corpus runs as one channel would receive it (``CHANNEL``): an identifier sent without an assigning
+authority takes the sending facility MSH-4 as its authority, else the channel's own. Without such a
+default the five messages in ``NO_AUTHORITY`` are refused, naming the empty component: a conditional
+update keyed on a value without a system would match another facility's records.
+
 Where the Microsoft FHIR-Converter ships an expected output we compare key facts: the patient's first
 name (family, and our given names a prefix of theirs), birth date, gender, identifier values (ours a
 subset of theirs), Observation count, codes and values, DiagnosticReport codes, Encounter class and
@@ -38,6 +43,7 @@ import pytest
 from engine import hl7v2
 from engine.errors import HL7Error, TransformError
 from engine.transform import MappingSet, load_mappings
+from engine.transform.authority import Identifiers
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / ".." / "shared" / "corpus" / "hl7v2"
@@ -57,6 +63,17 @@ REJECTED = {
     f"{LFH}/extracted-from-tests/FHIRConverterTest.test_patient_encounter.hl7": "PV1-2",  # class "ff"
     f"{LFH}/extracted-from-tests/Hl7ORUMessageTest.test_ORU_r01_without_status.hl7": "OBR-25",
 }
+#: Mapped with the channel's default authority; refused without one (an identity without CX-4 / EI-2).
+NO_AUTHORITY = {
+    f"{MS}/ADT04-23.hl7": "PID-3.4",
+    f"{MS}/ADT04-28.hl7": "PV1-19.4",  # PID-3 has an authority, the visit number has none
+    f"{MS}/ORU-R01-RMGEAD.hl7": "PID-3.4",
+    f"{LFH}/extracted-from-tests/HL7ADTMessageTest.testAdtA03AllSegmentsAndMultipleGroups.hl7": "PID-3.4",
+    f"{LFH}/extracted-from-tests/HL7ConditionFHIRConversionTest."
+    "validateEncounterMultipleDiagnosesTestingMultipleDiagnosisAndReasonReferences.hl7": "PID-3.4",
+}
+#: How the corpus channel fills a missing assigning authority (two LFH messages have no MSH-4).
+CHANNEL = Identifiers(facility_as_authority=True, authority="CORPUS")
 #: Messages the HL7 reader refuses (MSH-2 written as ``^~\\&``, a robustness test upstream).
 UNREADABLE = {f"{LFH}/sample_unix.hl7", f"{LFH}/sample_win.hl7"}
 
@@ -94,10 +111,10 @@ def mappings() -> MappingSet:
     return load_mappings(ROOT / "mappings")
 
 
-def _run(ms: MappingSet, sample: Sample) -> dict[str, Any] | Exception:
+def _run(ms: MappingSet, sample: Sample, identifiers: Identifiers | None = CHANNEL) -> dict[str, Any] | Exception:
     try:
         message = hl7v2.Message.parse(hl7v2.decode(sample.path.read_bytes()))
-        return ms.transform(message, validation="full")
+        return ms.transform(message, validation="full", identifiers=identifiers)
     except (TransformError, HL7Error) as exc:
         return exc
 
@@ -137,6 +154,9 @@ def check_shape(bundle: dict[str, Any]) -> None:
         assert e["fullUrl"].startswith("urn:uuid:") and len(e["fullUrl"]) == 45
         assert e["request"]["method"] == "PUT"
         assert e["request"]["url"].startswith(f"{r['resourceType']}?identifier=")
+        system, _, value = e["request"]["url"].split("=", 1)[1].partition("|")
+        assert system and value, "a conditional update keyed on an identifier without a system"
+        assert any(i.get("system") for i in r["identifier"])
         assert "id" not in r
         assert _walk(r) == []
         assert all(ref in urls for ref in _references(r) if ref.startswith("urn:uuid:"))
@@ -153,6 +173,21 @@ def test_message_maps_or_is_refused_clearly(mappings: MappingSet, sample: Sample
     else:
         assert isinstance(got, dict), f"refused: {got}"
         check_shape(got)
+
+
+def test_without_a_default_authority_identities_lacking_one_are_refused(mappings: MappingSet) -> None:
+    refused = {}
+    for s in SAMPLES:
+        if s.key in REJECTED or s.key in UNREADABLE:
+            continue
+        got = _run(mappings, s, None)
+        if isinstance(got, TransformError):
+            assert got.code == "101" and got.rule
+            refused[s.key] = got.field
+        else:
+            assert isinstance(got, dict), f"{s.key}: {got}"
+            check_shape(got)
+    assert refused == NO_AUTHORITY
 
 
 def test_pass_counts(mappings: MappingSet, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import HL7Error, TransformError
 from engine.transform import load_mappings
+from engine.transform.authority import Identifiers
 from engine.transform.pool import InThreadMapper, Job, MapperUnavailable, ProcessMapper
 from tests.integration.messages import adt, oru
 
@@ -35,7 +36,10 @@ def jobs() -> list[Job]:
             "latin-1"
         ),
     ]
-    return [Job(r, "utf-8", None, "full") for r in raws]
+    # The generated messages send PV1-19 and order numbers without an assigning authority: the channel's
+    # default travels with each job; the last job has none and is refused (PV1-19.4).
+    hosp = Identifiers(by_facility={"LAB": "HOSP"}, authority="HOSP")
+    return [Job(r, "utf-8", None, "full", None, hosp) for r in raws] + [Job(adt("P6"), "utf-8", None, "full")]
 
 
 def test_same_results_as_in_thread(pool: ProcessMapper) -> None:
@@ -49,9 +53,11 @@ def test_same_results_as_in_thread(pool: ProcessMapper) -> None:
         if a.error is not None:
             assert vars(a.error) == vars(b.error)
     kinds = [type(m.error).__name__ if m.error else "ok" for m in remote]
-    assert kinds.count("TransformError") == 2 and kinds.count("HL7Error") == 1
-    assert isinstance(remote[-3].error, HL7Error) and isinstance(remote[-5].error, TransformError)
-    assert "JÖRG".encode() in remote[-1].bundle  # latin-1 input, decoded by MSH-18 in the child
+    assert kinds.count("TransformError") == 3 and kinds.count("HL7Error") == 1
+    assert isinstance(remote[-4].error, HL7Error) and isinstance(remote[-6].error, TransformError)
+    assert "JÖRG".encode() in remote[-2].bundle  # latin-1 input, decoded by MSH-18 in the child
+    assert b"urn:interlink:id:HOSP|V1" in remote[-2].bundle  # the default authority crossed the pipe
+    assert isinstance(remote[-1].error, TransformError) and remote[-1].error.field == "PV1-19.4"
 
 
 def test_a_dead_child_is_replaced(pool: ProcessMapper) -> None:

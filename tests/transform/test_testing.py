@@ -105,3 +105,18 @@ def test_values_at() -> None:
     assert values_at(b, "Observation.code.coding[1].code") == ["b"]
     assert values_at(b, "Bundle.entry.fullUrl") == ["u1", "u2"]
     assert values_at(b, "Patient.name") == []
+
+
+def test_a_case_uses_its_own_default_authority_else_the_runners(tmp_path: Path) -> None:
+    from engine.transform.authority import Identifiers
+
+    bare = MSG.replace("M1^^^H^MR", "M1^^^^MR")
+    fact = '  - {path: Patient.identifier.system, equals: "urn:interlink:id:%s"}\n'
+    own = "identifiers: {authority: OWN}\nexpect:\n" + fact % "OWN"
+    given = "expect:\n" + fact % "GIVEN"
+    root = site_with(tmp_path, "tests:\n" + case("own", bare, own) + case("given", bare, given))
+    runner = Identifiers(authority="GIVEN")
+    got = {r.name: r.failures for r in run_mapping_tests(root, identifiers=runner) if "ZZ_extra" in r.file}
+    assert got == {"own": [], "given": []}
+    without = results_of(root)
+    assert without["own"] == [] and without["given"][0].startswith("rejected: PID-3.4: assigning authority is empty")
