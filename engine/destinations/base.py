@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -99,9 +100,22 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{name}: {exc.strerror}"
     if isinstance(exc, httpx.TransportError) and str(exc):
-        # Transport errors describe the connection (refused, reset, timed out), never the payload.
-        return f"{name}: {str(exc)[:200]}"
+        # Transport errors describe the connection (refused, reset, timed out, TLS), but a protocol error
+        # quotes what the peer sent (h11: "illegal status line: bytearray(b'…')"): cut at the first quote.
+        return f"{name}: {_unquoted(str(exc))}"
     return name
+
+
+_QUOTE = re.compile(r"""b'|b"|bytearray\(|['"`{<]|[^ -~]""")
+
+
+def _unquoted(text: str, limit: int = 200) -> str:
+    """``text`` up to its first quoted or non-printable part (with ``…`` when cut), at most ``limit`` chars."""
+    found = _QUOTE.search(text[:limit])
+    if found is None and len(text) <= limit:
+        return text
+    end = found.start() if found else limit
+    return text[:end].rstrip(" :(") + "…"
 
 
 def failure_result(exc: BaseException, *, request: bytes | None = None) -> Result:

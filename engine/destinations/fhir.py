@@ -27,14 +27,8 @@ import orjson
 from pydantic import Field
 
 from engine.destinations.base import DestinationError, Outcome, Result, classify, failure_result, to_json
-from engine.destinations.http import (
-    MESSAGE_ID_HEADER,
-    HttpOptions,
-    issues_reason,
-    make_client,
-    post,
-    request_headers,
-)
+from engine.destinations.http import MESSAGE_ID_HEADER, HttpOptions, make_client, post, request_headers
+from engine.destinations.outcome import issues_reason
 
 FHIR_JSON = "application/fhir+json"
 _UUID = re.compile(r"urn:uuid:[0-9A-Fa-f-]{36}")

@@ -2,17 +2,16 @@
 
 One ``httpx.Client`` per destination (a connection pool shared by the worker threads). A response is
 turned into a ``Result`` by ``response_result``; a failed request by ``base.failure_result``. Both go
-through ``classify``.
+through ``classify``. The error of a failed response names its status and, for an OperationOutcome, only
+what ``outcome.outcome_reason`` allows (codes and element paths): never the body's text.
 """
 
 from __future__ import annotations
 
-import re
 import ssl
 from typing import Any, Literal
 
 import httpx
-import orjson
 from pydantic import Field
 
 from engine.destinations.auth import AuthConfig, build_auth
@@ -26,10 +25,10 @@ from engine.destinations.base import (
     parse_retry_after,
     to_json,
 )
+from engine.destinations.outcome import outcome_reason
 from engine.spec.model import Model
 
 MESSAGE_ID_HEADER = "X-Interlink-Message-Id"
-_QUOTED = re.compile(r"'[^']*'?")  # literals inside a FHIRPath expression may echo values
 
 
 class HttpOptions(Model):
@@ -57,36 +56,6 @@ def make_client(options: HttpOptions, *, transport: httpx.BaseTransport | None =
         transport=transport,
         follow_redirects=False,
     )
-
-
-def outcome_reason(body: bytes) -> str | None:
-    """Summarise an OperationOutcome as issue codes and element paths, never its diagnostics text."""
-    try:
-        data = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or data.get("resourceType") != "OperationOutcome":
-        return None
-    return issues_reason(data)
-
-
-def issues_reason(outcome: dict[str, Any]) -> str:
-    """``OperationOutcome error invalid at Patient.birthDate; …`` for at most three issues."""
-    parts = []
-    issues = outcome.get("issue")
-    for issue in issues[:3] if isinstance(issues, list) else []:
-        if not isinstance(issue, dict):
-            continue
-        text = f"{_short(issue.get('severity'))} {_short(issue.get('code'))}".strip()
-        paths = issue.get("expression") or issue.get("location")
-        if isinstance(paths, list) and paths:
-            text += " at " + ", ".join(_QUOTED.sub("'…'", _short(p)) for p in paths[:3])
-        parts.append(text)
-    return "OperationOutcome " + "; ".join(parts) if parts else "OperationOutcome"
-
-
-def _short(value: object) -> str:
-    return value[:80] if isinstance(value, str) else ""
 
 
 def response_result(response: httpx.Response, request: bytes) -> Result:

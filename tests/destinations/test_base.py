@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import errno
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -8,7 +10,16 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from engine.destinations import DestinationError, Outcome, Result, RetryPolicy, classify, parse_retry_after
+from engine.destinations import (
+    DestinationError,
+    HttpConfig,
+    HttpDestination,
+    Outcome,
+    Result,
+    RetryPolicy,
+    classify,
+    parse_retry_after,
+)
 from engine.destinations.base import describe, failure_result
 
 
@@ -71,6 +82,45 @@ def test_describe_keeps_exception_text_out_unless_known_safe() -> None:
     assert describe(httpx.ConnectError("[Errno 111] Connection refused")) == (
         "ConnectError: [Errno 111] Connection refused"
     )
+    assert describe(httpx.RemoteProtocolError("illegal header line: bytearray(b'X-Echo: Testperson')")) == (
+        "RemoteProtocolError: illegal header line…"
+    )
+    assert describe(httpx.ReadError('peer said "Testperson"')) == "ReadError: peer said…"
+    assert describe(httpx.ReadError("x" * 300)) == "ReadError: " + "x" * 200 + "…"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"ZQXSECRET4711 is not a status line\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nZQXSECRET4711 no colon\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: ZQXSECRET4711\r\n\r\n",
+    ],
+)
+def test_what_a_broken_peer_sends_stays_out_of_the_error(reply: bytes) -> None:
+    """A real server answering garbage: h11 quotes it in its exception; the Result's error must not."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+        t = threading.Thread(target=answer, daemon=True)
+        t.start()
+        config = HttpConfig(type="http", name="out", url=f"http://127.0.0.1:{server.getsockname()[1]}/in", timeout_s=5)
+        dest = HttpDestination(config)
+        try:
+            result = dest.send({"resourceType": "Bundle"}, message_id="m")
+        finally:
+            dest.close()
+        t.join(5)
+    assert result.outcome is Outcome.RETRY
+    assert result.error is not None and result.error.startswith("RemoteProtocolError")
+    assert "ZQXSECRET4711" not in result.error
 
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
