@@ -225,6 +225,34 @@ def test_entry_statuses_decide_a_2xx_transaction_response() -> None:
     assert bad.error == "Bundle.entry[2] (Observation): HTTP 422: OperationOutcome error required at Observation.status"
 
 
+def test_echoing_outcomes_leave_only_codes_and_paths_in_the_error() -> None:
+    """An EHR that repeats the patient's data in its OperationOutcome, whole-request and per entry."""
+    secret = "ZQXSECRET4711"
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "duplicate",
+                "diagnostics": f"Patient {secret} exists",
+                "details": {"text": secret},
+                "expression": [f"Patient?identifier=urn:oid:1.2|{secret}", f"Patient.name.where(family='{secret}')"],
+            },
+            {"severity": "error", "code": "value", "location": [f"Patient.identifier[0].value = {secret}"]},
+        ],
+    }
+    expected = (
+        "OperationOutcome error duplicate at Patient…, Patient.name.where(…); "
+        "error value at Patient.identifier[0].value…"
+    )
+    bundle = lab_bundle(observations=1)
+    whole = fhir(lambda r: httpx.Response(409, json=outcome)).send(bundle, message_id="m")
+    assert whole.error == f"HTTP 409: {expected}"
+    entry = fhir(lambda r: transaction_response("201", "409 Conflict", outcome=outcome)).send(bundle, message_id="m")
+    assert entry.error == f"Bundle.entry[1] (Encounter): HTTP 409: {expected}"
+    assert secret.encode() in (whole.response or b"") and secret.encode() in (entry.response or b"")  # kept as content
+
+
 def test_entry_failure_in_a_later_chunk_names_the_original_position() -> None:
     server = FakeFhir()
     server.canned[2] = transaction_response("201", "201", "409 Conflict")
