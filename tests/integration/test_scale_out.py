@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from engine.sources.mllp_client import send
 from tests.integration.harness import EngineProcess, wait_until
@@ -47,6 +48,12 @@ def test_postgres_and_shared_queue_with_separate_workers(
         time.sleep(1.0)
         # nobody consumes the Redis queue yet: the listener runs no workers
         assert statuses(listener).get("received", 0) == 20
+        if broker == "redis_url":  # the engine's queue lives under this test's prefix (queue_namespace)
+            client = redis.Redis.from_url(queue_url)
+            try:
+                assert client.llen(f"{queue_namespace}:process") > 0
+            finally:
+                client.close()
         worker = EngineProcess(tmp_path / "worker", database_url=pg_fresh, queue_url=queue_url)
         worker.config.write_text(listener.config.read_text())
         worker.start("worker", wait=False)
