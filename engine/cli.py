@@ -67,7 +67,7 @@ def run(
         engine = Engine(settings, workers=workers)
     except ConfigError as exc:
         _fail(str(exc))
-    asyncio.run(engine.serve())
+    _serve(engine)
 
 
 @app.command()
@@ -86,7 +86,17 @@ def worker(config: ConfigOpt = None) -> None:
         engine = Engine(settings, sources=False, workers=True, sweeper=True)
     except ConfigError as exc:
         _fail(str(exc))
-    asyncio.run(engine.serve())
+    _serve(engine)
+
+
+def _serve(engine) -> None:  # type: ignore[no-untyped-def]
+    """Run the engine until SIGINT/SIGTERM; a start-up failure (a port in use) is one line and exit 1."""
+    from engine.errors import ListenError
+
+    try:
+        asyncio.run(engine.serve())
+    except (ListenError, ConfigError) as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -6,6 +6,7 @@
     │   └── EncodingError      bytes that do not decode with the declared/channel charset
     ├── TransformError         a mapping rule rejected the message (names the rule and the field)
     ├── StoreUnavailable       the message store cannot commit; sources must refuse, never acknowledge
+    ├── ListenError            a source cannot listen on its address (port in use, address not local)
     └── DeliveryError          a destination could not take a bundle (outcome says retryable or permanent)
 
 Messages never contain PHI: they name fields, rules and positions, not values.
@@ -56,6 +57,10 @@ class EncodingError(HL7Error):
     """
 
     header: object = None
+
+
+class ListenError(InterlinkError):
+    """A source cannot listen on its address; ``str()`` names the address and the reason, one line."""
 
 
 class TransformError(InterlinkError):

@@ -146,8 +146,8 @@ class Reply:
     text: str
     message_id: str | None
     status: str
-    #: Codec of the inbound message (MSH-18), used to encode the reply; None = the channel's.
-    codec: str | None = None
+    #: The sender's MSH-18 (first repetition): the reply is encoded in it when byte-compatible.
+    charset: str = ""
 
 
 class HL7Ingest:
@@ -241,12 +241,12 @@ class HL7Ingest:
         # Enhanced mode: MSH-15 says when the sender wants an accept acknowledgement at all.
         when = header.accept_ack_type.upper()
         ok = code == "AA"
-        codec = hl7v2.CHARSETS.get(header.charset.strip().upper()) if header.charset else None
         if (when == "NE") or (when == "ER" and ok) or (when == "SU" and not ok):
-            return Reply("", message_id, status, codec)
-        return Reply(response.hl7_ack(header, code, error=error), message_id, status, codec)
+            return Reply("", message_id, status, header.charset)
+        return Reply(response.hl7_ack(header, code, error=error), message_id, status, header.charset)
 
     @staticmethod
     def encode(reply: Reply, charset: str) -> bytes:
-        """Encode the reply like the inbound message (MSH-18, else the channel charset)."""
-        return reply.text.encode(reply.codec or charset, errors="replace")
+        """Encode the reply like the inbound message (MSH-18, else the channel charset), but only in a
+        codec that writes ASCII as ASCII: MLLP framing and the sender's MSH reader need single bytes."""
+        return reply.text.encode(response.reply_codec(reply.charset, charset), errors="replace")

@@ -14,13 +14,25 @@ Public API:
     default delimiters, ``AR`` when ``error.reject`` else ``AE``, MSH-10 salvaged into MSA-2 when it can
     be found.
 
-Both return text with segments joined by ``\\r``; the caller encodes it (MSH-18 or the channel charset)
-and the source frames it. Texts come from the engine's own error messages, which name fields and rules,
-never values: nothing from the message body is echoed back except the MSH fields an ACK must carry.
+``reply_codec(declared, default) -> str``
+    The codec a reply is encoded in: the sender's MSH-18 when known and :func:`byte_compatible`, else
+    ``default`` (the channel charset) when byte-compatible, else ``ascii``. MLLP frames with single bytes
+    (``0x0B`` … ``0x1C 0x0D``) and senders read the reply's MSH as ASCII, so a reply is never UTF-16/32.
+
+``byte_compatible(codec) -> bool``
+    Whether a codec writes ASCII text as the same ASCII bytes (false for UTF-16/32 and unknown codecs).
+
+Both ACK builders return text with segments joined by ``\\r``; the caller encodes it with
+:func:`reply_codec` and the source frames it. An inbound MSH-18 naming a charset that is not
+byte-compatible is not copied into the ACK (an empty MSH-18 means ASCII). Texts come from the engine's
+own error messages, which name fields and rules, never values: nothing from the message body is echoed
+back except the MSH fields an ACK must carry.
 """
 
 from __future__ import annotations
 
+import codecs
+import functools
 import itertools
 import re
 import secrets
@@ -28,9 +40,9 @@ import time
 from datetime import datetime
 
 from engine.errors import HL7Error, TransformError
-from engine.hl7v2 import DEFAULT_DELIMITERS, Delimiters, Header
+from engine.hl7v2 import CHARSETS, DEFAULT_DELIMITERS, Delimiters, Header
 
-__all__ = ["hl7_ack", "hl7_nak_unparsed"]
+__all__ = ["byte_compatible", "hl7_ack", "hl7_nak_unparsed", "reply_codec"]
 
 DEFAULT_VERSION = "2.5.1"
 
@@ -65,6 +77,28 @@ _PATH = re.compile(r"^([A-Z][A-Z0-9]{2})-(\d+)(?:\[(\d+|\*)\])?(?:\.(\d+))?(?:\.
 
 # An MSH segment at the start of the text or of a line (the first 4 KiB are searched).
 _MSH_LINE = re.compile(r"(?:^[\ufeff \t]*|(?<=[\r\n]))(MSH[^\r\n]{2,})")
+
+
+# Every byte value MLLP framing and an ACK's MSH use: a byte-compatible codec writes them unchanged.
+_PROBE = "".join(map(chr, range(128)))
+
+
+@functools.lru_cache(maxsize=64)
+def byte_compatible(codec: str) -> bool:
+    """Whether ``codec`` writes ASCII as ASCII, one byte per character (see the module docstring)."""
+    try:
+        codecs.lookup(codec)
+        return _PROBE.encode(codec) == _PROBE.encode("ascii")
+    except (LookupError, UnicodeError):
+        return False
+
+
+def reply_codec(declared: str, default: str) -> str:
+    """The codec for a reply to a message whose MSH-18 (first repetition) is ``declared``."""
+    codec = CHARSETS.get(declared.strip().upper()) if declared else None
+    if codec is not None and byte_compatible(codec):
+        return codec
+    return default if byte_compatible(default) else "ascii"
 
 
 def _control_id() -> str:
@@ -192,7 +226,7 @@ def hl7_ack(
         message_type=d.component.join(("ACK", trigger, "ACK")),
         processing_id=raw(11),
         version=raw(12),
-        charset=raw(18),
+        charset=raw(18) if _copyable(header.charset) else "",
     )
     if not text and error is not None:
         text = _error_text(error)
@@ -200,6 +234,12 @@ def hl7_ack(
     if error is None:
         return f"{msh}\r{msa}"
     return f"{msh}\r{msa}\r{_err_segment(error, d)}"
+
+
+def _copyable(charset: str) -> bool:
+    """An inbound MSH-18 the ACK may repeat: empty, unknown (kept as sent), or byte-compatible."""
+    codec = CHARSETS.get(charset.strip().upper())
+    return codec is None or byte_compatible(codec)
 
 
 def _salvage_msh(text: str) -> tuple[str, str, str]:

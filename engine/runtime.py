@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dramatiq
 
-from engine.errors import ConfigError, HL7Error, TransformError
+from engine.errors import ConfigError, HL7Error, ListenError, TransformError
 from engine.ingest import GroupCommitter, HL7Ingest
 from engine.metrics import Metrics
 from engine.pipeline import Pipeline
@@ -120,7 +120,13 @@ class Engine:
                 if not ch.enabled:
                     continue
                 src = MLLPSource(ch.source, self._handler_for(ch), name=ch.name)
-                await src.start()
+                try:
+                    await src.start()
+                except (ListenError, ConfigError) as exc:
+                    # Stop what already runs (workers, mapping processes, other channels) so the process
+                    # can exit with this one line instead of a traceback.
+                    await self.stop()
+                    raise type(exc)(f"channel {ch.name}: {exc}") from None
                 self.sources[ch.name] = src
                 log.info("channel %s listening on %s:%d", ch.name, ch.source.host, src.port)
 

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import hl7v2
+from engine import hl7v2, response
 from engine.errors import HL7Error, TransformError
 from engine.ingest import GroupCommitter, HL7Ingest
+from engine.sources.base import Inbound
+from engine.sources.mllp import MLLPConfig, MLLPSource
+from engine.sources.mllp_client import send_messages
 from engine.spec.channel import Channel
 from engine.store import ContentKind, NewMessage, Store
 
@@ -186,4 +189,82 @@ def test_accepts_what_senders_really_send(store: Store, raw: bytes) -> None:
     assert ack_fields(reply.text)[0] == "AA"
     assert store.message(reply.message_id).message_type == "ORU^R01"
     assert store.content(reply.message_id, ContentKind.raw) == raw  # kept byte for byte
-    assert HL7Ingest.encode(reply, "utf-8").decode(reply.codec or "utf-8") == reply.text
+    assert HL7Ingest.encode(reply, "utf-8").decode(response.reply_codec(reply.charset, "utf-8")) == reply.text
+
+
+# -- MSH-18 UTF-16/32: MLLP cannot carry them; the reply must be readable by the sender ------------------
+
+WIDE = ORU.format(cid="W1").replace("|P|2.5.1\r", "|P|2.5.1||||||UNICODE UTF-16\r", 1)
+
+
+@pytest.mark.parametrize("raw", [WIDE.encode(), WIDE.encode() + b"X"], ids=["decodes", "does-not-decode"])
+def test_reply_to_a_wide_msh18_is_never_wide(store: Store, raw: bytes) -> None:
+    committer, ingest = make(store, channel(), [])
+    reply = run(ingest.handle(raw, "p"))
+    committer.close()
+    data = HL7Ingest.encode(reply, "utf-8")
+    assert data.startswith(b"MSH|^~\\&|") and data.isascii() and b"\x00" not in data
+    assert "UTF-16" not in reply.text  # the ACK's MSH-18 does not claim a charset it is not in
+
+
+def test_wide_msh18_refused_by_the_source_is_stored_with_its_error(store: Store) -> None:
+    committer, ingest = make(store, channel(), [])
+    error = HL7Error("MSH-18 UNICODE UTF-16 cannot be carried by MLLP", code="204", location="MSH^1^18", reject=True)
+    reply = run(ingest.handle(WIDE.encode(), "p", error))
+    committer.close()
+    assert ack_fields(HL7Ingest.encode(reply, "utf-8").decode("ascii")) == (
+        "AR",
+        "W1",
+        "204^Unknown key identifier^HL70357",
+    )
+    row = store.message(reply.message_id)
+    assert row.status == "error" and "MSH-18" in row.error
+    assert store.content(reply.message_id, ContentKind.raw) == WIDE.encode()
+
+
+def mllp_listener(store: Store, ch: Channel) -> tuple[GroupCommitter, MLLPSource]:
+    """An MLLP source answering through HL7Ingest, as the engine wires a channel."""
+    committer, ingest = make(store, ch, [])
+
+    async def handle(raw: bytes, inbound: Inbound) -> bytes:
+        return HL7Ingest.encode(await ingest.handle(raw, inbound.peer, inbound.error), ch.charset)
+
+    return committer, MLLPSource(MLLPConfig(type="mllp", port=0), handle, name="lab")
+
+
+def over_mllp(store: Store, ch: Channel, messages: list[bytes]) -> list[bytes]:
+    async def main() -> list[bytes]:
+        committer, source = mllp_listener(store, ch)
+        await source.start()
+        try:
+            return await send_messages("127.0.0.1", source.port, messages, timeout_s=5)
+        finally:
+            await source.stop()
+            committer.close()
+
+    return run(main())
+
+
+def test_wide_msh18_over_mllp_gets_an_ascii_ar_and_is_stored(store: Store) -> None:
+    utf32 = ORU.format(cid="W2").replace("|P|2.5.1\r", "|P|2.5.1||||||UNICODE UTF-32\r", 1).encode()
+    encoded = "\ufeff" + ORU.format(cid="W3")  # really UTF-16: no MSH readable at all
+    replies = over_mllp(store, channel(), [WIDE.encode(), utf32, encoded.encode("utf-16-le")])
+    for reply, cid in zip(replies, ["W1", "W2", ""], strict=True):
+        assert reply.startswith(b"MSH|^~\\&|") and reply.isascii() and b"\x00" not in reply
+        assert ack_fields(reply.decode("ascii"))[:2] == ("AR", cid)
+    assert ack_fields(replies[0].decode())[2].startswith("204")
+    rows = store.list_messages(limit=10)
+    assert len(rows) == 3 and {r.status for r in rows} == {"error"}
+    assert {r.control_id for r in rows} == {"W1", "W2", ""}
+
+
+def test_single_byte_msh18_is_answered_in_that_charset_over_mllp(store: Store) -> None:
+    raw = (
+        ORU.format(cid="L1")
+        .replace("|LIS|LAB|", "|LIS|LABÖ|", 1)
+        .replace("|P|2.5.1\r", "|P|2.5.1||||||8859/1\r", 1)
+        .encode("latin-1")
+    )
+    (reply,) = over_mllp(store, channel(), [raw])
+    assert "|LABÖ|".encode("latin-1") in reply  # MSH-6 of the ACK, in the sender's charset
+    assert ack_fields(reply.decode("latin-1"))[:2] == ("AA", "L1")

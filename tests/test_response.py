@@ -7,7 +7,7 @@ import pytest
 
 from engine.errors import EncodingError, HL7Error, TransformError
 from engine.hl7v2 import Message, read_header, unescape
-from engine.response import hl7_ack, hl7_nak_unparsed
+from engine.response import byte_compatible, hl7_ack, hl7_nak_unparsed, reply_codec
 
 NOW = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=1)))
 
@@ -226,3 +226,37 @@ def test_nak_unparsed_undecodable() -> None:
     seg = segments(nak)
     assert seg["MSA"][1:] == ["AE", "", "message is not valid utf-8 at byte 12"]
     assert seg["ERR"][2] == ""
+
+
+# -- reply encoding: MLLP frames single bytes, so a reply is never UTF-16/32 ------------------------------
+
+
+@pytest.mark.parametrize("declared", ["UNICODE UTF-16", "unicode utf-32", "UNICODE UTF-16~8859/1"])
+def test_wide_msh18_is_not_copied_into_the_ack(declared: str) -> None:
+    text = f"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|X1|P|2.5.1||||||{declared}"
+    ack = hl7_ack(read_header(text), "AR", error=HL7Error("refused", code="204", location="MSH^1^18"))
+    assert len(segments(ack)["MSH"]) == 13  # no MSH-18: the ACK is ASCII
+    assert ack.isascii()
+
+
+@pytest.mark.parametrize(
+    ("declared", "default", "codec"),
+    [
+        ("UNICODE UTF-16", "utf-8", "utf-8"),  # never the sender's wide charset
+        ("UNICODE UTF-32", "latin-1", "latin-1"),
+        ("UNICODE UTF-16", "utf-16", "ascii"),  # nor a wide channel charset
+        ("", "utf-32", "ascii"),
+        ("8859/1", "utf-8", "latin-1"),  # the sender's single-byte-compatible charset
+        (" unicode utf-8 ", "latin-1", "utf-8"),
+        ("ZZ-UNKNOWN", "cp1252", "cp1252"),
+        ("", "no-such-codec", "ascii"),
+    ],
+)
+def test_reply_codec(declared: str, default: str, codec: str) -> None:
+    assert reply_codec(declared, default) == codec
+    assert byte_compatible(codec)
+
+
+def test_byte_compatible() -> None:
+    assert all(byte_compatible(c) for c in ("ascii", "utf-8", "latin-1", "cp1252", "gb18030", "iso2022_jp"))
+    assert not any(byte_compatible(c) for c in ("utf-16", "utf-16-le", "utf-32", "cp500", "no-such-codec"))

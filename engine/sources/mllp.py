@@ -8,10 +8,21 @@ counted (never logged). Limits and what happens past them:
   its first ``max_frame_bytes`` bytes with an ``HL7Error`` (code 207) and its reply (a NAK) is sent;
 - a frame not finished within ``read_timeout_s`` is passed to the handler with an ``HL7Error`` so it is
   stored, nothing is sent for it, and the connection is closed;
-- a connection with no frame for ``idle_timeout_s`` is closed; connections past ``max_connections`` or
-  from outside ``allow_from`` are closed at once;
+- a connection that sends nothing within ``first_byte_timeout_s`` of connecting is closed, and one with no
+  frame for ``idle_timeout_s`` is closed;
+- connections from outside ``allow_from``, and past ``max_connections_per_peer`` from one host, are closed
+  at once. When ``max_connections`` are open, a newcomer whose host holds less than its share
+  (``max_connections`` divided among the hosts connected, the newcomer's included) evicts the longest-idle
+  connection (of a host over its share first; never one in the middle of a message or reply), so one
+  host holding every connection cannot lock other senders out; a newcomer whose host already holds its
+  share, or finding no idle connection, is closed at once;
+- a message whose MSH-18 names a charset that is not byte-compatible with ASCII (UTF-16/32) is passed to
+  the handler with an ``HL7Error`` (rejected): MLLP's single-byte framing cannot carry it, and the reply
+  to it must be readable by the sender;
 - if the handler raises, or gives no reply within ``reply_timeout_s``, the sender gets an AE
   "internal error" and the connection stays usable.
+
+Log lines name peers (addresses), sizes and counts, never message content.
 
 Public API: :class:`MLLPConfig`, :class:`MLLPTLSConfig`, :class:`MLLPSource`, :class:`MLLPStats`,
 :func:`frame`. A small client (``send_messages``, ``send``) is in :mod:`engine.sources.mllp_client`.
@@ -23,6 +34,7 @@ import asyncio
 import ipaddress
 import logging
 import math
+import os
 import socket
 import ssl
 import traceback
@@ -33,7 +45,7 @@ from typing import Literal
 from pydantic import Field, IPvAnyNetwork, model_validator
 
 from engine import hl7v2, response
-from engine.errors import ConfigError, HL7Error
+from engine.errors import ConfigError, HL7Error, ListenError
 from engine.sources.base import Handler, Inbound
 from engine.spec.model import Model
 
@@ -50,6 +62,11 @@ _TRAILER = EB + CR
 _READ_CHUNK = 256 * 1024
 _CLOSE_WAIT_S = 1.0
 _CLOCK_SLACK_S = 0.001
+_MSH_SCAN_BYTES = 4096  # MSH is read from the first 4 KiB, as ingest does
+#: MSH-18 names (HL7 table 0211) whose codec does not write ASCII as ASCII.
+_WIDE_CHARSET_NAMES = tuple(
+    name.encode("ascii") for name, codec in hl7v2.CHARSETS.items() if not response.byte_compatible(codec)
+)
 
 
 def frame(payload: bytes) -> bytes:
@@ -112,6 +129,12 @@ class MLLPConfig(Model):
         "and the connection closed.",
     )
     idle_timeout_s: float = Field(600.0, gt=0, description="A connection with no message for this long is closed.")
+    first_byte_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A new connection that sends nothing for this long is closed (idle_timeout_s applies once "
+        "it has sent something).",
+    )
     reply_timeout_s: float = Field(
         30.0,
         gt=0,
@@ -121,7 +144,16 @@ class MLLPConfig(Model):
         30.0, gt=0, description="A sender that does not read its reply within this is disconnected."
     )
     max_connections: int = Field(
-        100, ge=1, description="Concurrent connections; further connections are closed at once."
+        100,
+        ge=1,
+        description="Concurrent connections. When reached, a sender whose host holds less than its share "
+        "(max_connections divided among the connected hosts) evicts the longest-idle connection; "
+        "otherwise it is closed at once.",
+    )
+    max_connections_per_peer: int = Field(
+        20,
+        ge=1,
+        description="Concurrent connections from one sender address (host); further ones are closed at once.",
     )
     allow_from: list[IPvAnyNetwork] = Field(
         default_factory=list,
@@ -141,28 +173,34 @@ class MLLPStats:
     """Counters since the source was created."""
 
     connections: int = 0  # accepted
-    refused: int = 0  # closed at once: over max_connections, not in allow_from, or stopping
+    refused: int = 0  # closed at once: over its limit or share, not in allow_from, or stopping
+    evicted: int = 0  # idle connections closed to admit a sender from another host (listener full)
     messages: int = 0  # frames passed to the handler
     replies: int = 0  # replies sent
     skipped_bytes: int = 0  # bytes outside any frame
     oversize: int = 0  # frames longer than max_frame_bytes
     unterminated: int = 0  # frames cut off by read_timeout_s
     handler_errors: int = 0  # handler raised, returned a non-bytes value, or timed out
+    wide_charset: int = 0  # messages refused for an MSH-18 that MLLP cannot carry (UTF-16/32)
 
 
 class _Conn:
     """One connection's state and its watchdog.
 
-    A single timer enforces whichever deadline applies (idle, frame, reply, write). Deadlines mostly move
-    later, so the timer is only re-armed when it fires early or a deadline moves earlier: no timer work
-    per message. On expiry the connection's task is cancelled and :meth:`expired` tells that cancel apart
-    from one by :meth:`MLLPSource.stop`.
+    A single timer enforces whichever deadline applies (first byte, idle, frame, reply, write). Deadlines
+    mostly move later, so the timer is only re-armed when it fires early or a deadline moves earlier: no
+    timer work per message. On expiry (or eviction) the connection's task is cancelled and
+    :meth:`expired` tells that cancel apart from one by :meth:`MLLPSource.stop`.
     """
 
     __slots__ = (
         "_expired",
         "busy",
+        "counted",
         "deadline",
+        "evicted",
+        "host",
+        "idle_since",
         "loop",
         "peer",
         "reader",
@@ -177,18 +215,30 @@ class _Conn:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         peer: str,
+        host: str,
         task: asyncio.Task[None],
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.peer = peer
+        self.host = host  # the sender's address without port: the unit of max_connections_per_peer
         self.task = task
         self.loop = task.get_loop()
         self.busy = False  # a complete frame is being answered
+        #: Since when the connection waits for a new frame; None while a frame is read or answered.
+        self.idle_since: float | None = None
+        self.counted = True  # still counted against the limits (see MLLPSource._release)
+        self.evicted = False
         self.skipped = 0
         self.deadline = math.inf
         self.timer: asyncio.TimerHandle | None = None
         self._expired = False
+
+    def evict(self) -> None:
+        """Close this idle connection to make room (its task ends quietly)."""
+        self.evicted = True
+        self._expired = True
+        self.task.cancel()
 
     def set_deadline(self, when: float) -> None:
         self.deadline = when
@@ -233,6 +283,8 @@ class MLLPSource:
         self._handler = handler
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task[None], _Conn] = {}
+        self._open = 0  # connections counted against the limits (evicted ones no longer are)
+        self._by_host: dict[str, int] = {}
         self._stopping = False
         self._networks = list(config.allow_from)
 
@@ -249,20 +301,24 @@ class MLLPSource:
         return len(self._conns)
 
     async def start(self) -> None:
-        """Bind and start accepting connections."""
+        """Bind and start accepting connections; :class:`ListenError` (one line) when it cannot bind, and
+        :class:`ConfigError` when the TLS files cannot be loaded."""
         if self._server is not None:
             raise RuntimeError(f"{self.name}: already started")
         cfg = self.config
         ssl_ctx = cfg.tls.context() if cfg.tls else None
         self._stopping = False
-        self._server = await asyncio.start_server(
-            self._on_client,
-            cfg.host,
-            cfg.port,
-            ssl=ssl_ctx,
-            ssl_handshake_timeout=cfg.tls.handshake_timeout_s if cfg.tls else None,
-            limit=_READ_CHUNK,
-        )
+        try:
+            self._server = await asyncio.start_server(
+                self._on_client,
+                cfg.host,
+                cfg.port,
+                ssl=ssl_ctx,
+                ssl_handshake_timeout=cfg.tls.handshake_timeout_s if cfg.tls else None,
+                limit=_READ_CHUNK,
+            )
+        except OSError as exc:  # port in use, address not on this host, name not resolvable
+            raise ListenError(f"cannot listen on {_address(cfg.host, cfg.port)}: {_bind_reason(exc)}") from None
         log.info("%s: listening on %s:%d%s", self.name, cfg.host, self.port, " (TLS)" if ssl_ctx else "")
 
     async def stop(self) -> None:
@@ -290,7 +346,9 @@ class MLLPSource:
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)
-        reason = self._refusal(writer)
+        ip = _ip(writer)
+        host = str(ip) if ip is not None else peer
+        reason = self._admit(ip, host)
         if reason:
             self.stats.refused += 1
             log.warning("%s: refused connection from %s: %s", self.name, peer, reason)
@@ -298,8 +356,10 @@ class MLLPSource:
             return
         task = asyncio.current_task()
         assert task is not None
-        conn = _Conn(reader, writer, peer, task)
+        conn = _Conn(reader, writer, peer, host, task)
         self._conns[task] = conn
+        self._open += 1
+        self._by_host[host] = self._by_host.get(host, 0) + 1
         self.stats.connections += 1
         if self.config.keepalive:
             sock = writer.get_extra_info("socket")
@@ -326,6 +386,7 @@ class MLLPSource:
         finally:
             conn.unwatch()
             del self._conns[task]
+            self._release(conn)
             if conn.skipped:
                 log.warning("%s: %d bytes outside MLLP frames skipped from %s", self.name, conn.skipped, peer)
             if abort:
@@ -334,22 +395,65 @@ class MLLPSource:
                 await _close(writer)
             log.debug("%s: connection from %s closed", self.name, peer)
 
-    def _refusal(self, writer: asyncio.StreamWriter) -> str:
+    def _admit(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, host: str) -> str:
+        """Why a new connection from ``host`` is refused (``""``: admitted, evicting an idle one if full)."""
+        cfg = self.config
         if self._stopping:
             return "source is stopping"
-        if len(self._conns) >= self.config.max_connections:
-            return f"max_connections ({self.config.max_connections}) reached"
         if self._networks:
-            addr = writer.get_extra_info("peername")
-            try:
-                ip = ipaddress.ip_address(addr[0])
-            except (TypeError, ValueError, IndexError):
+            if ip is None:
                 return "peer address unknown"
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
             if not any(ip in net for net in self._networks):
                 return "address not in allow_from"
+        held = self._by_host.get(host, 0)
+        if held >= cfg.max_connections_per_peer:
+            return f"max_connections_per_peer ({cfg.max_connections_per_peer}) reached by this host"
+        if self._open < cfg.max_connections:
+            return ""
+        share = max(1, cfg.max_connections // (len(self._by_host) + (0 if held else 1)))
+        if held >= share:
+            return f"max_connections ({cfg.max_connections}) reached and this host holds its share ({held})"
+        victim = self._victim(share)
+        if victim is None:
+            return f"max_connections ({cfg.max_connections}) reached and none is idle"
+        self.stats.evicted += 1
+        log.warning(
+            "%s: max_connections (%d) reached: closing a connection from %s idle for %.0fs "
+            "(its host holds %d) to admit %s",
+            self.name,
+            cfg.max_connections,
+            victim.peer,
+            victim.loop.time() - (victim.idle_since or 0.0),
+            self._by_host.get(victim.host, 0),
+            host,
+        )
+        victim.evict()
+        self._release(victim)
         return ""
+
+    def _victim(self, share: int) -> _Conn | None:
+        """The connection to evict: idle, of a host over ``share`` if any, longest idle first."""
+        best: _Conn | None = None
+        best_key = (True, math.inf)
+        for conn in self._conns.values():
+            if conn.idle_since is None or not conn.counted:
+                continue
+            key = (self._by_host.get(conn.host, 0) <= share, conn.idle_since)
+            if key < best_key:
+                best, best_key = conn, key
+        return best
+
+    def _release(self, conn: _Conn) -> None:
+        """Stop counting ``conn`` against the limits (once: at eviction, or when its task ends)."""
+        if not conn.counted:
+            return
+        conn.counted = False
+        self._open -= 1
+        left = self._by_host[conn.host] - 1
+        if left:
+            self._by_host[conn.host] = left
+        else:
+            del self._by_host[conn.host]
 
     async def _serve(self, conn: _Conn) -> None:
         cfg = self.config
@@ -363,7 +467,11 @@ class MLLPSource:
         dropped = 0  # bytes of that frame discarded so far
         trailer = False  # the byte after an end block may be its CR
         frame_deadline = 0.0
-        idle_deadline = loop.time() + cfg.idle_timeout_s
+        idle_start = loop.time()
+        # Until its first byte, a connection gets first_byte_timeout_s (a host holding connections open
+        # without sending would otherwise keep them for idle_timeout_s).
+        silent = True
+        idle_deadline = idle_start + min(cfg.first_byte_timeout_s, cfg.idle_timeout_s)
         while True:
             while buf:
                 if not in_frame:
@@ -407,14 +515,19 @@ class MLLPSource:
                 del buf[: end + 1]
                 in_frame = False
                 trailer = True
+                if error is None:
+                    error = self._wide_charset(conn, payload)
                 reply = await self._reply(conn, payload, Inbound(conn.peer, error))
+                del payload  # a large message is not kept while the connection waits for the next
                 if reply:
                     await self._send(conn, reply)
                 conn.busy = False
                 if self._stopping:
                     return
-                idle_deadline = loop.time() + cfg.idle_timeout_s
+                idle_start = loop.time()
+                idle_deadline = idle_start + cfg.idle_timeout_s
             conn.set_deadline(frame_deadline if in_frame else idle_deadline)
+            conn.idle_since = None if in_frame else idle_start
             try:
                 data = await reader.read(_READ_CHUNK)
             except asyncio.CancelledError:
@@ -422,6 +535,15 @@ class MLLPSource:
                     raise
                 if in_frame:
                     await self._unterminated(conn, bytes(kept if kept is not None else buf[:limit]))
+                elif conn.evicted:
+                    pass  # logged by _admit
+                elif silent:
+                    log.info(
+                        "%s: closing connection from %s: nothing received within %gs",
+                        self.name,
+                        conn.peer,
+                        cfg.first_byte_timeout_s,
+                    )
                 else:
                     log.info(
                         "%s: closing connection from %s idle for %gs",
@@ -430,6 +552,10 @@ class MLLPSource:
                         cfg.idle_timeout_s,
                     )
                 return
+            conn.idle_since = None
+            if silent and data:
+                silent = False
+                idle_deadline = idle_start + cfg.idle_timeout_s
             if not data:
                 if in_frame:
                     log.info(
@@ -440,6 +566,35 @@ class MLLPSource:
                     )
                 return
             buf += data
+            del data  # not kept while waiting for the next read
+
+    def _wide_charset(self, conn: _Conn, payload: bytes) -> HL7Error | None:
+        """An error for a message whose MSH-18 names a charset MLLP cannot carry (UTF-16/32), else None."""
+        start = payload.find(b"MSH", 0, 64)  # after a BOM or blank lines, if any
+        if start == -1:
+            return None  # no MSH: ingest NAKs it in ASCII anyway
+        end = payload.find(CR, start, start + _MSH_SCAN_BYTES)
+        line = payload[start : end if end != -1 else start + _MSH_SCAN_BYTES].upper()
+        for name in _WIDE_CHARSET_NAMES:
+            if name in line:
+                break
+        else:
+            return None  # the common case: a search in the MSH line, no parse
+        try:
+            declared = hl7v2.read_header(line.decode("latin-1")).charset.strip().upper()
+        except HL7Error:
+            return None
+        codec = hl7v2.CHARSETS.get(declared)
+        if codec is None or response.byte_compatible(codec):
+            return None
+        self.stats.wide_charset += 1
+        log.warning("%s: message from %s declares MSH-18 %s, which MLLP cannot carry", self.name, conn.peer, declared)
+        return HL7Error(
+            f"MSH-18 {declared} cannot be carried by MLLP; send UNICODE UTF-8 or a single-byte character set",
+            code="204",
+            location="MSH^1^18",
+            reject=True,
+        )
 
     def _skip(self, conn: _Conn, n: int) -> None:
         conn.skipped += n
@@ -529,6 +684,31 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         raise
     except Exception:
         writer.transport.abort()
+
+
+def _ip(writer: asyncio.StreamWriter) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The sender's address (an IPv4-mapped IPv6 address as IPv4), None when unknown."""
+    addr = writer.get_extra_info("peername")
+    try:
+        ip = ipaddress.ip_address(addr[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_reason(exc: OSError) -> str:
+    """The reason a bind failed, without the address tuple asyncio puts into ``strerror``."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host ({exc.strerror})"
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return type(exc).__name__
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

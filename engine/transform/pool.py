@@ -8,13 +8,22 @@ the first core and the mapping gets the others.
 The wire between parent and child carries bytes only (JSON requests, length-prefixed replies): nothing a
 sender controls is ever pickled. A child that dies is restarted and the batch it held fails with
 ``MapperUnavailable`` (the queue retries it).
+
+A child never outlives the engine process and leaves quietly: on Linux it asks for a signal when its
+parent dies (``PR_SET_PDEATHSIG``, so a ``kill -9`` of the engine ends a child in the middle of a batch
+at once), and everywhere it ends on the pipe's EOF or a broken pipe without a traceback. It ignores
+SIGINT: a Ctrl-C reaches the whole process group, and the engine then closes its children itself.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
 import queue
+import signal
 import struct
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,7 +110,46 @@ def _encode_reply(m: Mapped) -> bytes:
     return _HEAD.pack(_HL7_ERROR, len(body)) + body
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PARENT_DEATH_SIGNAL = signal.SIGUSR1
+
+
+def _exit_with_parent() -> None:
+    """End this process as soon as the engine process that started it is gone, without a word.
+
+    The kernel sends PR_SET_PDEATHSIG's signal when the *thread* that started the child exits, which
+    happens while the engine runs (a worker thread replaces a dead child, then ends): the handler leaves
+    only when the parent process itself is gone, i.e. the child has been given to another parent.
+    """
+    parent = mp.parent_process()
+    parent_pid = parent.pid if parent is not None and parent.pid else os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform != "linux":
+        return  # the pipe's EOF (or a broken pipe) still ends the child when the parent dies
+
+    def on_parent_death(signum: int, frame: object) -> None:
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+    signal.signal(_PARENT_DEATH_SIGNAL, on_parent_death)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(_PARENT_DEATH_SIGNAL), 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(0)
+
+
 def _child(conn: Connection, mappings_dir: str, timezone: str) -> None:
+    """A mapping process: serve batches until the parent closes the pipe or dies; never a traceback for
+    that (a broken pipe is the parent dying while a batch was mapped)."""
+    _exit_with_parent()
+    try:
+        _serve(conn, mappings_dir, timezone)
+    except (EOFError, OSError):
+        return
+
+
+def _serve(conn: Connection, mappings_dir: str, timezone: str) -> None:
     mappings = load_mappings(Path(mappings_dir), timezone=timezone)
     conn.send_bytes(b"ready")
     while True:

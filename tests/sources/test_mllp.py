@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from engine.errors import ConfigError, HL7Error
+from engine.errors import ConfigError, HL7Error, ListenError
 from engine.hl7v2 import read_header
 from engine.response import hl7_ack, hl7_nak_unparsed
 from engine.sources.base import Inbound
@@ -148,6 +148,17 @@ def test_config_defaults_and_strictness() -> None:
         MLLPConfig.model_validate({"type": "mllp", "port": 70000})
     with pytest.raises(ValidationError, match="require_client_cert needs ca_file"):
         MLLPTLSConfig(cert_file=Path("c.pem"), key_file=Path("k.pem"), require_client_cert=True)
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        source = MLLPSource(MLLPConfig(type="mllp", port=port), Recorder())
+        with pytest.raises(ListenError) as caught:
+            asyncio.run(source.start())
+    assert str(caught.value) == f"cannot listen on 127.0.0.1:{port}: address already in use"
 
 
 def test_unreadable_tls_files_fail_at_start(tmp_path: Path) -> None:
@@ -425,6 +436,133 @@ def test_max_connections() -> None:
     source = serve(test, max_connections=1)
     assert source.stats.refused == 1
     assert source.stats.connections == 2
+
+
+# -- one host must not lock the others out (issue 5, defect 4) ----------------------------------------
+
+
+async def connect_from(source: MLLPSource, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection from another loopback address (all of 127.0.0.0/8 is this host on Linux)."""
+    return await asyncio.open_connection(LOOPBACK, source.port, local_addr=(address, 0))
+
+
+def test_one_host_holding_every_connection_does_not_lock_another_out(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def test(source: MLLPSource) -> None:
+        held = []
+        for i in range(5):  # the maximum, all idle: some after a message, some silent
+            reader, writer = await connect_from(source, "127.0.0.2")
+            if i % 2 == 0:
+                writer.write(frame(message(f"H{i}")))
+                assert msa(await read_reply(reader))[1] == "AA"
+            held.append((reader, writer))
+        await until(lambda: source.connections == 5)
+        replies = await send_messages(LOOPBACK, source.port, [message("LEGIT")], timeout_s=2)
+        assert msa(replies[0])[1:3] == ["AA", "LEGIT"]
+        assert await read_eof(held[0][0]) == b""  # the longest idle one made room
+        # The holder is over its share now (4 of 5 with two hosts): it gets nothing more while full.
+        await until(lambda: source.connections == 4)
+        legit_reader, legit = await connect(source)  # the listener is full again (4 + 1)
+        extra_reader, extra_writer = await connect_from(source, "127.0.0.2")
+        assert await read_eof(extra_reader) == b""
+        legit.write(frame(message("LEGIT2")))
+        assert msa(await read_reply(legit_reader))[1] == "AA"
+        for w in (legit, extra_writer, *(w for _, w in held)):
+            await close(w)
+
+    source = serve(test, max_connections=5)
+    assert source.stats.evicted == 1 and source.stats.refused == 1
+    evicted = next(r.getMessage() for r in caplog.records if "max_connections (5) reached: closing" in r.getMessage())
+    assert "127.0.0.2:" in evicted and "to admit 127.0.0.1" in evicted
+    assert not any("LEGIT" in r.getMessage() or "DOE" in r.getMessage() for r in caplog.records)
+
+
+def test_max_connections_per_peer() -> None:
+    async def test(source: MLLPSource) -> None:
+        first = [await connect_from(source, "127.0.0.2") for _ in range(2)]
+        await until(lambda: source.connections == 2)
+        reader, writer = await connect_from(source, "127.0.0.2")
+        assert await read_eof(reader) == b""  # a third from the same host: closed at once
+        await close(writer)
+        other = await send_messages(LOOPBACK, source.port, [message("OTHER")], timeout_s=2)
+        assert msa(other[0])[1] == "AA"  # another host is not affected
+        for r, w in first:
+            w.write(frame(message("MINE")))
+            assert msa(await read_reply(r))[1] == "AA"  # nor are the host's own connections
+            await close(w)
+
+    source = serve(test, max_connections_per_peer=2)
+    assert source.stats.refused == 1 and source.stats.evicted == 0
+
+
+def test_eviction_spares_connections_in_the_middle_of_a_message() -> None:
+    release = asyncio.Event()
+
+    async def wait(n: int) -> None:
+        if n == 1:
+            await release.wait()
+
+    async def test(source: MLLPSource) -> None:
+        busy_reader, busy = await connect_from(source, "127.0.0.2")
+        busy.write(frame(message("BUSY")))  # being answered
+        await until(lambda: len(recorder(source).calls) == 1)
+        partial_reader, partial = await connect_from(source, "127.0.0.3")
+        partial.write(frame(message("HALF"))[:20])  # a frame started, not ended
+        await until(lambda: source.connections == 2)
+        reader, writer = await connect(source)
+        assert await read_eof(reader) == b""  # full, and nothing idle to evict
+        release.set()
+        assert msa(await read_reply(busy_reader))[1:3] == ["AA", "BUSY"]
+        partial.write(frame(message("HALF"))[20:])
+        assert msa(await read_reply(partial_reader))[1:3] == ["AA", "HALF"]
+        for w in (writer, busy, partial):
+            await close(w)
+
+    source = serve(test, Recorder(wait), max_connections=2)
+    assert source.stats.evicted == 0 and source.stats.refused == 1
+
+
+def test_first_byte_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def test(source: MLLPSource) -> None:
+        silent_reader, silent = await connect(source)
+        talker_reader, talker = await connect(source)
+        talker.write(frame(message("T1")))
+        assert msa(await read_reply(talker_reader))[1] == "AA"
+        started = time.monotonic()
+        assert await read_eof(silent_reader) == b""  # nothing sent: closed after first_byte_timeout_s
+        assert time.monotonic() - started < 1.0
+        await asyncio.sleep(0.3)  # past first_byte_timeout_s: a connection that spoke gets idle_timeout_s
+        talker.write(frame(message("T2")))
+        assert msa(await read_reply(talker_reader))[1] == "AA"
+        await close(silent)
+        await close(talker)
+
+    serve(test, first_byte_timeout_s=0.2, idle_timeout_s=5)
+    assert any("nothing received within 0.2s" in r.getMessage() for r in caplog.records)
+
+
+def test_charset_mllp_cannot_carry_is_flagged_for_the_handler() -> None:
+    def declaring(control_id: str, charset: str) -> bytes:
+        return message(control_id).replace(b"|P|2.5.1\r", b"|P|2.5.1||||||" + charset.encode() + b"\r", 1)
+
+    async def test(source: MLLPSource) -> None:
+        replies = await send_messages(
+            LOOPBACK,
+            source.port,
+            [declaring("U16", "UNICODE UTF-16"), declaring("U32", "unicode utf-32"), declaring("U8", "UNICODE UTF-8")],
+            timeout_s=2,
+        )
+        assert [msa(r)[1] for r in replies] == ["AR", "AR", "AA"]
+
+    source = serve(test)
+    errors = [inbound.error for _, inbound in recorder(source).calls]
+    assert errors[2] is None
+    for error in errors[:2]:
+        assert error is not None and error.reject and (error.code, error.location) == ("204", "MSH^1^18")
+    assert source.stats.wide_charset == 2
 
 
 def test_allow_from_refuses_other_addresses() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,29 @@ def test_a_dead_child_is_replaced(pool: ProcessMapper) -> None:
     [new_pid] = pool.pids
     assert new_pid != pid
     assert pool.map_many(jobs()[:1])[0].bundle is not None
+
+
+def test_a_child_outlives_the_thread_that_started_it() -> None:
+    # Linux's parent-death signal fires when the starting *thread* ends: that must not end the child.
+    box: list[ProcessMapper] = []
+    starter = threading.Thread(target=lambda: box.append(ProcessMapper(MAPPINGS, processes=1)))
+    starter.start()
+    starter.join()
+    [mapper] = box
+    try:
+        time.sleep(0.2)  # the signal, had it ended the child, has been delivered by now
+        [pid] = mapper.pids
+        assert mapper.map_many(jobs()[:1])[0].bundle is not None
+        assert mapper.pids == [pid]
+    finally:
+        mapper.close()
+
+
+def test_a_child_leaves_quietly_when_its_pipe_closes(capfd: pytest.CaptureFixture[str]) -> None:
+    mapper = ProcessMapper(MAPPINGS, processes=1)
+    [child] = mapper._all
+    child.conn.close()  # what the parent's death looks like from the child's side of the pipe
+    child.process.join(timeout=10)
+    mapper.close()
+    assert child.process.exitcode == 0
+    assert "Traceback" not in capfd.readouterr().err
