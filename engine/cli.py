@@ -310,11 +310,14 @@ def dlq_list(
     config: ConfigOpt = None,
 ) -> None:
     """List dead deliveries with their last error."""
-    rows = _store(config).dead_letters(channel=channel, limit=limit)
+    store = _store(config)
+    rows = store.dead_letters(channel=channel, limit=limit)
     for r in rows:
+        held = store.held_behind(r.message_id)
         typer.echo(
             f"{r.message_id}  {r.channel:<14} → {r.destination:<10} {r.attempts} attempt(s)  "
             f"{r.last_status_code or ''} {r.last_error or ''}"
+            + (f"  [holding {held} later message(s) of the patient: replay or discard it]" if held else "")
         )
     typer.echo(f"{len(rows)} dead letter(s)")
 
@@ -339,6 +342,24 @@ def dlq_replay(
         for m, d in pairs:
             actors.enqueue_deliver(m, d, 0)
     typer.echo(f"{len(pairs)} delivery(ies) {_handover(settings)}")
+
+
+@dlq_app.command("discard")
+def dlq_discard(
+    message_id: Annotated[str, typer.Argument(help="The dead message to give up on.")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the delivery; write no patient data).")],
+    destination: Annotated[str | None, typer.Option(help="Only this destination (default: every dead one).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Give up on a dead letter for good: it no longer holds the patient's later messages (ordering)."""
+    settings = _settings(config)
+    store = _store(config)
+    names = [destination] if destination else [d.destination for d in store.deliveries_of(message_id)]
+    done = [d for d in names if store.discard(message_id, d, reason)]
+    if not done:
+        _fail(f"no dead delivery of {message_id}" + (f" to {destination}" if destination else ""))
+    typer.echo(f"{len(done)} delivery(ies) discarded; messages held behind them go out within "
+               f"{settings.sweeper.interval_s:g} s")  # fmt: skip
 
 
 @messages_app.command("reprocess")
@@ -386,5 +407,6 @@ def status(config: ConfigOpt = None) -> None:
     for (ch, st), n in sorted(counts.items()):
         typer.echo(f"{ch:<16} {st:<12} {n}")
     typer.echo(
-        f"backlog: {store.backlog()} message(s) not finished; dead letters: {len(store.dead_letters(limit=100000))}"
+        f"backlog: {store.backlog()} message(s) not finished; dead letters: {len(store.dead_letters(limit=100000))}; "
+        f"held in order behind an earlier message: {store.held()}"
     )

@@ -346,3 +346,30 @@ class Message:
 
     def __repr__(self) -> str:
         return f"<Message {self.message_type} segments={len(self.segments)}>"
+
+
+def patient_key(text: str, d: Delimiters) -> str:
+    """The patient a message is about, for delivery ordering: PID-3.1 of the MR-typed identifier, else of the
+    first one; ``""`` when there is no PID-3. One string search, no parse (it runs on the accept path).
+
+    Deliberately coarse (the assigning authority is left out): two patients sharing a key only share an
+    ordering lane, while a key that changed between one patient's messages would break their order.
+    """
+    for marker in ("\rPID" + d.field, "\nPID" + d.field):
+        start = text.find(marker)
+        if start != -1:
+            break
+    else:
+        return ""
+    start += 1
+    end = len(text)
+    for sep in ("\r", "\n"):
+        i = text.find(sep, start)
+        if i != -1 and i < end:
+            end = i
+    fields = text[start:end].split(d.field, 4)
+    if len(fields) < 4 or not fields[3]:
+        return ""
+    reps = [r.split(d.component) for r in fields[3].split(d.repetition)]
+    chosen = next((r for r in reps if len(r) > 4 and r[4].split(d.subcomponent, 1)[0] == "MR"), reps[0])
+    return chosen[0].strip()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine import hl7v2, response
+from engine import hl7v2, ordering, response
 from engine.errors import EncodingError, HL7Error, StoreUnavailable, TransformError
 from engine.spec.channel import Channel, ReplyPolicy
 from engine.store import Accepted, MessageStatus, NewMessage, Store
@@ -193,6 +193,7 @@ class HL7Ingest:
             status=MessageStatus.error if error else MessageStatus.received,
             error=error.message if error else None,
             dedupe_window_s=ch.dedupe.window_s if ch.dedupe.enabled else None,
+            lane=ordering.lane(ch, hl7v2.patient_key(text, header.delimiters)) if text and header and not error else "",
         )
         wait_for_transform = ch.response == ReplyPolicy.after_transform and error is None
         msg.enqueue = not wait_for_transform

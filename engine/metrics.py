@@ -46,6 +46,20 @@ class Metrics:
             "interlink_dead_letters", "Deliveries given up (permanent failure or retries exhausted).",
             ["destination"], registry=r,
         )  # fmt: skip
+        self._kept = Counter(
+            "interlink_stale_writes_kept", "Resources not overwritten because the target holds a newer version.",
+            ["channel", "destination"], registry=r,
+        )  # fmt: skip
+        self._held = Counter(
+            "interlink_deliveries_held", "Deliveries parked behind an earlier message of the same patient/lane.",
+            ["channel", "destination"], registry=r,
+        )  # fmt: skip
+
+    def kept(self, channel: str, destination: str, resources: int) -> None:
+        self._kept.labels(channel, destination).inc(resources)
+
+    def held(self, channel: str, destination: str) -> None:
+        self._held.labels(channel, destination).inc()
 
     def received(self, channel: str, status: str, seconds: float) -> None:
         self._received.labels(channel, status).inc()

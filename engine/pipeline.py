@@ -3,6 +3,14 @@
 Both steps are idempotent: they start from what the store says and advance it with conditional updates,
 so at-least-once queue delivery (and the recovery sweeper) never does anything twice that matters.
 Actors (``engine.queue.actors``) are thin wrappers around these two methods.
+
+Two guards stand before every send (see ``engine.ordering`` and ``docs/architecture.md``):
+
+- the ordering gate: a delivery waits while an earlier message of its lane (patient) is unfinished for the
+  same target, and whoever finishes that message wakes it;
+- the stale-write guard: a resource the target already holds from a message with a newer source time is
+  not overwritten (the destination turns that entry into a create-if-absent), and what a successful
+  delivery wrote is recorded with its source time.
 """
 
 from __future__ import annotations
@@ -15,12 +23,14 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from engine.destinations import Destination, Outcome, RetryPolicy, make_destination
+from engine.destinations import ConditionalWrites, Destination, Outcome, RetryPolicy, make_destination, target_key
 from engine.errors import HL7Error, TransformError, explain
 from engine.metrics import Metrics
+from engine.ordering import Gate
 from engine.queue.deadletter import DeadLetter
-from engine.spec.channel import Channel
+from engine.spec.channel import Channel, OnDead
 from engine.store import AttemptRecord, DeliveryStatus, MessageStatus, ProcessResult, Store
+from engine.store.repository import Written
 from engine.transform.pool import InThreadMapper, Job, Mapped
 
 if TYPE_CHECKING:
@@ -41,6 +51,7 @@ class Attempted:
     next_attempt_at: float
     retry_in_ms: int | None = None  # schedule another attempt
     dead: str | None = None  # give up, with this reason
+    written: Written | None = None  # what a successful attempt wrote (stale-write guard)
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,7 +86,11 @@ class Pipeline:
         self.retry: dict[tuple[str, str], RetryPolicy] = {
             (c.name, d.name): d.retry for c in channels for d in c.destinations
         }
+        self.targets: dict[tuple[str, str], str] = {
+            (c.name, d.name): target_key(d) for c in channels for d in c.destinations
+        }
         self.enqueue_deliver: EnqueueDeliver = lambda _m, _d, _delay: None
+        self.gate = Gate(store, lambda m, d: self.enqueue_deliver(m, d, 0))
 
     def close(self) -> None:
         self.mapper.close()
@@ -96,24 +111,24 @@ class Pipeline:
         measured, per-message transactions and queue hops cost more than the mapping itself.
 
         ``deliver_inline``: a channel with one destination gets its first delivery attempt right here,
-        with the bundle in memory, after the claim (so a message another worker took is not sent twice);
-        a crash between send and record re-sends it (at-least-once, idempotent at the EHR). Retries go
-        through the queue as usual.
+        with the bundle in memory, after the claim (so a message another worker took is not sent twice)
+        and once the ordering gate lets it; a crash between send and record re-sends it (at-least-once,
+        idempotent at the EHR). Retries go through the queue as usual.
         """
         results: list[ProcessResult] = []
         out: dict[str, Processed] = {}
-        todo: list[tuple[str, Channel]] = []
+        todo: list[tuple[str, Channel, str]] = []
         jobs: list[Job] = []
-        for message_id, status, channel_name, raw in self.store.load_for_processing(message_ids):
+        for message_id, status, channel_name, raw, lane in self.store.load_for_processing(message_ids):
             channel = self.channels.get(channel_name)
             if status != MessageStatus.received:
                 out[message_id] = Processed(status)
             elif channel is None:
                 why = f"channel {channel_name} is not configured in this process"
-                results.append(ProcessResult(message_id, MessageStatus.error, error=why))
+                results.append(ProcessResult(message_id, MessageStatus.error, error=why, lane=lane))
                 out[message_id] = Processed(MessageStatus.error)
             else:
-                todo.append((message_id, channel))
+                todo.append((message_id, channel, lane))
                 jobs.append(
                     Job(
                         raw or b"",
@@ -124,70 +139,121 @@ class Pipeline:
                         channel.identifiers,
                     )
                 )
-        for (message_id, channel), mapped in zip(todo, self.mapper.map_many(jobs) if jobs else [], strict=True):
-            result = _result(message_id, channel, mapped)
+        for (message_id, channel, lane), mapped in zip(todo, self.mapper.map_many(jobs) if jobs else [], strict=True):
+            result = self._result(message_id, channel, mapped, lane)
             results.append(result)
             out[message_id] = Processed(result.status, mapped.error)
             self.metrics.processed(channel.name, result.status)
         # Claim before sending: a message another worker already took is not sent twice.
         won = self.store.finish_processing(results) if results else set()
-        inline: list[tuple[str, str, Attempted]] = []
+        inline: list[tuple[ProcessResult, Attempted]] = []
         for r in results:
-            if r.message_id not in won or r.status != MessageStatus.transformed:
+            if r.message_id not in won:
                 continue
-            attempted = None
+            # No longer unprocessed: what waits behind it in its lane may go (or waits on its deliveries now).
+            self.gate.wake(r.lane, r.message_id)
+            if r.status != MessageStatus.transformed:
+                continue
             if deliver_inline and len(r.destinations) == 1:
+                if not self._may_send(r.channel, r.message_id, r.destinations[0], r.lane):
+                    continue  # parked behind an earlier message of the same patient; it will be woken
                 attempted = self._try_inline(r)
-            if attempted is None:
-                for name in r.destinations:
-                    self.enqueue_deliver(r.message_id, name, 0)
-            else:
-                inline.append((r.message_id, r.destinations[0], attempted))
+                if attempted is not None:
+                    inline.append((r, attempted))
+                    continue
+            for name in r.destinations:
+                self.enqueue_deliver(r.message_id, name, 0)
         if inline:
-            self.store.record_attempts([(m, d, a.record, a.status, a.next_attempt_at) for m, d, a in inline])
-        for message_id, destination, attempted in inline:
+            self.store.record_attempts(
+                [(r.message_id, r.destinations[0], a.record, a.status, a.next_attempt_at) for r, a in inline],
+                [(r.message_id, a.written) for r, a in inline if a.written is not None and a.dead is None],
+            )
+        for r, attempted in inline:
             try:
-                self._follow_up(message_id, destination, attempted)
+                self._follow_up(r.message_id, r.destinations[0], attempted, r.lane, r.targets[0])
             except DeadLetter as exc:
-                self.on_dead("deliver", (message_id, destination), str(exc))
+                self.on_dead("deliver", (r.message_id, r.destinations[0]), str(exc))
         return out
+
+    def _result(self, message_id: str, channel: Channel, mapped: Mapped, lane: str) -> ProcessResult:
+        if mapped.error is not None:
+            return ProcessResult(message_id, MessageStatus.error, error=explain(mapped.error), lane=lane)
+        if mapped.empty or mapped.bundle is None:
+            return ProcessResult(message_id, MessageStatus.filtered, error="mapping produced no resources", lane=lane)
+        names = tuple(d.name for d in channel.destinations)
+        return ProcessResult(
+            message_id,
+            MessageStatus.transformed,
+            bundle=mapped.bundle,
+            destinations=names,
+            channel=channel.name,
+            targets=tuple(self.targets[(channel.name, n)] for n in names),
+            source_time=mapped.source_time,
+            lane=lane,
+        )
 
     def _try_inline(self, r: ProcessResult) -> Attempted | None:
         """The first delivery attempt; None hands it to the queue instead."""
         assert r.bundle is not None
         try:
-            return self._send(r.message_id, r.destinations[0], r.channel, 0, r.bundle, orjson.loads(r.bundle))
+            return self._send(
+                r.message_id, r.destinations[0], r.channel, 0, r.bundle, orjson.loads(r.bundle), r.source_time
+            )
         except Exception as exc:  # a bug or an outage: the queue's retries take over; no content in the log
             log.error("inline delivery of %s failed (%s); handing it to the queue", r.message_id, type(exc).__name__)
             return None
 
+    def _may_send(self, channel_name: str, message_id: str, destination: str, lane: str) -> bool:
+        channel = self.channels[channel_name]
+        if self.gate.may_send(channel, message_id, destination, lane, self.targets[(channel_name, destination)]):
+            return True
+        self.metrics.held(channel_name, destination)
+        return False
+
     # -- deliver ------------------------------------------------------------------------------------
 
     def deliver(self, message_id: str, destination: str) -> DeliveryStatus | None:
-        """Send the stored bundle to one destination; schedule a retry or give up (DeadLetter)."""
+        """Send the stored bundle to one destination, once its lane lets it; schedule a retry or give up
+        (DeadLetter)."""
         loaded = self.store.load_for_delivery(message_id, destination)
-        if loaded is None or loaded[0] in (DeliveryStatus.sent, DeliveryStatus.dead):
+        if loaded is None or loaded.status in (DeliveryStatus.sent, DeliveryStatus.dead, DeliveryStatus.discarded):
             return None
-        _, attempts_so_far, channel_name, stored = loaded
-        stored = stored or b"{}"
-        attempted = self._send(message_id, destination, channel_name, attempts_so_far, stored, orjson.loads(stored))
+        if loaded.status == DeliveryStatus.waiting and not self.store.release(message_id, destination):
+            return None  # a waker released it first and queued it: that one sends
+        if (loaded.channel, destination) in self.destinations and not self._may_send(
+            loaded.channel, message_id, destination, loaded.lane
+        ):
+            return DeliveryStatus.waiting
+        stored = loaded.bundle or b"{}"
+        attempted = self._send(
+            message_id, destination, loaded.channel, loaded.attempts, stored, orjson.loads(stored), loaded.source_time
+        )
         self.store.record_attempt(
             message_id,
             destination,
             attempted.record,
             status=attempted.status,
             next_attempt_at=attempted.next_attempt_at,
+            written=attempted.written if attempted.dead is None else None,
         )
-        return self._follow_up(message_id, destination, attempted)
+        return self._follow_up(message_id, destination, attempted, loaded.lane, loaded.target)
 
     def _send(
-        self, message_id: str, destination: str, channel_name: str, attempts_so_far: int, stored: bytes, bundle: dict
+        self,
+        message_id: str,
+        destination: str,
+        channel_name: str,
+        attempts_so_far: int,
+        stored: bytes,
+        bundle: dict,
+        source_time: float | None,
     ) -> Attempted:
         """One attempt, and what it means (sent, retry when, or dead); nothing is written here."""
         key = (channel_name, destination)
         dest = self.destinations.get(key)
         if dest is None:
             raise DeadLetter(f"destination {destination} is not configured in this process")
+        bundle, written = self._guard(key, dest, bundle, source_time)
         number = attempts_so_far + 1
         started = time.time()
         t0 = time.perf_counter()
@@ -206,7 +272,7 @@ class Pipeline:
             response=result.response,
         )
         if result.outcome == Outcome.SENT:
-            return Attempted(record, DeliveryStatus.sent, started)
+            return Attempted(record, DeliveryStatus.sent, started, written=written)
         policy = self.retry[key]
         if result.outcome == Outcome.RETRY and not policy.exhausted(number):
             delay = policy.delay_ms(number, result.retry_after_s)
@@ -215,8 +281,30 @@ class Pipeline:
         reason = f"{why} after {number} attempt(s): {result.error or result.status_code}"
         return Attempted(record, DeliveryStatus.retrying, 1e18, dead=reason)
 
-    def _follow_up(self, message_id: str, destination: str, a: Attempted) -> DeliveryStatus:
-        """After the attempt is recorded: schedule the retry, or give up through the dead-letter path."""
+    def _guard(
+        self, key: tuple[str, str], dest: Destination, bundle: dict, source_time: float | None
+    ) -> tuple[dict, Written | None]:
+        """The stale-write guard: never overwrite what the target holds from a newer message."""
+        channel = self.channels.get(key[0])
+        if (
+            source_time is None
+            or channel is None
+            or channel.ordering.stale_writes != "keep_newer"
+            or not isinstance(dest, ConditionalWrites)
+        ):
+            return bundle, None
+        target = self.targets[key]
+        resources = dest.overwrites(bundle)
+        newer = self.store.newer_writes(target, resources, source_time)
+        if newer:
+            self.metrics.kept(key[0], key[1], len(newer))
+            log.info("%s/%s: %d resource(s) held from a newer message are not overwritten", key[0], key[1], len(newer))
+            bundle = dest.keep_existing(bundle, newer)
+        return bundle, Written(target, tuple(r for r in resources if r not in newer), source_time)
+
+    def _follow_up(self, message_id: str, destination: str, a: Attempted, lane: str, target: str) -> DeliveryStatus:
+        """After the attempt is recorded: wake the lane, schedule the retry, or give up through the
+        dead-letter path."""
         if a.dead is not None:
             raise DeadLetter(a.dead)
         if a.retry_in_ms is not None:
@@ -225,6 +313,8 @@ class Pipeline:
                 destination, a.record.number, a.record.error, a.retry_in_ms,
             )  # fmt: skip
             self.enqueue_deliver(message_id, destination, a.retry_in_ms)
+        elif a.status == DeliveryStatus.sent:
+            self.gate.wake(lane, message_id, target)
         return a.status
 
     # -- dead letters -------------------------------------------------------------------------------
@@ -232,22 +322,18 @@ class Pipeline:
     def on_dead(self, actor: str, args: tuple[object, ...], reason: str) -> None:
         """Called by the DeadLetters middleware for every nacked queue message."""
         if actor == "deliver" and len(args) == 2:
-            self.store.mark_dead(str(args[0]), str(args[1]), reason)
-            self.metrics.dead(str(args[1]))
-            log.warning("delivery of message %s to %s is dead: %s", args[0], args[1], reason)
+            message_id, destination = str(args[0]), str(args[1])
+            self.store.mark_dead(message_id, destination, reason)
+            self.metrics.dead(destination)
+            log.warning("delivery of message %s to %s is dead: %s", message_id, destination, reason)
+            loaded = self.store.load_for_delivery(message_id, destination)
+            channel = self.channels.get(loaded.channel) if loaded else None
+            if loaded and channel and channel.ordering.on_dead is OnDead.skip:
+                self.gate.wake(loaded.lane, message_id, loaded.target)
         elif actor == "process" and args:
             ids = args[0] if isinstance(args[0], list) else [args[0]]
             for message_id in ids:
                 self.store.mark_error(str(message_id), reason)
+            for message_id, _, _, _, lane in self.store.load_for_processing([str(i) for i in ids]):
+                self.gate.wake(lane, message_id)
             log.warning("processing of %d message(s) failed for good: %s", len(ids), reason)
-
-
-def _result(message_id: str, channel: Channel, mapped: Mapped) -> ProcessResult:
-    if mapped.error is not None:
-        return ProcessResult(message_id, MessageStatus.error, error=explain(mapped.error))
-    if mapped.empty or mapped.bundle is None:
-        return ProcessResult(message_id, MessageStatus.filtered, error="mapping produced no resources")
-    names = tuple(d.name for d in channel.destinations)
-    return ProcessResult(
-        message_id, MessageStatus.transformed, bundle=mapped.bundle, destinations=names, channel=channel.name
-    )

@@ -6,6 +6,8 @@ Each kind is a typed config plus one small class with ``send(bundle, *, message_
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Annotated
 
 import httpx
@@ -13,6 +15,7 @@ from pydantic import Field
 
 from engine.destinations.auth import BearerConfig, OAuth2Config
 from engine.destinations.base import (
+    ConditionalWrites,
     Destination,
     DestinationError,
     Outcome,
@@ -29,6 +32,7 @@ DestinationConfig = Annotated[FhirConfig | HttpConfig | FileConfig, Field(discri
 
 __all__ = [
     "BearerConfig",
+    "ConditionalWrites",
     "Destination",
     "DestinationConfig",
     "DestinationError",
@@ -45,6 +49,7 @@ __all__ = [
     "classify",
     "make_destination",
     "parse_retry_after",
+    "target_key",
 ]
 
 
@@ -59,3 +64,15 @@ def make_destination(
     if isinstance(config, FileConfig):
         return FileDestination(config)
     raise TypeError(f"no destination for {type(config).__name__}")
+
+
+def target_key(config: FhirConfig | HttpConfig | FileConfig) -> str:
+    """A short, stable key of the system a destination writes to: channels delivering to the same EHR share
+    it, so their deliveries meet in the same ordering lanes and stale-write guard."""
+    if isinstance(config, FhirConfig):
+        where = "fhir " + config.base_url.rstrip("/")
+    elif isinstance(config, HttpConfig):
+        where = "http " + config.url
+    else:
+        where = "file " + os.path.abspath(config.path)
+    return hashlib.sha1(where.encode()).hexdigest()[:16]

@@ -63,6 +63,20 @@ class Destination(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ConditionalWrites(Protocol):
+    """A destination whose writes replace resources found by business identity (FHIR conditional updates).
+
+    The pipeline's stale-write guard uses it: ``overwrites`` names the resources a bundle would replace
+    (by their deterministic ``fullUrl``); ``keep_existing`` returns the bundle with those resources written
+    only if absent, never over what the target holds (their references still resolve).
+    """
+
+    def overwrites(self, bundle: dict[str, Any]) -> list[str]: ...
+
+    def keep_existing(self, bundle: dict[str, Any], resources: set[str]) -> dict[str, Any]: ...
+
+
 class DestinationError(DeliveryError):
     """A delivery problem found by a destination itself; ``outcome`` was decided by ``classify``."""
 

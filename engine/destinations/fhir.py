@@ -240,6 +240,28 @@ class FhirDestination:
         except DestinationError as exc:
             return failure_result(exc)
 
+    def overwrites(self, bundle: dict[str, Any]) -> list[str]:
+        """fullUrls of the entries that are conditional updates (``PUT Type?identifier=…``)."""
+        return [
+            e["fullUrl"]
+            for e in _entries(bundle)
+            if isinstance(e.get("fullUrl"), str) and _conditional_put(e.get("request")) is not None
+        ]
+
+    def keep_existing(self, bundle: dict[str, Any], resources: set[str]) -> dict[str, Any]:
+        """The bundle with the conditional updates of ``resources`` turned into conditional creates
+        (``POST Type`` + ``ifNoneExist``): the server keeps what it holds, and references to the entry still
+        resolve to it."""
+        entries = []
+        for e in _entries(bundle):
+            put_query = _conditional_put(e.get("request")) if e.get("fullUrl") in resources else None
+            if put_query is None:
+                entries.append(e)
+                continue
+            kind, query = put_query
+            entries.append({**e, "request": {"method": "POST", "url": kind, "ifNoneExist": query}})
+        return {**bundle, "entry": entries}
+
     def _send_chunks(
         self,
         bundle: dict[str, Any],
@@ -321,6 +343,19 @@ class FhirDestination:
                 return f"transaction-response gives no {kind} id for Bundle.entry[{i}]"
             resolved[entries[i]["fullUrl"]] = ref
         return None
+
+
+def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = bundle.get("entry")
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def _conditional_put(request: Any) -> tuple[str, str] | None:
+    """(Type, search query) of a conditional update request, else None."""
+    if not isinstance(request, dict) or request.get("method") != "PUT" or not isinstance(request.get("url"), str):
+        return None
+    kind, sep, query = request["url"].partition("?")
+    return (kind, query) if sep and query and _TYPE.match(kind) else None
 
 
 def _reference_of(item: Any) -> str | None:

@@ -43,6 +43,41 @@ class Dedupe(Model):
     window_s: int = Field(7 * 86400, ge=0, description="How far back (seconds) a duplicate MSH-10 is recognised.")
 
 
+class OrderingMode(StrEnum):
+    none = "none"
+    per_patient = "per_patient"
+    strict = "strict"
+
+
+class OnDead(StrEnum):
+    hold = "hold"
+    skip = "skip"
+
+
+class Ordering(Model):
+    """In what order a channel's messages reach each destination.
+
+    ``per_patient``: each patient's messages reach a target in arrival order (a message waits while an
+    earlier one of the same patient is unprocessed, queued or retrying: head-of-line for that patient only;
+    different patients go in parallel), across worker threads, processes and hosts, and across channels
+    that deliver to the same system. ``strict``: the whole channel in arrival order. ``none``: as fast as
+    possible. The patient is the PID-3 identifier (the MR-typed one, else the first) as sent.
+    """
+
+    mode: OrderingMode = Field(OrderingMode.per_patient, description="none, per_patient or strict.")
+    on_dead: OnDead = Field(
+        OnDead.hold,
+        description="When an earlier message of the same patient (strict: of the channel) is dead-lettered: "
+        "hold the later ones until it is replayed or discarded (interlink dlq), or skip it and go on.",
+    )
+    stale_writes: Literal["keep_newer", "overwrite"] = Field(
+        "keep_newer",
+        description="keep_newer: a resource the destination already holds from a newer message (by source "
+        "time: EVN-2, else MSH-7) is not overwritten by an older one (it is only created if absent). "
+        "overwrite: the last delivery wins.",
+    )
+
+
 class EnvCondition(Model):
     """Turn a destination on or off by whether an environment variable is set (non-empty)."""
 
@@ -92,8 +127,16 @@ class Channel(Model):
         "sent without one (PID-3.4, PV1-19.4, OBR-3.2 empty); without a default such messages are refused, "
         "since a search by value alone matches other facilities' records.",
     )
-    ordering: Literal["none"] = Field("none", description="Delivery ordering (only 'none' so far).")
+    ordering: Ordering = Field(
+        default_factory=Ordering,
+        description="Delivery order per destination; `ordering: per_patient` is short for `{mode: per_patient}`.",
+    )
     destinations: list[DestinationConfig] = Field(description="Where bundles are delivered.", min_length=1)
+
+    @field_validator("ordering", mode="before")
+    @classmethod
+    def _ordering_shorthand(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
 
     @field_validator("timezone")
     @classmethod

@@ -21,6 +21,7 @@ from engine.errors import StoreUnavailable
 from engine.store import migrate
 from engine.store.database import make_engines
 from engine.store.schema import (
+    OPEN_DELIVERY_STATUSES,
     ContentKind,
     DeliveryStatus,
     MessageStatus,
@@ -53,6 +54,8 @@ class NewMessage:
     status: MessageStatus = MessageStatus.received
     error: str | None = None
     dedupe_window_s: float | None = None
+    #: Ordering lane ('' = unordered): deliveries of one lane to one target go out in message-id order.
+    lane: str = ""
     #: False when the caller processes the message itself (replies after transform).
     enqueue: bool = True
     id: str = field(default_factory=new_id)
@@ -84,6 +87,33 @@ class ProcessResult:
     destinations: tuple[str, ...] = ()
     error: str | None = None
     channel: str = ""
+    #: The target (hash of the system written to) of each destination, in the same order ('' = none).
+    targets: tuple[str, ...] = ()
+    #: When the message's event happened at the source (epoch s), for the stale-write guard.
+    source_time: float | None = None
+    lane: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class Written:
+    """Resources a successful delivery wrote to a target, and the source time of what it wrote."""
+
+    target: str
+    resources: tuple[str, ...]
+    source_time: float
+
+
+@dataclass(slots=True, frozen=True)
+class Loaded:
+    """A delivery as the deliver step reads it."""
+
+    status: str
+    attempts: int
+    channel: str
+    bundle: bytes | None
+    lane: str
+    source_time: float | None
+    target: str
 
 
 @dataclass(slots=True, frozen=True)
@@ -153,7 +183,7 @@ class Store:
                     status = MessageStatus.duplicate if dup else m.status
                     msg_rows.append(
                         (m.id, m.channel, str(status), now, now, m.peer[:100], m.message_type[:40], m.sender[:200],
-                         m.control_id[:200], m.dedupe_key, dup, m.error, len(m.raw))
+                         m.control_id[:200], m.dedupe_key, dup, m.error, len(m.raw), m.lane)
                     )  # fmt: skip
                     content_rows.append((m.id, ContentKind.raw.value, "", m.raw, now))
                     out.append(Accepted(m.id, status, dup))
@@ -295,13 +325,13 @@ class Store:
 
     # -- processing -----------------------------------------------------------------------------------
 
-    def load_for_processing(self, message_ids: Sequence[str]) -> list[tuple[str, str, str, bytes | None]]:
-        """(id, status, channel, raw bytes) of each message that exists."""
+    def load_for_processing(self, message_ids: Sequence[str]) -> list[tuple[str, str, str, bytes | None, str]]:
+        """(id, status, channel, raw bytes, lane) of each message that exists, in id (arrival) order."""
         if not message_ids:
             return []
         with self.work.connect() as conn:
             rows = conn.exec_driver_sql(self.sql.load_for_processing(len(message_ids)), tuple(message_ids)).all()
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
+        return sorted((r[0], r[1], r[2], r[3], r[4]) for r in rows)
 
     def finish_processing(self, results: Sequence[ProcessResult]) -> set[str]:
         """Move a batch of ``received`` messages on, in one transaction: store each bundle and create its
@@ -316,7 +346,8 @@ class Store:
                 r
                 for r in results
                 if conn.exec_driver_sql(
-                    sql.finish_message, (r.status.value, r.error, now, r.message_id, MessageStatus.received.value)
+                    sql.finish_message,
+                    (r.status.value, r.error, now, r.source_time, r.message_id, MessageStatus.received.value),
                 ).rowcount
                 == 1
             ]
@@ -330,7 +361,9 @@ class Store:
             if content:
                 conn.exec_driver_sql(sql.insert_content, content)
             new_deliveries = [
-                (r.message_id, d, DeliveryStatus.pending.value, now, now) for r in won for d in r.destinations
+                (r.message_id, d, t, DeliveryStatus.pending.value, now, now)
+                for r in won
+                for d, t in zip(r.destinations, r.targets or ("",) * len(r.destinations), strict=True)
             ]
             if new_deliveries:
                 conn.exec_driver_sql(sql.insert_delivery, new_deliveries)
@@ -365,11 +398,74 @@ class Store:
                 )
             return res.rowcount == 1
 
-    def load_for_delivery(self, message_id: str, destination: str) -> tuple[str, int, str, bytes | None] | None:
-        """(delivery status, attempts so far, channel, transformed bundle bytes), or None."""
+    def load_for_delivery(self, message_id: str, destination: str) -> Loaded | None:
+        """The delivery's status and attempts, its message's channel, bundle, lane and source time."""
         with self.work.connect() as conn:
             row = conn.exec_driver_sql(self.sql.load_for_delivery, (message_id, destination)).first()
-        return (row[0], row[1], row[2], row[3]) if row else None
+        return Loaded(*row) if row else None
+
+    # -- ordering -------------------------------------------------------------------------------------
+
+    def blocked(self, message_id: str, lane: str, target: str, *, hold_dead: bool) -> bool:
+        """Whether an earlier message of ``lane`` is unfinished for ``target`` (or still unprocessed).
+
+        ``hold_dead``: a dead delivery blocks its successors too, until replayed or discarded.
+        """
+        sql = self.sql.gate_hold_dead if hold_dead else self.sql.gate_skip_dead
+        with self.work.connect() as conn:
+            return conn.exec_driver_sql(sql, (target, lane, message_id)).first() is not None
+
+    def hold(self, message_id: str, destination: str) -> bool:
+        """pending/retrying → waiting (behind an earlier message of its lane). False if it moved on."""
+        with self._writing(self.work) as conn:
+            return conn.exec_driver_sql(self.sql.hold_delivery, (time.time(), message_id, destination)).rowcount == 1
+
+    def release(self, message_id: str, destination: str) -> bool:
+        """waiting → pending. True for exactly one caller, who must then deliver it."""
+        with self._writing(self.work) as conn:
+            res = conn.exec_driver_sql(self.sql.release_delivery, (time.time(), message_id, destination))
+            return res.rowcount == 1
+
+    def wake_after(self, lane: str, message_id: str, target: str | None = None) -> list[tuple[str, str]]:
+        """Release the first waiting delivery after ``message_id`` in ``lane`` (for ``target``, or for every
+        target); returns the (message id, destination) pairs the caller must enqueue."""
+        with self.work.connect() as conn:
+            rows = conn.exec_driver_sql(self.sql.waiting_after, (lane, message_id)).all()
+        first: dict[str, tuple[str, str]] = {}
+        for mid, dest, tgt in rows:
+            if (target is None or tgt == target) and tgt not in first:
+                first[tgt] = (mid, dest)
+        return [pair for pair in first.values() if self.release(*pair)]
+
+    def newer_writes(self, target: str, resources: Sequence[str], source_time: float) -> set[str]:
+        """The resources ``target`` holds from us with a newer source time than ``source_time``."""
+        if not resources:
+            return set()
+        with self.work.connect() as conn:
+            rows = conn.exec_driver_sql(self.sql.newer_writes(len(resources)), (target, source_time, *resources)).all()
+        return {r[0] for r in rows}
+
+    def held_behind(self, message_id: str) -> int:
+        """Deliveries waiting behind ``message_id`` in its lane (what a dead letter holds up)."""
+        lane = select(messages.c.lane).where(messages.c.id == message_id).scalar_subquery()
+        with self.work.connect() as conn:
+            return conn.execute(
+                select(func.count())
+                .select_from(deliveries.join(messages, messages.c.id == deliveries.c.message_id))
+                .where(
+                    deliveries.c.status == DeliveryStatus.waiting,
+                    messages.c.lane != "",
+                    messages.c.lane == lane,
+                    messages.c.id > message_id,
+                )
+            ).scalar_one()
+
+    def held(self) -> int:
+        """Deliveries waiting behind an earlier message of their lane."""
+        with self.work.connect() as conn:
+            return conn.execute(
+                select(func.count()).select_from(deliveries).where(deliveries.c.status == DeliveryStatus.waiting)
+            ).scalar_one()
 
     def record_attempt(
         self,
@@ -379,16 +475,28 @@ class Store:
         *,
         status: DeliveryStatus,
         next_attempt_at: float,
+        written: Written | None = None,
     ) -> None:
         """Record one attempt and move the delivery (and, when all are final, the message) on."""
-        self.record_attempts([(message_id, destination, attempt, status, next_attempt_at)])
+        self.record_attempts(
+            [(message_id, destination, attempt, status, next_attempt_at)],
+            [(message_id, written)] if written is not None else (),
+        )
 
-    def record_attempts(self, batch: Sequence[tuple[str, str, AttemptRecord, DeliveryStatus, float]]) -> None:
-        """Record several (message id, destination, attempt, new status, next attempt at) in one transaction."""
+    def record_attempts(
+        self,
+        batch: Sequence[tuple[str, str, AttemptRecord, DeliveryStatus, float]],
+        written: Sequence[tuple[str, Written]] = (),
+    ) -> None:
+        """Record several (message id, destination, attempt, new status, next attempt at) in one transaction,
+        and what successful ones wrote (message id, Written) for the stale-write guard."""
         now = time.time()
         with self._writing(self.work) as conn:
             for message_id, destination, attempt, status, next_attempt_at in batch:
                 self._record(conn, message_id, destination, attempt, status, next_attempt_at, now)
+            rows = [(w.target, r, w.source_time, mid, now) for mid, w in written for r in w.resources]
+            if rows:
+                conn.exec_driver_sql(self.sql.upsert_write, rows)
 
     def _record(
         self,
@@ -439,8 +547,9 @@ class Store:
     def unfinished(self, *, older_than: float, limit: int = 10_000) -> tuple[list[str], list[tuple[str, str]]]:
         """Work the store says is not done and nobody has touched since ``older_than`` (epoch seconds).
 
-        Returns message ids still ``received`` and (message id, destination) pairs pending/retrying whose
-        next attempt is due.
+        Returns message ids still ``received`` and (message id, destination) pairs pending, retrying or
+        waiting whose next attempt is due (a waiting one re-checks its lane when delivered: a lost wake-up
+        costs at most ``grace_s``).
         """
         with self.work.connect() as conn:
             received = list(
@@ -456,7 +565,7 @@ class Store:
                 for m, d in conn.execute(
                     select(deliveries.c.message_id, deliveries.c.destination)
                     .where(
-                        deliveries.c.status.in_([DeliveryStatus.pending, DeliveryStatus.retrying]),
+                        deliveries.c.status.in_(OPEN_DELIVERY_STATUSES),
                         deliveries.c.next_attempt_at <= older_than,
                         deliveries.c.updated_at <= older_than,
                     )
@@ -528,6 +637,40 @@ class Store:
                     .values(status=MessageStatus.transformed, updated_at=now)
                 )
         return pairs
+
+    def discard(self, message_id: str, destination: str, reason: str) -> bool:
+        """An operator gives up on a dead delivery: final, and it no longer holds its lane.
+
+        Later messages of the lane waiting behind it go out at the sweeper's next pass.
+        """
+        now = time.time()
+        with self._writing(self.work) as conn:
+            res = conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.message_id == message_id,
+                    deliveries.c.destination == destination,
+                    deliveries.c.status == DeliveryStatus.dead,
+                )
+                .values(status=DeliveryStatus.discarded, last_error=f"discarded: {reason}"[:500], updated_at=now)
+            )
+            if res.rowcount:
+                # what waits behind it is due now (the sweeper re-checks waiting deliveries untouched for grace_s)
+                conn.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.status == DeliveryStatus.waiting,
+                        deliveries.c.message_id.in_(
+                            select(messages.c.id).where(
+                                messages.c.lane != "",
+                                messages.c.lane
+                                == select(messages.c.lane).where(messages.c.id == message_id).scalar_subquery(),
+                            )
+                        ),
+                    )
+                    .values(updated_at=0.0)
+                )
+            return res.rowcount == 1
 
     def reprocess(self, message_id: str, *, for_sweeper: bool = False) -> bool:
         """An operator re-runs a message from its raw content (e.g. after fixing a mapping).

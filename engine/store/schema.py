@@ -4,6 +4,7 @@ messages    one row per inbound message, with its status (see MessageStatus)
 contents    content by kind: raw, transformed, sent, response, error (Mirth's donkey idea)
 deliveries  one row per (message, destination), with its status (see DeliveryStatus)
 attempts    one row per delivery attempt: outcome, HTTP status, error, duration
+writes      per target system and resource, the newest source time written there (stale-write guard)
 """
 
 from __future__ import annotations
@@ -44,9 +45,15 @@ FINAL_MESSAGE_STATUSES = frozenset(
 
 class DeliveryStatus(StrEnum):
     pending = "pending"  # queued, no attempt yet
+    waiting = "waiting"  # held behind an earlier message of its ordering lane (same patient, same target)
     retrying = "retrying"  # failed with a retryable outcome; next attempt scheduled
     sent = "sent"
     dead = "dead"  # permanent failure or retries exhausted: replayable by an operator
+    discarded = "discarded"  # an operator gave up on a dead letter: final, releases its lane
+
+
+#: Deliveries still to be made (the sweeper and the ordering gate look at these).
+OPEN_DELIVERY_STATUSES = (DeliveryStatus.pending, DeliveryStatus.waiting, DeliveryStatus.retrying)
 
 
 class ContentKind(StrEnum):
@@ -75,7 +82,11 @@ messages = Table(
     Column("duplicate_of", String(32), nullable=True),
     Column("error", Text, nullable=True),  # PHI-free reason
     Column("size_bytes", Integer, nullable=False, default=0),
+    # ordering lane ('' = unordered) and the event's time at the source (EVN-2, else MSH-7; epoch s)
+    Column("lane", String(40), nullable=False, default="", server_default=""),
+    Column("source_time", Float, nullable=True),
     Index("ix_messages_dedupe", "dedupe_key"),
+    Index("ix_messages_lane", "lane", "status", "id"),
     Index("ix_messages_status", "status", "updated_at"),
     Index("ix_messages_channel_received", "channel", "received_at"),
 )
@@ -97,6 +108,7 @@ deliveries = Table(
     metadata,
     Column("message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
     Column("destination", String(100), primary_key=True),
+    Column("target", String(16), nullable=False, default="", server_default=""),  # hash of the system written to
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float, nullable=False),
@@ -119,4 +131,14 @@ attempts = Table(
     Column("status_code", Integer, nullable=True),
     Column("error", Text, nullable=True),
     Index("ix_attempts_message", "message_id", "destination"),
+)
+
+writes = Table(
+    "writes",
+    metadata,
+    Column("target", String(16), primary_key=True),
+    Column("resource", String(64), primary_key=True),  # the entry's deterministic fullUrl (no PHI)
+    Column("source_time", Float, nullable=False),
+    Column("message_id", String(32), nullable=False),
+    Column("updated_at", Float, nullable=False),
 )

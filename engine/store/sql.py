@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from engine.store.schema import ContentKind, DeliveryStatus, MessageStatus
 
+_W, _P, _R, _D = DeliveryStatus.waiting, DeliveryStatus.pending, DeliveryStatus.retrying, DeliveryStatus.dead
+
 
 class Statements:
     """The hot-path statements for one driver parameter style (``?`` or ``%s``)."""
@@ -18,8 +20,8 @@ class Statements:
         s = self._sql
         self.insert_message = s(
             "INSERT INTO messages (id, channel, status, received_at, updated_at, peer, message_type, sender,"
-            " control_id, dedupe_key, duplicate_of, error, size_bytes)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " control_id, dedupe_key, duplicate_of, error, size_bytes, lane)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self.insert_content = s(
             "INSERT INTO contents (message_id, kind, destination, data, created_at) VALUES (?, ?, ?, ?, ?)"
@@ -29,16 +31,18 @@ class Statements:
         # through ix_messages_channel_received: measured O(messages in the window)).
         self._find_duplicates = s("SELECT dedupe_key, id, received_at, status FROM messages WHERE dedupe_key IN (?)")
         self._load_for_processing = s(
-            "SELECT m.id, m.status, m.channel, c.data FROM messages m"
+            "SELECT m.id, m.status, m.channel, c.data, m.lane FROM messages m"
             f" LEFT JOIN contents c ON c.message_id = m.id AND c.kind = '{ContentKind.raw}' WHERE m.id IN (?)"
         )
-        self.finish_message = s("UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE id = ? AND status = ?")
+        self.finish_message = s(
+            "UPDATE messages SET status = ?, error = ?, updated_at = ?, source_time = ? WHERE id = ? AND status = ?"
+        )
         self.insert_delivery = s(
-            "INSERT INTO deliveries (message_id, destination, status, attempts, next_attempt_at, updated_at)"
-            " VALUES (?, ?, ?, 0, ?, ?)"
+            "INSERT INTO deliveries (message_id, destination, target, status, attempts, next_attempt_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 0, ?, ?)"
         )
         self.load_for_delivery = s(
-            "SELECT d.status, d.attempts, m.channel, c.data FROM deliveries d"
+            "SELECT d.status, d.attempts, m.channel, c.data, m.lane, m.source_time, d.target FROM deliveries d"
             " JOIN messages m ON m.id = d.message_id"
             f" LEFT JOIN contents c ON c.message_id = d.message_id AND c.kind = '{ContentKind.transformed}'"
             " WHERE d.message_id = ? AND d.destination = ? ORDER BY c.id DESC LIMIT 1"
@@ -59,6 +63,45 @@ class Statements:
             f" AND status != '{DeliveryStatus.sent}')"
         )
 
+        # The ordering gate: is an earlier message of the lane unfinished for this target? Only a lane's
+        # unfinished messages are read (ix_messages_lane: lane, status, id); a message still `received`
+        # blocks whatever its destinations, since its deliveries do not exist yet.
+        gate = (
+            "SELECT 1 FROM messages e LEFT JOIN deliveries d ON d.message_id = e.id AND d.target = ?"
+            " WHERE e.lane = ? AND e.id < ?"
+            f" AND e.status IN ('{MessageStatus.received}', '{MessageStatus.transformed}', '{MessageStatus.dead}')"
+            f" AND (e.status = '{MessageStatus.received}' OR d.status IN ('{_P}', '{_W}', '{_R}'{{dead}}))"
+            " LIMIT 1"
+        )
+        self.gate_skip_dead = s(gate.format(dead=""))
+        self.gate_hold_dead = s(gate.format(dead=f", '{_D}'"))
+        self.hold_delivery = s(
+            f"UPDATE deliveries SET status = '{_W}', updated_at = ? WHERE message_id = ? AND destination = ?"
+            f" AND status IN ('{_P}', '{_R}', '{_W}')"
+        )
+        self.release_delivery = s(
+            f"UPDATE deliveries SET status = '{_P}', updated_at = ? WHERE message_id = ? AND destination = ?"
+            f" AND status = '{_W}'"
+        )
+        # One status, so ix_messages_lane yields the lane's messages in id order and the scan stops at the
+        # first waiters (a strict lane's backlog is not read per wake-up). A waiter whose message is `dead`
+        # by another destination is left to the sweeper.
+        self.waiting_after = s(
+            "SELECT d.message_id, d.destination, d.target FROM messages m"
+            " JOIN deliveries d ON d.message_id = m.id"
+            f" WHERE m.lane = ? AND m.status = '{MessageStatus.transformed}' AND m.id > ?"
+            # `|| ''`: without statistics SQLite would scan every waiting delivery per message instead of
+            # probing the primary key (seen in EXPLAIN QUERY PLAN)
+            f" AND d.status || '' = '{_W}' ORDER BY m.id LIMIT 50"
+        )
+        self._newer_writes = s("SELECT resource FROM writes WHERE target = ? AND source_time > ? AND resource IN (?)")
+        self.upsert_write = s(
+            "INSERT INTO writes (target, resource, source_time, message_id, updated_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (target, resource) DO UPDATE SET source_time = excluded.source_time,"
+            " message_id = excluded.message_id, updated_at = excluded.updated_at"
+            " WHERE writes.source_time <= excluded.source_time"
+        )
+
     def _sql(self, text: str) -> str:
         return text.replace("?", self.mark)
 
@@ -72,3 +115,7 @@ class Statements:
     def load_for_processing(self, n: int) -> str:
         """Status, channel and raw content of ``n`` messages."""
         return self._in(self._load_for_processing, n)
+
+    def newer_writes(self, n: int) -> str:
+        """Which of ``n`` resources a target holds from a newer source time."""
+        return self._in(self._newer_writes, n)

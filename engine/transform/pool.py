@@ -18,6 +18,7 @@ SIGINT: a Ctrl-C reaches the whole process group, and the engine then closes its
 from __future__ import annotations
 
 import ctypes
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -27,6 +28,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -34,11 +36,13 @@ import orjson
 
 from engine import hl7v2
 from engine.errors import HL7Error, InterlinkError, TransformError
+from engine.transform import dates
 from engine.transform.authority import Identifiers
 from engine.transform.mappingset import MappingSet, load_mappings
 
 _OK, _EMPTY, _TRANSFORM_ERROR, _HL7_ERROR = 0, 1, 2, 3
 _HEAD = struct.Struct("!BI")
+_TIME = struct.Struct("!d")  # the source time after an _OK head (NaN: none)
 
 
 class MapperUnavailable(InterlinkError):
@@ -59,11 +63,35 @@ class Job:
 
 @dataclass(slots=True, frozen=True)
 class Mapped:
-    """The bundle (JSON bytes), or why there is none. ``empty``: the mapping produced no resources."""
+    """The bundle (JSON bytes), or why there is none. ``empty``: the mapping produced no resources.
+
+    ``source_time``: when the message's event happened at the source (epoch s; see :func:`source_time`).
+    """
 
     bundle: bytes | None = None
     error: HL7Error | TransformError | None = None
     empty: bool = False
+    source_time: float | None = None
+
+
+def source_time(message: hl7v2.Message, tz: str | None) -> float | None:
+    """EVN-2 (recorded date/time), else MSH-7, as epoch seconds (read in ``tz`` when sent without an
+    offset); None when neither is a valid time. The stale-write guard compares these."""
+    evn = message.first("EVN")
+    for value in (evn.field(2) if evn else "", message.header.field(7)):
+        value = value.split(message.delimiters.component, 1)[0].strip()
+        if not value:
+            continue
+        try:
+            zone = dates.zone(tz or "UTC")
+            text = dates.parse_ts(value, zone)
+            if "T" in text:
+                return datetime.fromisoformat(text).timestamp()
+            y, m, d = [*map(int, text.split("-")), 1, 1][:3]  # a date alone: its midnight
+            return datetime(y, m, d, tzinfo=zone).timestamp()
+        except (dates.Invalid, ValueError):
+            continue
+    return None
 
 
 def map_one(mappings: MappingSet, job: Job) -> Mapped:
@@ -77,7 +105,7 @@ def map_one(mappings: MappingSet, job: Job) -> Mapped:
         return Mapped(error=exc)
     if not bundle.get("entry"):
         return Mapped(empty=True)
-    return Mapped(bundle=orjson.dumps(bundle))
+    return Mapped(bundle=orjson.dumps(bundle), source_time=source_time(message, job.timezone or mappings.timezone))
 
 
 class InThreadMapper:
@@ -98,7 +126,8 @@ class InThreadMapper:
 
 def _encode_reply(m: Mapped) -> bytes:
     if m.bundle is not None:
-        return _HEAD.pack(_OK, len(m.bundle)) + m.bundle
+        when = _TIME.pack(math.nan if m.source_time is None else m.source_time)
+        return _HEAD.pack(_OK, len(m.bundle)) + when + m.bundle
     if m.empty:
         return _HEAD.pack(_EMPTY, 0)
     e = m.error
@@ -173,10 +202,14 @@ def _decode_replies(data: bytes) -> list[Mapped]:
     while pos < len(data):
         kind, size = _HEAD.unpack_from(data, pos)
         pos += _HEAD.size
+        when = math.nan
+        if kind == _OK:
+            (when,) = _TIME.unpack_from(data, pos)
+            pos += _TIME.size
         body = data[pos : pos + size]
         pos += size
         if kind == _OK:
-            out.append(Mapped(bundle=body))
+            out.append(Mapped(bundle=body, source_time=None if math.isnan(when) else when))
         elif kind == _EMPTY:
             out.append(Mapped(empty=True))
         elif kind == _TRANSFORM_ERROR:

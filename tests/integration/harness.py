@@ -148,6 +148,17 @@ class EngineProcess:
     def store(self) -> Store:
         return Store(self.database_url, migrate_schema=False)
 
+    def statuses(self) -> dict[str, int]:
+        """Messages per status, all channels together."""
+        store = self.store()
+        try:
+            out: dict[str, int] = {}
+            for (_, s), n in store.status_counts().items():
+                out[s] = out.get(s, 0) + n
+            return out
+        finally:
+            store.close()
+
     def __enter__(self) -> EngineProcess:
         return self.start()
 

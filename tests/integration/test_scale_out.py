@@ -16,17 +16,6 @@ from tests.integration.messages import adt, oru
 pytestmark = pytest.mark.integration
 
 
-def statuses(eng: EngineProcess) -> dict[str, int]:
-    store = eng.store()
-    try:
-        out: dict[str, int] = {}
-        for (_, s), n in store.status_counts().items():
-            out[s] = out.get(s, 0) + n
-        return out
-    finally:
-        store.close()
-
-
 @pytest.mark.parametrize("broker", ["redis_url", "amqp_url"])
 def test_postgres_and_shared_queue_with_separate_workers(
     tmp_path: Path, pg_fresh: str, broker: str, queue_namespace: str, request: pytest.FixtureRequest
@@ -47,7 +36,7 @@ def test_postgres_and_shared_queue_with_separate_workers(
         assert b"MSA|AA|" in reply
         time.sleep(1.0)
         # nobody consumes the Redis queue yet: the listener runs no workers
-        assert statuses(listener).get("received", 0) == 20
+        assert listener.statuses().get("received", 0) == 20
         if broker == "redis_url":  # the engine's queue lives under this test's prefix (queue_namespace)
             client = redis.Redis.from_url(queue_url)
             try:
@@ -58,7 +47,7 @@ def test_postgres_and_shared_queue_with_separate_workers(
         worker.config.write_text(listener.config.read_text())
         worker.start("worker", wait=False)
         try:
-            wait_until(lambda: statuses(listener).get("sent", 0) >= 21, 60, "21 messages sent by the worker")
+            wait_until(lambda: listener.statuses().get("sent", 0) >= 21, 60, "21 messages sent by the worker")
         finally:
             worker.stop()
         out = (tmp_path / "listener" / "out" / "lab-results.ndjson").read_text().splitlines()

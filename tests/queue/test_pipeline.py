@@ -30,6 +30,7 @@ class FakeMappings:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.timezone = "UTC"
 
     def has_mapping(self, t: str) -> bool:
         return True
