@@ -132,7 +132,7 @@ def convert(
     config: ConfigOpt = None,
 ) -> None:
     """Print the FHIR Bundle (JSON) a message becomes, without delivering it."""
-    from engine.spec.channel import load_channels
+    from engine.config.channel import load_channels
     from engine.transform import load_mappings
     from engine.transform.pool import Job, map_one
 
@@ -172,7 +172,7 @@ def test_mappings(
     config: ConfigOpt = None,
 ) -> None:
     """Run every mapping's sibling test cases."""
-    from engine.spec.channel import load_channels
+    from engine.config.channel import load_channels
     from engine.transform import load_mappings
     from engine.transform.testing import run_mapping_tests
 
@@ -214,7 +214,7 @@ def send(
     if port is None:
         port = 2575
         if channel:
-            from engine.spec.channel import load_channels
+            from engine.config.channel import load_channels
 
             found = [c for c in load_channels([_settings(config).channels_dir]) if c.name == channel]
             if not found:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine import hl7v2, ordering, response
+from engine.config.channel import Channel, ReplyPolicy
 from engine.errors import EncodingError, HL7Error, StoreUnavailable, TransformError
-from engine.spec.channel import Channel, ReplyPolicy
 from engine.store import Accepted, MessageStatus, NewMessage, Store
 
 log = logging.getLogger(__name__)

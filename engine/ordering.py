@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from engine.spec.channel import Channel, OnDead, OrderingMode
+from engine.config.channel import Channel, OnDead, OrderingMode
 from engine.store import Store
 
 

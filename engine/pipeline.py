@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from engine.config.channel import Channel, OnDead
 from engine.destinations import ConditionalWrites, Destination, Outcome, RetryPolicy, make_destination, target_key
 from engine.errors import HL7Error, TransformError, explain
 from engine.metrics import Metrics
 from engine.ordering import Gate
 from engine.queue.deadletter import DeadLetter
-from engine.spec.channel import Channel, OnDead
 from engine.store import AttemptRecord, DeliveryStatus, MessageStatus, ProcessResult, Store
 from engine.store.repository import Written
 from engine.transform.pool import InThreadMapper, Job, Mapped

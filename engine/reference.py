@@ -373,8 +373,8 @@ def env_table(env: dict[str, dict[str, Any]]) -> str:
 
 
 def render(channels_dir: Path | None = None) -> str:
+    from engine.config.channel import Channel, EnvCondition
     from engine.settings import Settings
-    from engine.spec.channel import Channel, EnvCondition
 
     root = Path(__file__).resolve().parents[1]
     channels_dir = channels_dir or root / "channels"

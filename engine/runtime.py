@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dramatiq
 
+from engine.config.channel import Channel, load_channels
 from engine.errors import ConfigError, HL7Error, ListenError, TransformError
 from engine.ingest import GroupCommitter, HL7Ingest
 from engine.metrics import Metrics
@@ -23,7 +24,6 @@ from engine.queue.sweeper import Sweeper
 from engine.settings import Settings
 from engine.sources.base import Inbound
 from engine.sources.mllp import MLLPSource
-from engine.spec.channel import Channel, load_channels
 from engine.store import Store
 from engine.transform import MappingSet, load_mappings
 from engine.transform.pool import ProcessMapper

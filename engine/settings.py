@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from engine.spec import yamlfile
-from engine.spec.model import Model
+from engine.config import yamlfile
+from engine.config.model import Model
 
 DEFAULT_CONFIG = Path("config/engine.yaml")
 ENV_PREFIX = "INTERLINK_"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.config.channel import load_channels
 from engine.settings import Settings
-from engine.spec.channel import load_channels
 from tests.integration.harness import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from engine import hl7v2, response
+from engine.config.channel import Channel
 from engine.errors import HL7Error, TransformError
 from engine.ingest import GroupCommitter, HL7Ingest
 from engine.sources.base import Inbound
 from engine.sources.mllp import MLLPConfig, MLLPSource
 from engine.sources.mllp_client import send_messages
-from engine.spec.channel import Channel
 from engine.store import ContentKind, NewMessage, Store
 
 ORU = (

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from engine import hl7v2, ordering
 from engine.cli import app
+from engine.config.channel import Channel
 from engine.destinations import make_destination
 from engine.ingest import GroupCommitter, HL7Ingest
 from engine.pipeline import Pipeline
@@ -29,7 +30,6 @@ from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
 from engine.queue.deadletter import DeadLetters
 from engine.queue.sweeper import Sweeper
-from engine.spec.channel import Channel
 from engine.store import NewMessage, Store
 from engine.transform.bundle import full_url
 from tests.integration.harness import wait_until

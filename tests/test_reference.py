@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, Field, SecretStr
 
 from engine import reference
+from engine.config.channel import Channel
+from engine.config.model import Model
 from engine.settings import Settings
-from engine.spec.channel import Channel
-from engine.spec.model import Model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reference.md"

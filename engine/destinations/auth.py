@@ -18,8 +18,8 @@ import httpx
 import orjson
 from pydantic import Field, SecretStr
 
+from engine.config.model import Model
 from engine.destinations.base import DestinationError, classify
-from engine.spec.model import Model
 
 
 class BearerConfig(Model):

@@ -24,8 +24,8 @@ import httpx
 import orjson
 from pydantic import Field, model_validator
 
+from engine.config.model import Model
 from engine.errors import DeliveryError
-from engine.spec.model import Model
 
 
 class Outcome(StrEnum):

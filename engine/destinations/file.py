@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from engine.config.model import Model
 from engine.destinations.base import DestinationError, Outcome, Result, RetryPolicy, failure_result, to_json
 from engine.private import open_private
-from engine.spec.model import Model
 
 
 class FileConfig(Model):

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
+from engine.config.model import Model
 from engine.destinations.auth import AuthConfig, build_auth
 from engine.destinations.base import (
     DestinationError,
@@ -26,7 +27,6 @@ from engine.destinations.base import (
     to_json,
 )
 from engine.destinations.outcome import outcome_reason
-from engine.spec.model import Model
 
 MESSAGE_ID_HEADER = "X-Interlink-Message-Id"
 

@@ -45,9 +45,9 @@ from typing import Literal
 from pydantic import Field, IPvAnyNetwork, model_validator
 
 from engine import hl7v2, response
+from engine.config.model import Model
 from engine.errors import ConfigError, HL7Error, ListenError
 from engine.sources.base import Handler, Inbound
-from engine.spec.model import Model
 
 __all__ = ["CR", "EB", "SB", "MLLPConfig", "MLLPSource", "MLLPStats", "MLLPTLSConfig", "frame"]
 

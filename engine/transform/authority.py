@@ -28,8 +28,8 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
+from engine.config.model import Model
 from engine.hl7v2 import Segment
-from engine.spec.model import Model
 from engine.transform.functions import system_for_authority
 from engine.transform.tables import Table
 

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from engine.errors import TransformError
-from engine.transform.runtime import Instance
+from engine.transform.execute import Instance
 from engine.transform.steps import put
 
 IDENTITY_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:interlink:fhir-identity")

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from engine.config.yamlfile import YamlDoc
 from engine.errors import ConfigError
 from engine.hl7v2 import Delimiters, unescape
-from engine.spec.yamlfile import YamlDoc
 from engine.transform import fhirmodel, paths
 from engine.transform.conditions import Cond, compile_condition
 from engine.transform.functions import REGISTRY, Function

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
+from engine.config import yamlfile
+from engine.config.yamlfile import YamlDoc
 from engine.errors import ConfigError
-from engine.spec import yamlfile
-from engine.spec.yamlfile import YamlDoc
 from engine.transform import fhirmodel
 from engine.transform.compiler import CompiledMap, Resolver, Where, did_you_mean
 from engine.transform.rules import Context, compile_steps, parse_all

@@ -12,9 +12,9 @@ from engine.hl7v2 import Message
 from engine.transform import dates
 from engine.transform.authority import SYSTEMS_TABLE, Identifiers
 from engine.transform.bundle import assemble
+from engine.transform.execute import run_program
 from engine.transform.library import Library, read_sources
 from engine.transform.messages import MessageProgram, compile_message
-from engine.transform.runtime import run_program
 from engine.transform.tables import Table
 from engine.transform.validate import validate_bundle
 

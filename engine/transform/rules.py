@@ -38,7 +38,7 @@ from engine.transform.steps import RuleFn, Step, Steps, merge
 from engine.transform.tables import Table, Unmapped
 
 
-class Library(Protocol):
+class MapProvider(Protocol):
     """The compiled maps and tables rules refer to (implemented by the loader)."""
 
     def datatype_map(self, name: str, level: int, where: Where) -> CompiledMap: ...
@@ -50,7 +50,7 @@ class Library(Protocol):
 class Context:
     """What the rules of one map are compiled against."""
 
-    library: Library
+    library: MapProvider
     resolver: Resolver
     model: str  # the FHIR type being built
     resource: bool

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from engine.spec.model import Model
+from engine.config.model import Model
 from engine.transform.authority import Identifiers
 
 Scalar = str | int | float

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from engine.spec.model import Model
+from engine.config.model import Model
 
 
 class Concept(Model):

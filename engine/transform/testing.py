@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import hl7v2
+from engine.config import yamlfile
 from engine.errors import ConfigError, HL7Error, TransformError
-from engine.spec import yamlfile
 from engine.transform.authority import Identifiers
 from engine.transform.library import map_dir
 from engine.transform.mappingset import MappingSet, load_mappings

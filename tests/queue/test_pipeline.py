@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from engine import hl7v2
+from engine.config.channel import Channel
 from engine.destinations import make_destination
 from engine.errors import TransformError
 from engine.pipeline import Pipeline
@@ -18,7 +19,6 @@ from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
 from engine.queue.deadletter import DeadLetters
 from engine.queue.sweeper import Sweeper
-from engine.spec.channel import Channel
 from engine.store import NewMessage, Store
 from tests.integration.harness import wait_until
 

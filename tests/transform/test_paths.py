@@ -6,6 +6,7 @@ import pytest
 
 from engine.hl7v2 import Message
 from engine.transform.dates import zone
+from engine.transform.execute import Instance, Run
 from engine.transform.paths import (
     ALL,
     Env,
@@ -14,7 +15,6 @@ from engine.transform.paths import (
     parse_segment_path,
     segment_getter,
 )
-from engine.transform.runtime import Instance, Run
 
 MSG = Message.parse(
     "MSH|^~\\&|APP|FAC|||20240101||ORU^R01^ORU_R01|1|P|2.5.1\r"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.config.channel import load_channel, load_channels
 from engine.errors import ConfigError
-from engine.spec.channel import load_channel, load_channels
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,11 +15,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from engine.config import yamlfile
+from engine.config.model import Model
 from engine.destinations import DestinationConfig
 from engine.errors import ConfigError
 from engine.sources.mllp import MLLPConfig
-from engine.spec import yamlfile
-from engine.spec.model import Model
 from engine.transform.authority import Identifiers
 
 SourceConfig = Annotated[MLLPConfig, Field(discriminator="type")]
