@@ -2,12 +2,14 @@
 
     InterlinkError
     ├── ConfigError            a channel, mapping or settings file is wrong (carries file:line)
-    ├── HL7Error               an inbound HL7 v2 message cannot be read (carries an HL7 error code)
-    │   └── EncodingError      bytes that do not decode with the declared/channel charset
+    ├── InboundError           inbound bytes cannot be accepted as a message (source-neutral: what and where)
+    │   └── HL7Error           an inbound HL7 v2 message cannot be read (carries an HL7 error code)
+    │       └── EncodingError  bytes that do not decode with the declared/channel charset
     ├── TransformError         a mapping rule rejected the message (names the rule and the field)
     ├── StoreUnavailable       the message store cannot commit; sources must refuse, never acknowledge
     ├── ListenError            a source cannot listen on its address (port in use, address not local)
-    └── DeliveryError          a destination could not take a bundle (outcome says retryable or permanent)
+    ├── DeliveryError          a destination could not take a bundle (outcome says retryable or permanent)
+    └── DeadLetter             a queued step gives up for good (the dead-letter door records it)
 
 Messages never contain PHI: they name fields, rules and positions, not values.
 """
@@ -34,7 +36,26 @@ class ConfigError(InterlinkError):
         return f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
 
 
-class HL7Error(InterlinkError):
+class InboundError(InterlinkError):
+    """Inbound bytes that cannot be accepted as a message, said without the protocol's words.
+
+    ``kind`` is what is wrong: ``too_large``, ``incomplete`` (cut off), ``unreadable`` (not the format
+    the source expects), ``unsupported`` (a message this channel does not take), ``invalid`` (readable but
+    wrong); ``location`` is where, in the format's own notation (``MSH-10``, ``(0008,0018)``, ``$.id``).
+    Each source turns it into its own reply (an HL7 NAK, a DICOM status, an HTTP problem); the raw bytes
+    are stored with it.
+    """
+
+    def __init__(self, message: str, *, kind: str = "invalid", location: str = "", reject: bool = True) -> None:
+        self.message = message
+        self.kind = kind
+        self.location = location
+        #: True when the sender must not resend it as is (HL7 AR rather than AE).
+        self.reject = reject
+        super().__init__(message)
+
+
+class HL7Error(InboundError):
     """An inbound HL7 v2 message is unreadable.
 
     ``code`` is an HL7 table 0357 error condition (e.g. ``100`` segment sequence, ``102`` data type,
@@ -42,12 +63,8 @@ class HL7Error(InterlinkError):
     """
 
     def __init__(self, message: str, *, code: str = "207", location: str = "", reject: bool = False) -> None:
-        self.message = message
+        super().__init__(message, kind="unreadable", location=location, reject=reject)
         self.code = code
-        self.location = location
-        #: True when the message must be rejected (AR/CR), not just errored (AE/CE).
-        self.reject = reject
-        super().__init__(message)
 
 
 class EncodingError(HL7Error):
@@ -88,3 +105,8 @@ def explain(error: HL7Error | TransformError) -> str:
         rule = f" (rule {error.rule})" if error.rule else ""
         return f"{error.field or 'message'}: {error.message}{rule}"
     return f"{error.location or 'message'}: {error.message}"
+
+
+class DeadLetter(InterlinkError):
+    """Raised in a queued step to give up for good; ``args[0]`` is the PHI-free reason. The dead-letter
+    middleware (``engine.queue.deadletter``) is the one door that records it."""

@@ -18,7 +18,6 @@ The recovery sweeper re-checks waiting deliveries left untouched, as a backstop.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 from engine.config.channel import Channel, OnDead, OrderingMode
 from engine.store import Store
@@ -35,11 +34,10 @@ def lane(channel: Channel, patient: str) -> str:
 
 
 class Gate:
-    """The ordering gate over the store; ``enqueue(message_id, destination)`` queues a released delivery."""
+    """The ordering gate over the store."""
 
-    def __init__(self, store: Store, enqueue: Callable[[str, str], None]) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.enqueue = enqueue
 
     def may_send(self, channel: Channel, message_id: str, destination: str, lane: str, target: str) -> bool:
         """True when the delivery may go now; else it is parked as waiting (and someone else will wake it)."""
@@ -55,10 +53,9 @@ class Gate:
         # The message ahead finished between the two checks: take the delivery back, unless its waker did.
         return self.store.release(message_id, destination)
 
-    def wake(self, lane: str, message_id: str, target: str | None = None) -> None:
+    def wake(self, lane: str, message_id: str, target: str | None = None) -> list[tuple[str, str]]:
         """``message_id`` no longer holds its lane for ``target`` (None: for any target): release the first
-        waiting delivery behind it."""
+        waiting delivery behind it; the caller queues what is returned."""
         if not lane:
-            return
-        for mid, dest in self.store.wake_after(lane, message_id, target):
-            self.enqueue(mid, dest)
+            return []
+        return self.store.wake_after(lane, message_id, target)

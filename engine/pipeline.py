@@ -2,7 +2,9 @@
 
 Both steps are idempotent: they start from what the store says and advance it with conditional updates,
 so at-least-once queue delivery (and the recovery sweeper) never does anything twice that matters.
-Actors (``engine.queue.actors``) are thin wrappers around these two methods.
+The pipeline decides and the queue acts: each step returns a :class:`Decision` (deliveries to queue, now or
+after a delay, and deliveries given up); the actors (``engine.queue.actors``) enqueue them and send what was
+given up through the one dead-letter door (:meth:`Pipeline.give_up`, called by the dead-letter middleware).
 
 Two guards stand before every send (see ``engine.ordering`` and ``docs/architecture.md``):
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
@@ -28,7 +30,6 @@ from engine.destinations import ConditionalWrites, Destination, Outcome, RetryPo
 from engine.errors import HL7Error, TransformError, explain
 from engine.metrics import Metrics
 from engine.ordering import Gate
-from engine.queue.deadletter import DeadLetter
 from engine.store import AttemptRecord, DeliveryStatus, MessageStatus, ProcessResult, Store
 from engine.store.repository import Written
 from engine.transform.pool import InThreadMapper, Job, Mapped
@@ -39,7 +40,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EnqueueDeliver = Callable[[str, str, int], None]
+
+@dataclass(slots=True, frozen=True)
+class Delivery:
+    """A delivery for the queue to run, after ``delay_ms``."""
+
+    message_id: str
+    destination: str
+    delay_ms: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class GaveUp:
+    """A delivery given up for good (a permanent failure, or retries exhausted), with its PHI-free reason."""
+
+    message_id: str
+    destination: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the queue must do after a step, and what the step found."""
+
+    deliver: list[Delivery] = field(default_factory=list)
+    dead: list[GaveUp] = field(default_factory=list)
+    #: process steps: the outcome per message id (messages that do not exist are absent)
+    processed: dict[str, Processed] = field(default_factory=dict)
+    #: deliver steps: the delivery's status afterwards (None: nothing was to be done)
+    status: DeliveryStatus | None = None
+
+    def queue(self, pairs: list[tuple[str, str]]) -> None:
+        self.deliver.extend(Delivery(m, d) for m, d in pairs)
 
 
 @dataclass(slots=True, frozen=True)
@@ -50,7 +82,7 @@ class Attempted:
     status: DeliveryStatus
     next_attempt_at: float
     retry_in_ms: int | None = None  # schedule another attempt
-    dead: str | None = None  # give up, with this reason
+    gave_up: str | None = None  # given up, with this reason
     written: Written | None = None  # what a successful attempt wrote (stale-write guard)
 
 
@@ -89,8 +121,7 @@ class Pipeline:
         self.targets: dict[tuple[str, str], str] = {
             (c.name, d.name): target_key(d) for c in channels for d in c.destinations
         }
-        self.enqueue_deliver: EnqueueDeliver = lambda _m, _d, _delay: None
-        self.gate = Gate(store, lambda m, d: self.enqueue_deliver(m, d, 0))
+        self.gate = Gate(store)
 
     def close(self) -> None:
         self.mapper.close()
@@ -99,11 +130,11 @@ class Pipeline:
 
     # -- process ------------------------------------------------------------------------------------
 
-    def process(self, message_id: str, *, deliver_inline: bool = False) -> Processed:
+    def process(self, message_id: str, *, deliver_inline: bool = False) -> Decision:
         """Process one message (see :meth:`process_many`)."""
-        return self.process_many([message_id], deliver_inline=deliver_inline).get(message_id, Processed("missing"))
+        return self.process_many([message_id], deliver_inline=deliver_inline)
 
-    def process_many(self, message_ids: list[str], *, deliver_inline: bool = False) -> dict[str, Processed]:
+    def process_many(self, message_ids: list[str], *, deliver_inline: bool = False) -> Decision:
         """received → transformed (deliveries queued) | error | filtered, for a batch of messages.
 
         A no-op for messages in any other status. One read, one claim transaction and one transaction
@@ -116,7 +147,8 @@ class Pipeline:
         idempotent at the EHR). Retries go through the queue as usual.
         """
         results: list[ProcessResult] = []
-        out: dict[str, Processed] = {}
+        decision = Decision()
+        out = decision.processed
         todo: list[tuple[str, Channel, str]] = []
         jobs: list[Job] = []
         for message_id, status, channel_name, raw, lane in self.store.load_for_processing(message_ids):
@@ -151,7 +183,7 @@ class Pipeline:
             if r.message_id not in won:
                 continue
             # No longer unprocessed: what waits behind it in its lane may go (or waits on its deliveries now).
-            self.gate.wake(r.lane, r.message_id)
+            decision.queue(self.gate.wake(r.lane, r.message_id))
             if r.status != MessageStatus.transformed:
                 continue
             if deliver_inline and len(r.destinations) == 1:
@@ -161,19 +193,15 @@ class Pipeline:
                 if attempted is not None:
                     inline.append((r, attempted))
                     continue
-            for name in r.destinations:
-                self.enqueue_deliver(r.message_id, name, 0)
+            decision.queue([(r.message_id, name) for name in r.destinations])
         if inline:
             self.store.record_attempts(
                 [(r.message_id, r.destinations[0], a.record, a.status, a.next_attempt_at) for r, a in inline],
-                [(r.message_id, a.written) for r, a in inline if a.written is not None and a.dead is None],
+                [(r.message_id, a.written) for r, a in inline if a.written is not None],
             )
         for r, attempted in inline:
-            try:
-                self._follow_up(r.message_id, r.destinations[0], attempted, r.lane, r.targets[0])
-            except DeadLetter as exc:
-                self.on_dead("deliver", (r.message_id, r.destinations[0]), str(exc))
-        return out
+            self._follow_up(decision, r.message_id, r.destinations[0], attempted, r.lane, r.targets[0])
+        return decision
 
     def _result(self, message_id: str, channel: Channel, mapped: Mapped, lane: str) -> ProcessResult:
         if mapped.error is not None:
@@ -212,18 +240,20 @@ class Pipeline:
 
     # -- deliver ------------------------------------------------------------------------------------
 
-    def deliver(self, message_id: str, destination: str) -> DeliveryStatus | None:
-        """Send the stored bundle to one destination, once its lane lets it; schedule a retry or give up
-        (DeadLetter)."""
+    def deliver(self, message_id: str, destination: str) -> Decision:
+        """Send the stored bundle to one destination, once its lane lets it; decide the retry or give up."""
+        decision = Decision()
         loaded = self.store.load_for_delivery(message_id, destination)
         if loaded is None or loaded.status in (DeliveryStatus.sent, DeliveryStatus.dead, DeliveryStatus.discarded):
-            return None
+            return decision
         if loaded.status == DeliveryStatus.waiting and not self.store.release(message_id, destination):
-            return None  # a waker released it first and queued it: that one sends
-        if (loaded.channel, destination) in self.destinations and not self._may_send(
-            loaded.channel, message_id, destination, loaded.lane
-        ):
-            return DeliveryStatus.waiting
+            return decision  # a waker released it first and queued it: that one sends
+        if (loaded.channel, destination) not in self.destinations:
+            decision.dead.append(GaveUp(message_id, destination, f"destination {destination} is not configured"))
+            return decision
+        if not self._may_send(loaded.channel, message_id, destination, loaded.lane):
+            decision.status = DeliveryStatus.waiting
+            return decision
         stored = loaded.bundle or b"{}"
         attempted = self._send(
             message_id, destination, loaded.channel, loaded.attempts, stored, orjson.loads(stored), loaded.source_time
@@ -234,9 +264,10 @@ class Pipeline:
             attempted.record,
             status=attempted.status,
             next_attempt_at=attempted.next_attempt_at,
-            written=attempted.written if attempted.dead is None else None,
+            written=attempted.written,
         )
-        return self._follow_up(message_id, destination, attempted, loaded.lane, loaded.target)
+        self._follow_up(decision, message_id, destination, attempted, loaded.lane, loaded.target)
+        return decision
 
     def _send(
         self,
@@ -250,9 +281,7 @@ class Pipeline:
     ) -> Attempted:
         """One attempt, and what it means (sent, retry when, or dead); nothing is written here."""
         key = (channel_name, destination)
-        dest = self.destinations.get(key)
-        if dest is None:
-            raise DeadLetter(f"destination {destination} is not configured in this process")
+        dest = self.destinations[key]
         bundle, written = self._guard(key, dest, bundle, source_time)
         number = attempts_so_far + 1
         started = time.time()
@@ -279,7 +308,7 @@ class Pipeline:
             return Attempted(record, DeliveryStatus.retrying, started + delay / 1000, retry_in_ms=delay)
         why = "retries exhausted" if result.outcome == Outcome.RETRY else "permanent failure"
         reason = f"{why} after {number} attempt(s): {result.error or result.status_code}"
-        return Attempted(record, DeliveryStatus.retrying, 1e18, dead=reason)
+        return Attempted(record, DeliveryStatus.dead, started, gave_up=reason)
 
     def _guard(
         self, key: tuple[str, str], dest: Destination, bundle: dict, source_time: float | None
@@ -302,25 +331,28 @@ class Pipeline:
             bundle = dest.keep_existing(bundle, newer)
         return bundle, Written(target, tuple(r for r in resources if r not in newer), source_time)
 
-    def _follow_up(self, message_id: str, destination: str, a: Attempted, lane: str, target: str) -> DeliveryStatus:
-        """After the attempt is recorded: wake the lane, schedule the retry, or give up through the
-        dead-letter path."""
-        if a.dead is not None:
-            raise DeadLetter(a.dead)
-        if a.retry_in_ms is not None:
+    def _follow_up(
+        self, decision: Decision, message_id: str, destination: str, a: Attempted, lane: str, target: str
+    ) -> None:
+        """After the attempt is recorded: what waits behind it, the retry, or the dead letter."""
+        decision.status = a.status
+        if a.gave_up is not None:
+            decision.dead.append(GaveUp(message_id, destination, a.gave_up))
+        elif a.retry_in_ms is not None:
             log.info(
                 "delivery to %s failed (attempt %d, %s); retrying in %d ms",
                 destination, a.record.number, a.record.error, a.retry_in_ms,
             )  # fmt: skip
-            self.enqueue_deliver(message_id, destination, a.retry_in_ms)
+            decision.deliver.append(Delivery(message_id, destination, a.retry_in_ms))
         elif a.status == DeliveryStatus.sent:
-            self.gate.wake(lane, message_id, target)
-        return a.status
+            decision.queue(self.gate.wake(lane, message_id, target))
 
     # -- dead letters -------------------------------------------------------------------------------
 
-    def on_dead(self, actor: str, args: tuple[object, ...], reason: str) -> None:
-        """Called by the DeadLetters middleware for every nacked queue message."""
+    def give_up(self, actor: str, args: tuple[object, ...], reason: str) -> Decision:
+        """The dead-letter door: a delivery (actor ``deliver``, args (message id, destination)) or a batch
+        of messages (actor ``process``) failed for good. Records it; returns what its lane may release."""
+        decision = Decision()
         if actor == "deliver" and len(args) == 2:
             message_id, destination = str(args[0]), str(args[1])
             self.store.mark_dead(message_id, destination, reason)
@@ -329,11 +361,12 @@ class Pipeline:
             loaded = self.store.load_for_delivery(message_id, destination)
             channel = self.channels.get(loaded.channel) if loaded else None
             if loaded and channel and channel.ordering.on_dead is OnDead.skip:
-                self.gate.wake(loaded.lane, message_id, loaded.target)
+                decision.queue(self.gate.wake(loaded.lane, message_id, loaded.target))
         elif actor == "process" and args:
-            ids = args[0] if isinstance(args[0], list) else [args[0]]
+            ids = [str(i) for i in (args[0] if isinstance(args[0], list) else [args[0]])]
             for message_id in ids:
-                self.store.mark_error(str(message_id), reason)
-            for message_id, _, _, _, lane in self.store.load_for_processing([str(i) for i in ids]):
-                self.gate.wake(lane, message_id)
+                self.store.mark_error(message_id, reason)
+            for message_id, _, _, _, lane in self.store.load_for_processing(ids):
+                decision.queue(self.gate.wake(lane, message_id))
             log.warning("processing of %d message(s) failed for good: %s", len(ids), reason)
+        return decision

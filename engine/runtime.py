@@ -19,7 +19,6 @@ from engine.metrics import Metrics
 from engine.pipeline import Pipeline
 from engine.queue.actors import DELIVER_QUEUE, PROCESS_QUEUE, Actors
 from engine.queue.broker import make_broker
-from engine.queue.deadletter import DeadLetters
 from engine.queue.sweeper import Sweeper
 from engine.settings import Settings
 from engine.sources.base import Inbound
@@ -65,9 +64,7 @@ class Engine:
             mapper = ProcessMapper(settings.mappings_dir, processes=settings.mapping_process_count())
         self.metrics = Metrics()
         self.pipeline = Pipeline(self.store, self.mappings, self.channels, mapper=mapper, metrics=self.metrics)
-        self.broker = make_broker(
-            settings.queue_url, DeadLetters(self.pipeline.on_dead), namespace=settings.queue_namespace
-        )
+        self.broker = make_broker(settings.queue_url, namespace=settings.queue_namespace)
         self.actors = Actors(self.broker, self.pipeline)
         self.metrics.gauge(
             "interlink_backlog", "Messages received or transformed, not yet finished.", self.store.backlog
@@ -162,7 +159,11 @@ class Engine:
             self.actors.enqueue_process(ids)
 
     def _transform_now(self, message_id: str) -> None:
-        outcome = self.pipeline.process(message_id)
+        decision = self.pipeline.process(message_id)
+        self.actors.apply(decision)
+        outcome = decision.processed.get(message_id)
+        if outcome is None:
+            return
         if isinstance(outcome.error, TransformError):
             raise outcome.error
         if isinstance(outcome.error, HL7Error):

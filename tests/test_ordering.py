@@ -28,7 +28,6 @@ from engine.ingest import GroupCommitter, HL7Ingest
 from engine.pipeline import Pipeline
 from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
-from engine.queue.deadletter import DeadLetters
 from engine.queue.sweeper import Sweeper
 from engine.store import NewMessage, Store
 from engine.transform.bundle import full_url
@@ -129,7 +128,7 @@ class Rig:
         self.pipeline = Pipeline(
             self.store, StubMappings(), channels, make=lambda c: make_destination(c, transport=transport)
         )
-        self.broker = make_broker("memory://", DeadLetters(self.pipeline.on_dead))
+        self.broker = make_broker("memory://")
         self.actors = Actors(self.broker, self.pipeline)
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=20)
         self.worker.start()

@@ -52,13 +52,24 @@ class Result:
     response: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether a destination can be reached now, with a short PHI-free reason when not."""
+
+    ok: bool
+    detail: str = ""
+
+
 @runtime_checkable
 class Destination(Protocol):
-    """Where bundles go. ``send`` is synchronous, thread-safe and never raises for delivery problems."""
+    """Where bundles go. ``send`` is synchronous, thread-safe and never raises for delivery problems;
+    ``healthcheck`` says whether the system behind it answers (for readiness checks), quickly."""
 
     name: str
 
     def send(self, bundle: dict[str, Any], *, message_id: str) -> Result: ...
+
+    def healthcheck(self) -> Health: ...
 
     def close(self) -> None: ...
 

@@ -26,8 +26,8 @@ import httpx
 import orjson
 from pydantic import Field
 
-from engine.destinations.base import DestinationError, Outcome, Result, classify, failure_result, to_json
-from engine.destinations.http import MESSAGE_ID_HEADER, HttpOptions, make_client, post, request_headers
+from engine.destinations.base import DestinationError, Health, Outcome, Result, classify, failure_result, to_json
+from engine.destinations.http import MESSAGE_ID_HEADER, HttpOptions, make_client, post, reachable, request_headers
 from engine.destinations.outcome import issues_reason
 
 FHIR_JSON = "application/fhir+json"
@@ -46,6 +46,10 @@ class FhirConfig(HttpOptions):
     max_entries_per_transaction: int = Field(
         8, ge=1, description="Largest transaction sent; bigger bundles are split in dependency order."
     )
+
+    def target(self) -> str:
+        """The system written to (channels writing to the same one share ordering lanes)."""
+        return "fhir " + self.base_url.rstrip("/")
 
 
 def _strings(value: Any) -> list[str]:
@@ -223,6 +227,10 @@ class FhirDestination:
 
     def close(self) -> None:
         self._client.close()
+
+    def healthcheck(self) -> Health:
+        """The server's CapabilityStatement answers (GET [base]/metadata, 2xx)."""
+        return reachable(self._client, self.config.base_url, path="/metadata")
 
     def send(self, bundle: dict[str, Any], *, message_id: str) -> Result:
         headers = request_headers(

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from engine.config.model import Model
-from engine.destinations.base import DestinationError, Outcome, Result, RetryPolicy, failure_result, to_json
+from engine.destinations.base import DestinationError, Health, Outcome, Result, RetryPolicy, failure_result, to_json
 from engine.private import open_private
 
 
@@ -34,11 +34,15 @@ class FileConfig(Model):
     fsync: bool = Field(False, description="fsync after every line (survives power loss; much slower).")
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retry policy for failed writes.")
 
+    def target(self) -> str:
+        """The system written to (channels writing to the same file share ordering lanes)."""
+        return "file " + os.path.abspath(self.path)
+
 
 class FileDestination:
     """Appends bundles to an NDJSON file; thread-safe."""
 
-    def __init__(self, config: FileConfig) -> None:
+    def __init__(self, config: FileConfig, *, transport: object = None) -> None:
         self.name = config.name
         self.config = config
         self._path = Path(config.path)
@@ -57,6 +61,15 @@ class FileDestination:
                 self._close()
                 return failure_result(exc, request=body)
         return Result(Outcome.SENT, request=body)
+
+    def healthcheck(self) -> Health:
+        """The file's folder exists (or can be made) and is writable."""
+        existing = _existing_parent(self._path.parent)
+        if not existing.is_dir():
+            return Health(False, "output folder cannot be created (a file is in the way)")
+        if not os.access(existing, os.W_OK):
+            return Health(False, "output folder is not writable")
+        return Health(True)
 
     def close(self) -> None:
         with self._lock:
@@ -97,3 +110,9 @@ class FileDestination:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _existing_parent(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder

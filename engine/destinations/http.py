@@ -18,10 +18,12 @@ from engine.config.model import Model
 from engine.destinations.auth import AuthConfig, build_auth
 from engine.destinations.base import (
     DestinationError,
+    Health,
     Outcome,
     Result,
     RetryPolicy,
     classify,
+    describe,
     failure_result,
     parse_retry_after,
     to_json,
@@ -42,6 +44,18 @@ class HttpOptions(Model):
     )
     auth: AuthConfig | None = Field(None, description="Authentication: bearer token or OAuth2 client credentials.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retry policy for failed deliveries.")
+
+
+def reachable(client: httpx.Client, url: str, *, path: str = "", timeout_s: float = 5.0) -> Health:
+    """Health of an HTTP peer: any HTTP answer to a GET of ``url + path`` means reachable (``path`` set: only
+    a 2xx does); no answer is the transport failure, described without what the peer sent."""
+    try:
+        response = client.get(url.rstrip("/") + path if path else url, timeout=timeout_s)
+    except Exception as exc:  # every failure is a health answer, none escapes
+        return Health(False, describe(exc))
+    if path and not response.is_success:
+        return Health(False, f"HTTP {response.status_code}")
+    return Health(True)
 
 
 def make_client(options: HttpOptions, *, transport: httpx.BaseTransport | None = None) -> httpx.Client:
@@ -99,6 +113,10 @@ class HttpConfig(HttpOptions):
     url: str = Field(description="URL the bundle is POSTed to.")
     content_type: str = Field("application/json", description="Content-Type of the request.")
 
+    def target(self) -> str:
+        """The system written to (channels writing to the same one share ordering lanes)."""
+        return "http " + self.url
+
 
 class HttpDestination:
     """Delivers bundles with one JSON POST each."""
@@ -117,6 +135,9 @@ class HttpDestination:
             {"Content-Type": self.config.content_type, MESSAGE_ID_HEADER: message_id}, self.config.headers
         )
         return post(self._client, self.config.url, body, headers)
+
+    def healthcheck(self) -> Health:
+        return reachable(self._client, self.config.url)
 
     def close(self) -> None:
         self._client.close()

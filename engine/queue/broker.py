@@ -8,8 +8,6 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
 
-from engine.queue.deadletter import DeadLetters
-
 
 class MemoryBroker(StubBroker):
     """Dramatiq's in-memory broker, for the embedded engine.
@@ -34,17 +32,13 @@ def default_middleware() -> list[dramatiq.Middleware]:
 DEFAULT_NAMESPACE = "interlink"
 
 
-def make_broker(
-    url: str, dead_letters: DeadLetters | None = None, *, namespace: str = DEFAULT_NAMESPACE
-) -> dramatiq.Broker:
-    """Build the broker for a queue URL; ``dead_letters`` records nacked messages in the store.
+def make_broker(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> dramatiq.Broker:
+    """Build the broker for a queue URL (the actors add the dead-letter middleware: ``engine.queue.actors``).
 
     ``namespace`` prefixes every Redis key (``namespace:queue``); it has no effect on other brokers
     (RabbitMQ separates engines by the virtual host in the URL).
     """
     middleware = default_middleware()
-    if dead_letters is not None:
-        middleware.append(dead_letters)
     if url.startswith("memory://"):
         return MemoryBroker(middleware=middleware)
     if url.startswith(("redis://", "rediss://", "unix://")):

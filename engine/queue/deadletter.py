@@ -14,11 +14,11 @@ from collections.abc import Callable
 import dramatiq
 from dramatiq.broker import MessageProxy
 
+from engine.errors import DeadLetter
+
+__all__ = ["DeadLetter", "DeadLetters"]
+
 log = logging.getLogger(__name__)
-
-
-class DeadLetter(Exception):
-    """Raised by an actor to give up on a message for good; ``args[0]`` is the PHI-free reason."""
 
 
 class DeadLetters(dramatiq.Middleware):

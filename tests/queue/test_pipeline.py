@@ -17,7 +17,6 @@ from engine.errors import TransformError
 from engine.pipeline import Pipeline
 from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
-from engine.queue.deadletter import DeadLetters
 from engine.queue.sweeper import Sweeper
 from engine.store import NewMessage, Store
 from tests.integration.harness import wait_until
@@ -98,7 +97,7 @@ def rig(tmp_path: Path):
         mappings = FakeMappings()
         transport = httpx.MockTransport(server)
         pipeline = Pipeline(store, mappings, [channel], make=lambda c: make_destination(c, transport=transport))
-        broker = make_broker("memory://", DeadLetters(pipeline.on_dead))
+        broker = make_broker("memory://")
         actors = Actors(broker, pipeline)
         worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
         worker.start()
