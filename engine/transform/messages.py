@@ -191,6 +191,10 @@ def _entry(name: str, layered: _Layered, done: dict[str, CompiledEntry], library
     if when is not None:
         ce.when = condition(when, resolver, w_when)
     rules = _merged_rules(layered, smap)
+    included = _included(layered, target, library)
+    for inc in included:
+        for t, more in inc.rules().items():
+            rules[t] = rules.get(t, []) + more  # after the `use` map's: those win for single values
     ce.steps, ce.pending_refs = compile_steps(rules, Context(library, resolver, target, resource=True))
     ident, w_ident = layered.get("identity")
     if ident is None:
@@ -203,8 +207,28 @@ def _entry(name: str, layered: _Layered, done: dict[str, CompiledEntry], library
     rejects = [(r, smap.last("reject")[1].at(i)) for i, r in enumerate(smap.last("reject")[0])]
     own_rejects, w_rej = layered.get("reject")
     rejects += [(r, w_rej.at(i)) for i, r in enumerate(own_rejects)]
+    for inc in included:
+        rejects += [(r, inc.last("reject")[1].at(i)) for i, r in enumerate(inc.last("reject")[0])]
     ce.rejects = [_reject(r, rw, resolver) for r, rw in rejects]
     return ce
+
+
+def _included(layered: _Layered, target: str, library: Library) -> list[Source]:
+    """The segment maps an entry ``include``s: other segments' rules for the same resource.
+
+    Their paths are read like any other path of the entry (``RXR-1``: the group's RXR, else the message's).
+    """
+    names, w_inc = layered.get("include")
+    out = []
+    for i, name in enumerate(names):
+        src = library.sources.get(name)
+        if src is None or src.kind != "segments":
+            known = sorted(n for n, s in library.sources.items() if s.kind == "segments")
+            raise w_inc.at(i).error(f"unknown segment map {name!r}{did_you_mean(name, known)}")
+        if src.model.target != target:
+            raise w_inc.at(i).error(f"{name} makes a {src.model.target}, not a {target}")
+        out.append(src)
+    return out
 
 
 def _merged_rules(layered: _Layered, smap: Source) -> dict[str, list[Any]]:

@@ -158,12 +158,16 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
     keep = None
     if rule.where is not None:
         try:
-            sp: paths.SegmentPath | None = paths.parse_segment_path(rule.from_) if level else None
+            sp: paths.SegmentPath | None = paths.parse_segment_path(rule.from_)
         except ValueError:
             sp = None  # a datatype path
-        if sp is None or sp.field is None or sp.component is not None:
-            raise w.at("where").error("`where` filters the repetitions of a field path (PID-3[*])")
-        keep = condition(rule.where, RelativeResolver(sp, ctx.resolver), w.at("where"))
+        if sp is not None and level == 0:
+            # Segments (OBX[*]): the condition's paths of that segment read each candidate segment.
+            keep = condition(rule.where, Resolver(segment=sp.segment), w.at("where"))
+        elif sp is None or sp.field is None or sp.component is not None:
+            raise w.at("where").error("`where` filters the repetitions of a field path (PID-3[*]) or segments (OBX[*])")
+        else:
+            keep = condition(rule.where, RelativeResolver(sp, ctx.resolver), w.at("where"))
     defaults = rule.defaults
     add_defaults = None
     if defaults is not None:

@@ -156,6 +156,11 @@ class Entry(Model):
         default_factory=list, description="Only segments before the first of these in the parent group."
     )
     use: str | None = Field(None, description="Segment map producing the resource.")
+    include: list[str] = Field(
+        default_factory=list,
+        description="Segment maps of other segments of the group (RXR, PV2…) whose rules also fill this "
+        "resource, after the `use` map's (IG: 'incorporate RXR content into the Immunization').",
+    )
     when: Condition | None = Field(None, description="Produce the resource only when this holds.")
     required: bool | None = Field(None, description="No such segment in the parent group rejects the message.")
     identity: list[IdentityRule] | None = Field(None, description="Replaces the segment map's identity.")
