@@ -221,10 +221,19 @@ def decode(raw: bytes, default_charset: str = "utf-8") -> str:
 
 
 _UNESCAPE_FIXED = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}
+_FORMATTING = frozenset({"H", "N", ".fi", ".nf"})  # highlighting, fill mode: no text of their own
+_FORMATTING_ARG = frozenset({".in", ".ti", ".sk", ".ce"})  # indent, temporary indent, skip, centre
+_MAX_SP = 100  # \.sp 99999999\ must not become a memory bomb
 
 
 def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
-    """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\.br\\ \\Xhh\\); unknown ones are kept."""
+    """Resolve HL7 escape sequences; unknown ones are kept.
+
+    Delimiters (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\), hex data \\Xhh…\\ (UTF-8 when the bytes are UTF-8, else
+    Latin-1), and the formatted-text (FT) commands as plain text: \\.br\\ a line break, \\.sp n\\ n line
+    breaks (default 1), \\H\\ and \\N\\ (highlighting on/off) and the other dot commands (.fi .nf .in
+    .ti .sk .ce) dropped.
+    """
     esc = d.escape
     if esc not in value:
         return value
@@ -245,11 +254,20 @@ def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
             out.append(getattr(d, _UNESCAPE_FIXED[seq]))
         elif seq == ".br":
             out.append("\n")
+        elif seq.startswith(".sp") and (seq[3:].strip().isdigit() or not seq[3:].strip()):
+            out.append("\n" * min(int(seq[3:].strip() or 1), _MAX_SP))
+        elif seq in _FORMATTING or seq[:3] in _FORMATTING_ARG:
+            pass
         elif seq.startswith("X") and len(seq) % 2 == 1:
             try:
-                out.append(bytes.fromhex(seq[1:]).decode("latin-1"))
+                data = bytes.fromhex(seq[1:])
             except ValueError:
                 out.append(value[i : j + 1])
+            else:
+                try:
+                    out.append(data.decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.append(data.decode("latin-1"))
         else:
             out.append(value[i : j + 1])
         i = j + 1
@@ -373,3 +391,11 @@ def patient_key(text: str, d: Delimiters) -> str:
     reps = [r.split(d.component) for r in fields[3].split(d.repetition)]
     chosen = next((r for r in reps if len(r) > 4 and r[4].split(d.subcomponent, 1)[0] == "MR"), reps[0])
     return chosen[0].strip()
+
+
+def codec_for(declared: str, default_charset: str) -> str:
+    """The codec a message is decoded with: MSH-18 when it names a known charset, else ``default_charset``."""
+    try:
+        return _codec(declared, default_charset)
+    except EncodingError:
+        return default_charset

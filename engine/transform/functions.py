@@ -10,6 +10,8 @@ TransformError naming the field and the rule, never the value.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -315,3 +317,200 @@ REGISTRY: dict[str, Function] = {
         Function("xtn_value", _xtn_value, "parts", "string", "XTN → ContactPoint.value (e-mail or number)."),
     )
 }
+
+
+# Observation values and document content (OBX-5 by OBX-2): ED, RP, CQ, MO, CP, repeated values.
+# Kept as one additive block so that other maps' functions above stay untouched.
+
+UCUM_SYSTEM = units.UCUM
+CURRENCY_SYSTEM = "urn:iso:std:iso:4217"
+_MIME_TOP = frozenset({"application", "audio", "font", "image", "message", "model", "multipart", "text", "video"})
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _mime(kind: str, subtype: str, types: Table | None) -> str | None:
+    """A media type from an ED/RP type of data (table 0191) and subtype (0291): ``application^pdf``,
+    ``IM^JPEG`` (through the ``types`` table) or a subtype that already is one (``text/html``)."""
+    k, s = kind.lower(), subtype.lower()
+    if "/" in s:
+        return s
+    if k in _MIME_TOP and s:
+        return f"{k}/{s}"
+    if types is not None:
+        for key in (subtype, subtype.upper(), kind, kind.upper()):
+            if key and key in types:
+                return types.code(key)
+    return None
+
+
+def base64_data(encoding: str, data: str) -> str:
+    """ED.5 as FHIR base64Binary: Base64 checked and kept byte for byte, Hex and A (text) encoded."""
+    enc = encoding.upper()
+    if enc == "BASE64":
+        try:
+            base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise Invalid("ED data (component 5) is not valid base64") from None
+        return data
+    if enc == "HEX":
+        try:
+            return base64.b64encode(bytes.fromhex(data)).decode("ascii")
+        except ValueError:
+            raise Invalid("ED data (component 5) is not valid hex") from None
+    if enc == "A":
+        return base64.b64encode(data.encode("utf-8")).decode("ascii")
+    raise Invalid("ED encoding (component 4) is not Base64, Hex or A (HL7 table 0299)")
+
+
+def _ed_attachment(run: Any, parts: list[str], types: Table | None = None) -> dict[str, Any] | None:
+    # ED: 1 source application, 2 type of data, 3 data subtype, 4 encoding, 5 data.
+    _source, kind, subtype, encoding, data = [*parts, "", "", "", "", ""][:5]
+    out: dict[str, Any] = {}
+    if ct := _mime(kind, subtype, types):
+        out["contentType"] = ct
+    if data:
+        out["data"] = base64_data(encoding, data)
+    return out or None
+
+
+def _rp_attachment(run: Any, parts: list[str], types: Table | None = None) -> dict[str, Any] | None:
+    # RP: 1 pointer, 2 application ID, 3 type of data, 4 subtype.
+    pointer, _app, kind, subtype = [*parts, "", "", "", ""][:4]
+    if not pointer:
+        return None
+    out: dict[str, Any] = {"url": pointer}
+    if ct := _mime(kind, subtype, types):
+        out["contentType"] = ct
+    return out
+
+
+def _text_attachment(run: Any, value: str) -> dict[str, Any] | None:
+    if not value:
+        return None
+    return {"contentType": "text/plain; charset=utf-8", "data": base64.b64encode(value.encode("utf-8")).decode("ascii")}
+
+
+def _unit(out: dict[str, Any], unit: str) -> dict[str, Any]:
+    if unit:
+        out["unit"] = unit
+        if units.valid(unit):
+            out["system"], out["code"] = UCUM_SYSTEM, unit
+    return out
+
+
+def _cq_quantity(run: Any, parts: list[str]) -> dict[str, Any] | None:
+    # CQ: 1 quantity (NM), 2 units (CWE in sub-components: its code).
+    value, unit = [*parts, "", ""][:2]
+    if not value:
+        return None
+    return _unit({"value": number(value)}, unit)
+
+
+def _money(value: str, currency: str) -> dict[str, Any] | None:
+    if not value:
+        return None
+    out: dict[str, Any] = {"value": number(value)}
+    if currency:
+        if not _CURRENCY.match(currency.upper()):
+            raise Invalid("currency is not an ISO 4217 code")
+        out.update(unit=currency.upper(), system=CURRENCY_SYSTEM, code=currency.upper())
+    return out
+
+
+def _mo_quantity(run: Any, parts: list[str]) -> dict[str, Any] | None:
+    # MO: 1 quantity, 2 denomination (ISO 4217).
+    value, currency = [*parts, "", ""][:2]
+    return _money(value, currency)
+
+
+def _cp_quantity(run: Any, value: str) -> dict[str, Any] | None:
+    # CP: 1 price (MO: quantity & denomination), 2 price type, 3 from value, 4 to value, 5 range units…
+    d = run.d
+    price = value.split(d.component, 1)[0].split(d.subcomponent)
+    return _money(price[0].strip(), price[1].strip() if len(price) > 1 else "")
+
+
+def _obx_component(
+    run: Any,
+    parts: list[str],
+    value_type: str | None = None,
+    code: str | None = None,
+    display: str | None = None,
+    coding_system: str | None = None,
+    unit: str | None = None,
+    systems: Table | None = None,
+) -> dict[str, Any] | None:
+    """One repetition of OBX-5 → an Observation.component (IG OBX[Observation-Component]), coded by OBX-3."""
+    first = parts[0] if parts else ""
+    if not first and not any(parts):
+        return None
+    coding: dict[str, Any] = {"code": code} if code else {}
+    if display:
+        coding["display"] = display
+    if coding_system and (system := _coding_system(run, coding_system, systems)):
+        coding["system"] = system
+    out: dict[str, Any] = {"code": {"coding": [coding]} if coding else {"text": display or ""}}
+    vt = (value_type or "").upper()
+    if vt == "NM":
+        out["valueQuantity"] = _unit({"value": number(first)}, unit or "")
+    elif vt in ("CWE", "CE", "CNE", "CF"):
+        c: dict[str, Any] = {k: v for k, v in (("code", first), ("display", _part(parts, 2))) if v}
+        if (s := _part(parts, 3)) and (system := _coding_system(run, s, systems)):
+            c["system"] = system
+        out["valueCodeableConcept"] = {"coding": [c]} if first else {"text": _part(parts, 2)}
+    elif vt in ("DT", "DTM", "TS"):
+        out["valueDateTime"] = dates.parse_ts(first, run.tz)
+    else:
+        raise Invalid("repeated values (OBX-5) of this value type are not mapped")
+    return out
+
+
+REGISTRY.update(
+    {
+        f.name: f
+        for f in (
+            Function(
+                "ed_attachment",
+                _ed_attachment,
+                "parts",
+                "Attachment",
+                "ED → Attachment: media type from type/subtype, data base64 (Base64 checked and kept as sent; "
+                "Hex and A converted).",
+                {"types": _T},
+            ),
+            Function(
+                "rp_attachment",
+                _rp_attachment,
+                "parts",
+                "Attachment",
+                "RP → Attachment: url is the pointer, media type from type/subtype.",
+                {"types": _T},
+            ),
+            Function(
+                "text_attachment",
+                _text_attachment,
+                "raw",
+                "Attachment",
+                "TX/FT/ST → text/plain Attachment (escapes resolved, UTF-8, base64).",
+            ),
+            Function("cq_quantity", _cq_quantity, "parts", "Quantity", "CQ → Quantity (UCUM when the unit parses)."),
+            Function("mo_quantity", _mo_quantity, "parts", "Quantity", "MO → Quantity in ISO 4217 currency."),
+            Function("cp_quantity", _cp_quantity, "raw", "Quantity", "CP → Quantity: the price (MO) of CP.1."),
+            Function(
+                "obx_component",
+                _obx_component,
+                "parts",
+                "ObservationComponent",
+                "One repetition of OBX-5 (NM, CWE/CE/CNE/CF, DT/DTM) → Observation.component coded by OBX-3.",
+                {
+                    "value_type": _P,
+                    "code": _P,
+                    "display": _P,
+                    "coding_system": _P,
+                    "unit": _P,
+                    "systems": _T,
+                },
+            ),
+        )
+    }
+)

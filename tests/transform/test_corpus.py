@@ -57,7 +57,7 @@ REJECTED = {
     f"{MS}/ADT04-251.hl7": "PV1-19",
     f"{MS}/LAB-ORU-1.hl7": "OBR-25",  # the second OBR has no result status (IG: error)
     f"{MS}/LAB-ORU-2.hl7": "OBR-25",
-    f"{MS}/ORU-R01-01.hl7": "OBX-2",  # RP and ED values have no rule
+    f"{MS}/ORU-R01-01.hl7": "OBX-11",  # an ED result without status or code (IG: OBX-11 and OBX-3 required)
     f"{LFH}/ORU-multiline-short-mixed.hl7": "OBX-3",  # text OBX without an observation identifier
     f"{LFH}/ORU-multiline-short.hl7": "OBX-3",
     f"{LFH}/extracted-from-tests/FHIRConverterTest.test_patient_encounter.hl7": "PV1-2",  # class "ff"
