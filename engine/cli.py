@@ -410,3 +410,37 @@ def status(config: ConfigOpt = None) -> None:
         f"backlog: {store.backlog()} message(s) not finished; dead letters: {len(store.dead_letters(limit=100000))}; "
         f"held in order behind an earlier message: {store.held()}"
     )
+
+
+@app.command()
+def corpus(
+    folder: Annotated[Path, typer.Argument(help="Corpus folder: HL7 v2 messages, some with <name>.expected.json.")],
+    report: Annotated[
+        Path, typer.Option(help="Where every disagreement is written (Markdown, with both sides' values).")
+    ] = Path("conformance-report.md"),
+    departures: Annotated[
+        Path, typer.Option(help="Markdown file whose departures table lists the peer's departures from the IG.")
+    ] = Path("docs/conformance.md"),
+    min_agreement: Annotated[
+        float | None, typer.Option(help="Exit 1 when the overall agreement (percent) is below this.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Map every corpus message and compare key facts with the peer's expected bundles (docs/conformance.md)."""
+    from engine.transform import load_mappings
+    from engine.transform.conformance import compare_corpus, read_departures
+
+    settings = _settings(config)
+    if not folder.is_dir():
+        _fail(f"{folder}: not a folder")
+    try:
+        mappings = load_mappings(settings.mappings_dir)
+    except ConfigError as exc:
+        _fail(str(exc))
+    result = compare_corpus(folder, mappings, departures=read_departures(departures))
+    result.write(report)
+    typer.echo(result.summary())
+    typer.echo(f"disagreements written to {report}")
+    overall = result.overall()
+    if min_agreement is not None and (overall is None or overall * 100 < min_agreement):
+        raise typer.Exit(1)
