@@ -63,8 +63,7 @@ def engine_server(port_q: mp.Queue, database_url: str, workdir: str, sync: str =
     (wd / "channels").mkdir(exist_ok=True)
     channel = {
         "name": "lab-results",
-        "source": {"type": "mllp", "port": 1, "host": "127.0.0.1"},
-        "accept": ["ORU^R01"],
+        "source": {"type": "mllp", "port": 1, "host": "127.0.0.1", "accept": ["ORU^R01"]},
         "destinations": [{"name": "out", "type": "file", "path": str(wd / "out.ndjson")}],
     }
     (wd / "channels" / "lab.yaml").write_text(yaml.safe_dump(channel))

@@ -152,7 +152,7 @@ def convert(
     except OSError as exc:
         _fail(f"{file}: cannot read ({exc.strerror})")
     if ch:
-        job = Job(raw, ch.charset, ch.mapping, ch.validation, ch.timezone, ch.identifiers)
+        job = Job(raw, getattr(ch.source, "charset", "utf-8"), ch.mapping, ch.validation, ch.timezone, ch.identifiers)
     else:
         job = Job(raw, "utf-8", None, "full")
     mapped = map_one(mappings, job)

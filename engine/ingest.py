@@ -1,5 +1,10 @@
 """The accept path every source uses: commit the raw bytes, enqueue, and only then answer.
 
+``await ingest.accept(channel, payload, meta) -> Receipt`` is the only way into the store. It is
+protocol-neutral: the source reads what its reply needs and says what it found in :class:`Meta` (input
+kind, type, sender, its own duplicate key, the ordering lane, or an :class:`~engine.errors.InboundError`),
+and turns the :class:`Receipt` (or :class:`~engine.errors.StoreUnavailable`) into its own reply.
+
 :class:`GroupCommitter` runs one writer thread that commits whatever all connections delivered since its
 last commit in a single transaction, then wakes each waiting sender. A commit per message caps a
 PostgreSQL-backed listener near 1,200 msg/s; group commit removes that cap without weakening durability.
@@ -14,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from engine import hl7v2, ordering, response
-from engine.config.channel import Channel, ReplyPolicy
-from engine.errors import EncodingError, HL7Error, StoreUnavailable, TransformError
+from engine.errors import InboundError, StoreUnavailable
 from engine.store import Accepted, MessageStatus, NewMessage, Store
+
+if TYPE_CHECKING:
+    from engine.config.channel import Channel
 
 log = logging.getLogger(__name__)
 
@@ -140,114 +147,58 @@ def _resolve_all(pairs: list[tuple[asyncio.Future[Accepted], Accepted | BaseExce
 
 
 @dataclass(slots=True)
-class Reply:
-    """What ingest decided: the reply text to send (``""`` = send nothing) and the stored message."""
+class Meta:
+    """What a source read from one inbound message (never more than its reply needs)."""
 
-    text: str
-    message_id: str | None
-    status: str
-    #: The sender's MSH-18 (first repetition): the reply is encoded in it when byte-compatible.
-    charset: str = ""
+    peer: str = ""
+    kind: str = "hl7v2"  # input kind: the worker's parser and mapping library
+    charset: str = ""  # the text encoding the source resolved ('' for binary kinds)
+    message_type: str = ""
+    sender: str = ""
+    control_id: str = ""
+    #: the source kind's duplicate key ('' = never a duplicate) and how far back it counts (None: not checked)
+    dedupe: str = ""
+    dedupe_window_s: float | None = None
+    lane: str = ""  # ordering lane (engine.ordering.lane)
+    error: InboundError | None = None  # stored with the raw bytes; the source replies with an error
 
 
-class HL7Ingest:
-    """Accept HL7 v2 messages for one channel: decode, check, commit, reply.
+@dataclass(slots=True, frozen=True)
+class Receipt:
+    """The commit of one inbound message."""
 
-    ``transform_now`` (for channels replying after transform) runs the processing step for a committed
-    message and raises TransformError when the mapping rejects it.
-    """
+    message_id: str
+    status: MessageStatus  # received, duplicate or error
+    duplicate_of: str | None = None
 
-    def __init__(
-        self,
-        channel: Channel,
-        committer: GroupCommitter,
-        *,
-        has_mapping: Callable[[str], bool],
-        transform_now: Callable[[str], None] | None = None,
-    ) -> None:
-        self.channel = channel
-        self._committer = committer
-        self._has_mapping = has_mapping
-        self._transform_now = transform_now
 
-    async def handle(self, raw: bytes, peer: str, error: HL7Error | None = None) -> Reply:
-        ch = self.channel
-        text: str | None = None
-        header: hl7v2.Header | None = None
-        try:
-            text, header = hl7v2.read(raw, ch.charset)
-            if error is None:
-                error = self._check_type(header)
-        except EncodingError as exc:
-            header = exc.header  # type: ignore[assignment]
-            error = error or exc
-        except HL7Error as exc:
-            error = error or exc
+class Ingest:
+    """The accept path: :meth:`accept` commits through the group committer."""
+
+    def __init__(self, committer: GroupCommitter) -> None:
+        self.committer = committer
+
+    async def accept(self, channel: Channel, payload: bytes, meta: Meta, *, enqueue: bool = True) -> Receipt:
+        """Commit the raw bytes with what the source read; raises StoreUnavailable when nothing was committed.
+
+        ``enqueue``: False when the caller processes the message itself (a reply after transform).
+        """
+        error = meta.error
         msg = NewMessage(
-            channel=ch.name,
-            raw=raw,
-            peer=peer,
-            message_type=header.message_type if header else "",
-            sender=header.sender if header else "",
-            control_id=header.control_id if header else "",
+            channel=channel.name,
+            raw=payload,
+            peer=meta.peer,
+            kind=meta.kind,
+            charset=meta.charset,
+            message_type=meta.message_type,
+            sender=meta.sender,
+            control_id=meta.control_id,
+            dedupe=meta.dedupe if error is None else "",
             status=MessageStatus.error if error else MessageStatus.received,
             error=error.message if error else None,
-            dedupe_window_s=ch.dedupe.window_s if ch.dedupe.enabled else None,
-            lane=ordering.lane(ch, hl7v2.patient_key(text, header.delimiters)) if text and header and not error else "",
+            dedupe_window_s=meta.dedupe_window_s,
+            lane=meta.lane if error is None else "",
+            enqueue=enqueue,
         )
-        wait_for_transform = ch.response == ReplyPolicy.after_transform and error is None
-        msg.enqueue = not wait_for_transform
-        try:
-            accepted = await self._committer.commit(msg)
-        except StoreUnavailable as exc:
-            return self._reply(header, text, "AE", HL7Error(exc.args[0], code="207"), None, "unavailable")
-        if error is not None:
-            return self._reply(header, text, "AR" if error.reject else "AE", error, accepted.id, "error")
-        if wait_for_transform and accepted.status == MessageStatus.received and self._transform_now:
-            try:
-                await asyncio.to_thread(self._transform_now, accepted.id)
-            except TransformError as exc:
-                return self._reply(header, text, "AE", exc, accepted.id, "error")
-        return self._reply(header, text, "AA", None, accepted.id, accepted.status)
-
-    def _check_type(self, header: hl7v2.Header) -> HL7Error | None:
-        ch = self.channel
-        if not ch.accepts(header.message_type):
-            return HL7Error(
-                f"message type {header.message_type} is not accepted by channel {ch.name}",
-                code="200",
-                location="MSH^1^9",
-                reject=True,
-            )
-        if ch.mapping is None and not self._has_mapping(header.message_type):
-            return HL7Error(
-                f"no mapping for message type {header.message_type}", code="200", location="MSH^1^9", reject=True
-            )
-        if not header.control_id:
-            return HL7Error("MSH-10 message control id is empty", code="101", location="MSH^1^10", reject=True)
-        return None
-
-    @staticmethod
-    def _reply(
-        header: hl7v2.Header | None,
-        text: str | None,
-        code: str,
-        error: HL7Error | TransformError | None,
-        message_id: str | None,
-        status: str,
-    ) -> Reply:
-        if header is None:
-            assert isinstance(error, HL7Error)
-            return Reply(response.hl7_nak_unparsed(text, error), message_id, status)
-        # Enhanced mode: MSH-15 says when the sender wants an accept acknowledgement at all.
-        when = header.accept_ack_type.upper()
-        ok = code == "AA"
-        if (when == "NE") or (when == "ER" and ok) or (when == "SU" and not ok):
-            return Reply("", message_id, status, header.charset)
-        return Reply(response.hl7_ack(header, code, error=error), message_id, status, header.charset)
-
-    @staticmethod
-    def encode(reply: Reply, charset: str) -> bytes:
-        """Encode the reply like the inbound message (MSH-18, else the channel charset), but only in a
-        codec that writes ASCII as ASCII: MLLP framing and the sender's MSH reader need single bytes."""
-        return reply.text.encode(response.reply_codec(reply.charset, charset), errors="replace")
+        accepted: Accepted = await self.committer.commit(msg)
+        return Receipt(accepted.id, accepted.status, accepted.duplicate_of)

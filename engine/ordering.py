@@ -18,17 +18,20 @@ The recovery sweeper re-checks waiting deliveries left untouched, as a backstop.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from engine.config.channel import Channel, OnDead, OrderingMode
 from engine.store import Store
+
+if TYPE_CHECKING:
+    from engine.config.channel import Channel
 
 
 def lane(channel: Channel, patient: str) -> str:
     """The lane of a message of ``channel`` about ``patient`` (``''`` when unknown: unordered)."""
     mode = channel.ordering.mode
-    if mode is OrderingMode.per_patient:
+    if mode == "per_patient":
         return "p:" + hashlib.sha1(patient.encode()).hexdigest()[:24] if patient else ""
-    if mode is OrderingMode.strict:
+    if mode == "strict":
         return "c:" + hashlib.sha1(channel.name.encode()).hexdigest()[:24]
     return ""
 
@@ -43,7 +46,7 @@ class Gate:
         """True when the delivery may go now; else it is parked as waiting (and someone else will wake it)."""
         if not lane:
             return True
-        hold = channel.ordering.on_dead is OnDead.hold
+        hold = channel.ordering.on_dead == "hold"
         if not self.store.blocked(message_id, lane, target, hold_dead=hold):
             return True
         if not self.store.hold(message_id, destination):

@@ -151,7 +151,8 @@ class Pipeline:
         out = decision.processed
         todo: list[tuple[str, Channel, str]] = []
         jobs: list[Job] = []
-        for message_id, status, channel_name, raw, lane in self.store.load_for_processing(message_ids):
+        for stored in self.store.load_for_processing(message_ids):
+            message_id, status, channel_name, lane = stored.id, stored.status, stored.channel, stored.lane
             channel = self.channels.get(channel_name)
             if status != MessageStatus.received:
                 out[message_id] = Processed(status)
@@ -163,12 +164,13 @@ class Pipeline:
                 todo.append((message_id, channel, lane))
                 jobs.append(
                     Job(
-                        raw or b"",
-                        channel.charset,
+                        stored.raw or b"",
+                        stored.charset or "utf-8",
                         channel.mapping,
                         channel.validation,
                         channel.timezone,
                         channel.identifiers,
+                        stored.kind,
                     )
                 )
         for (message_id, channel, lane), mapped in zip(todo, self.mapper.map_many(jobs) if jobs else [], strict=True):
@@ -366,7 +368,7 @@ class Pipeline:
             ids = [str(i) for i in (args[0] if isinstance(args[0], list) else [args[0]])]
             for message_id in ids:
                 self.store.mark_error(message_id, reason)
-            for message_id, _, _, _, lane in self.store.load_for_processing(ids):
-                decision.queue(self.gate.wake(lane, message_id))
+            for stored in self.store.load_for_processing(ids):
+                decision.queue(self.gate.wake(stored.lane, stored.id))
             log.warning("processing of %d message(s) failed for good: %s", len(ids), reason)
         return decision

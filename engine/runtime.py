@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,15 +13,14 @@ import dramatiq
 
 from engine.config.channel import Channel, load_channels
 from engine.errors import ConfigError, HL7Error, ListenError, TransformError
-from engine.ingest import GroupCommitter, HL7Ingest
+from engine.ingest import GroupCommitter, Ingest
 from engine.metrics import Metrics
 from engine.pipeline import Pipeline
 from engine.queue.actors import DELIVER_QUEUE, PROCESS_QUEUE, Actors
 from engine.queue.broker import make_broker
 from engine.queue.sweeper import Sweeper
 from engine.settings import Settings
-from engine.sources.base import Inbound
-from engine.sources.mllp import MLLPSource
+from engine.sources import Source, SourceContext, build_source
 from engine.store import Store
 from engine.transform import MappingSet, load_mappings
 from engine.transform.pool import ProcessMapper
@@ -80,7 +78,7 @@ class Engine:
         self._want_sweeper = sweeper
         self.worker: dramatiq.Worker | None = None
         self.committer: GroupCommitter | None = None
-        self.sources: dict[str, MLLPSource] = {}
+        self.sources: dict[str, Source] = {}
         self.sweeper: Sweeper | None = None
 
     @property
@@ -116,7 +114,15 @@ class Engine:
             for ch in self.channels:
                 if not ch.enabled:
                     continue
-                src = MLLPSource(ch.source, self._handler_for(ch), name=ch.name)
+                src = build_source(
+                    SourceContext(
+                        channel=ch,
+                        ingest=Ingest(self.committer),
+                        has_mapping=self.mappings.has_mapping,
+                        transform_now=self._transform_now,
+                        metrics=self.metrics,
+                    )
+                )
                 try:
                     await src.start()
                 except (ListenError, ConfigError) as exc:
@@ -125,7 +131,7 @@ class Engine:
                     await self.stop()
                     raise type(exc)(f"channel {ch.name}: {exc}") from None
                 self.sources[ch.name] = src
-                log.info("channel %s listening on %s:%d", ch.name, ch.source.host, src.port)
+                log.info("channel %s started (%s source)", ch.name, ch.source.type)
 
     async def stop(self) -> None:
         for src in self.sources.values():
@@ -169,15 +175,3 @@ class Engine:
         if isinstance(outcome.error, HL7Error):
             e = outcome.error
             raise TransformError(e.message, field=e.location, code=e.code)
-
-    def _handler_for(self, ch: Channel):  # type: ignore[no-untyped-def]
-        assert self.committer is not None
-        ingest = HL7Ingest(ch, self.committer, has_mapping=self.mappings.has_mapping, transform_now=self._transform_now)
-
-        async def handle(raw: bytes, inbound: Inbound) -> bytes:
-            t0 = time.perf_counter()
-            reply = await ingest.handle(raw, inbound.peer, inbound.error)
-            self.metrics.received(ch.name, reply.status, time.perf_counter() - t0)
-            return HL7Ingest.encode(reply, ch.charset)
-
-        return handle

@@ -10,7 +10,8 @@ import pytest
 from engine import hl7v2, response
 from engine.config.channel import Channel
 from engine.errors import HL7Error, TransformError
-from engine.ingest import GroupCommitter, HL7Ingest
+from engine.ingest import GroupCommitter, Ingest
+from engine.sources.hl7 import HL7Acceptor
 from engine.sources.base import Inbound
 from engine.sources.mllp import MLLPConfig, MLLPSource
 from engine.sources.mllp_client import send_messages
@@ -27,8 +28,7 @@ ORU = (
 def channel(**over) -> Channel:
     data = {
         "name": "lab",
-        "source": {"type": "mllp", "port": 2575},
-        "accept": ["ORU^R01"],
+        "source": {"type": "mllp", "port": 2575, "accept": ["ORU^R01"]},
         "destinations": [{"name": "out", "type": "file", "path": "x.ndjson"}],
         **over,
     }
@@ -55,7 +55,8 @@ def ack_fields(reply: str) -> tuple[str, str, str]:
 
 def make(store: Store, ch: Channel, enqueued: list[str], transform_now=None, has_mapping=lambda t: t == "ORU^R01"):
     committer = GroupCommitter(store, enqueued.extend)
-    return committer, HL7Ingest(ch, committer, has_mapping=has_mapping, transform_now=transform_now)
+    acceptor = HL7Acceptor(ch, ch.source, Ingest(committer), has_mapping=has_mapping, transform_now=transform_now)
+    return committer, acceptor
 
 
 def test_ack_after_commit_and_enqueue(store: Store) -> None:
@@ -189,7 +190,7 @@ def test_accepts_what_senders_really_send(store: Store, raw: bytes) -> None:
     assert ack_fields(reply.text)[0] == "AA"
     assert store.message(reply.message_id).message_type == "ORU^R01"
     assert store.content(reply.message_id, ContentKind.raw) == raw  # kept byte for byte
-    assert HL7Ingest.encode(reply, "utf-8").decode(response.reply_codec(reply.charset, "utf-8")) == reply.text
+    assert ingest.encode(reply).decode(response.reply_codec(reply.charset, "utf-8")) == reply.text
 
 
 # -- MSH-18 UTF-16/32: MLLP cannot carry them; the reply must be readable by the sender ------------------
@@ -202,7 +203,7 @@ def test_reply_to_a_wide_msh18_is_never_wide(store: Store, raw: bytes) -> None:
     committer, ingest = make(store, channel(), [])
     reply = run(ingest.handle(raw, "p"))
     committer.close()
-    data = HL7Ingest.encode(reply, "utf-8")
+    data = ingest.encode(reply)
     assert data.startswith(b"MSH|^~\\&|") and data.isascii() and b"\x00" not in data
     assert "UTF-16" not in reply.text  # the ACK's MSH-18 does not claim a charset it is not in
 
@@ -212,7 +213,7 @@ def test_wide_msh18_refused_by_the_source_is_stored_with_its_error(store: Store)
     error = HL7Error("MSH-18 UNICODE UTF-16 cannot be carried by MLLP", code="204", location="MSH^1^18", reject=True)
     reply = run(ingest.handle(WIDE.encode(), "p", error))
     committer.close()
-    assert ack_fields(HL7Ingest.encode(reply, "utf-8").decode("ascii")) == (
+    assert ack_fields(ingest.encode(reply).decode("ascii")) == (
         "AR",
         "W1",
         "204^Unknown key identifier^HL70357",
@@ -223,11 +224,11 @@ def test_wide_msh18_refused_by_the_source_is_stored_with_its_error(store: Store)
 
 
 def mllp_listener(store: Store, ch: Channel) -> tuple[GroupCommitter, MLLPSource]:
-    """An MLLP source answering through HL7Ingest, as the engine wires a channel."""
+    """An MLLP source answering through HL7Acceptor, as the engine wires a channel."""
     committer, ingest = make(store, ch, [])
 
     async def handle(raw: bytes, inbound: Inbound) -> bytes:
-        return HL7Ingest.encode(await ingest.handle(raw, inbound.peer, inbound.error), ch.charset)
+        return ingest.encode(await ingest.handle(raw, inbound.peer, inbound.error))
 
     return committer, MLLPSource(MLLPConfig(type="mllp", port=0), handle, name="lab")
 

@@ -24,7 +24,8 @@ from engine import hl7v2, ordering
 from engine.cli import app
 from engine.config.channel import Channel
 from engine.destinations import make_destination
-from engine.ingest import GroupCommitter, HL7Ingest
+from engine.ingest import GroupCommitter, Ingest
+from engine.sources.hl7 import HL7Acceptor
 from engine.pipeline import Pipeline
 from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
@@ -317,7 +318,8 @@ def test_accept_path_puts_a_message_in_its_patients_lane(tmp_path: Path) -> None
     try:
         lanes = {}
         for mode in ("per_patient", "strict", "none"):
-            ingest = HL7Ingest(channel(mode=mode), committer, has_mapping=lambda _t: True)
+            ch = channel(mode=mode)
+            ingest = HL7Acceptor(ch, ch.source, Ingest(committer), has_mapping=lambda _t: True)
             for raw in (adt("A", 1), adt("A", 2), adt("B", 1)):
                 reply = asyncio.run(ingest.handle(raw, "peer"))
                 lanes[(mode, raw)] = store.message(reply.message_id).lane

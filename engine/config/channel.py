@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -19,10 +19,8 @@ from engine.config import yamlfile
 from engine.config.model import Model
 from engine.destinations import DestinationConfig
 from engine.errors import ConfigError
-from engine.sources.mllp import MLLPConfig
+from engine.sources import SourceConfig
 from engine.transform.authority import Identifiers
-
-SourceConfig = Annotated[MLLPConfig, Field(discriminator="type")]
 
 
 class ReplyPolicy(StrEnum):
@@ -34,13 +32,6 @@ class Validation(StrEnum):
     full = "full"
     sampled = "sampled"
     off = "off"
-
-
-class Dedupe(Model):
-    """Recognise a message resent under the same MSH-10 by the same sender."""
-
-    enabled: bool = Field(True, description="Detect duplicate MSH-10 per sending application/facility.")
-    window_s: int = Field(7 * 86400, ge=0, description="How far back (seconds) a duplicate MSH-10 is recognised.")
 
 
 class OrderingMode(StrEnum):
@@ -102,13 +93,6 @@ class Channel(Model):
         description="When the sender is answered: once the raw message is committed (on_commit), "
         "or once it has also been parsed and mapped (after_transform), so mapping errors are NAKed.",
     )
-    charset: str = Field(
-        "utf-8", description="Charset used when MSH-18 is empty (MSH-18, when valued, takes precedence)."
-    )
-    accept: list[str] = Field(
-        default_factory=list,
-        description="Message types accepted (MSH-9 as 'ORU^R01' or just 'ADT'); empty accepts all that map.",
-    )
     mapping: str | None = Field(
         None, description="Message map to use (path under mappings/); default: chosen from MSH-9."
     )
@@ -120,7 +104,6 @@ class Channel(Model):
     validation: Validation = Field(
         Validation.sampled, description="FHIR validation of each bundle: full, sampled (1 in 100) or off."
     )
-    dedupe: Dedupe = Field(default_factory=Dedupe, description="Duplicate MSH-10 detection.")
     identifiers: Identifiers = Field(
         default_factory=Identifiers,
         description="Default assigning authority per sender (MSH-3/MSH-4) or for the channel, for identities "
@@ -163,11 +146,6 @@ class Channel(Model):
                 return d
         raise KeyError(name)
 
-    def accepts(self, message_type: str) -> bool:
-        if not self.accept:
-            return True
-        code = message_type.split("^", 1)[0]
-        return message_type in self.accept or code in self.accept
 
 
 def _active_destinations(doc: yamlfile.YamlDoc) -> tuple[Any, list[int]]:
@@ -193,11 +171,18 @@ def _active_destinations(doc: yamlfile.YamlDoc) -> tuple[Any, list[int]]:
     return {**data, "destinations": kept}, where
 
 
+#: Channel keys that describe how a source reads its messages, moved under ``source:``.
+_MOVED_TO_SOURCE = ("charset", "accept", "dedupe")
+
+
 def load_channel(path: str | Path) -> Channel:
     """Load and validate one channel file; errors are ``ConfigError`` with file:line."""
     doc = yamlfile.load(path)
     if not isinstance(doc.data, dict):
         raise doc.error("a channel file must be a mapping with name, source and destinations")
+    for key in _MOVED_TO_SOURCE:
+        if key in doc.data:
+            raise doc.error(f"`{key}` belongs to the source now: move it under `source:`", (key,))
     data, where = _active_destinations(doc)
     try:
         return Channel.model_validate(data)

@@ -1,4 +1,5 @@
-"""What every source hands to the engine: the raw bytes, an :class:`Inbound`, and a :data:`Handler`.
+"""What every source is and hands to the engine: the :class:`Source` protocol, the :class:`SourceContext` a
+source is built with, the raw bytes with an :class:`Inbound`, and a :data:`Handler`.
 
 A source moves bytes and answers the sender. For each message it calls the channel's handler (one
 decision hook: its answer is the protocol reply) with the raw bytes, transport framing removed and
@@ -12,10 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from engine.errors import HL7Error
+from engine.errors import InboundError
 
-__all__ = ["Handler", "Inbound"]
+if TYPE_CHECKING:
+    from engine.config.channel import Channel
+    from engine.ingest import Ingest
+    from engine.metrics import Metrics
+
+__all__ = ["Handler", "Inbound", "Source", "SourceContext"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +33,35 @@ class Inbound:
     peer: str
     #: A problem the source detected (the bytes are still passed so they can be stored with it, and the
     #: reply is an error).
-    error: HL7Error | None = None
+    error: InboundError | None = None
 
 
 #: ``await handler(raw, inbound) -> reply``: store the message, return the reply to send
 #: (empty bytes: send nothing).
 Handler = Callable[[bytes, Inbound], Awaitable[bytes]]
+
+
+class Source(Protocol):
+    """A running source of one channel: it moves bytes and answers the sender, through the accept path."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Bind and start taking messages; :class:`~engine.errors.ListenError` (one line) when it cannot."""
+
+    async def stop(self) -> None:
+        """Stop taking messages, let replies in progress finish, release everything."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceContext:
+    """What a source is built with: its channel, the accept path, and the engine's services it may use."""
+
+    channel: Channel
+    ingest: Ingest
+    #: whether a mapping exists for a message type (sources that check types before accepting)
+    has_mapping: Callable[[str], bool]
+    #: process a committed message now and raise TransformError if its mapping rejects it (replies after
+    #: transform); None when this process runs no mapping
+    transform_now: Callable[[str], None] | None
+    metrics: Metrics

@@ -25,7 +25,9 @@ counted (never logged). Limits and what happens past them:
 Log lines name peers (addresses), sizes and counts, never message content.
 
 Public API: :class:`MLLPConfig`, :class:`MLLPTLSConfig`, :class:`MLLPSource`, :class:`MLLPStats`,
-:func:`frame`. A small client (``send_messages``, ``send``) is in :mod:`engine.sources.mllp_client`.
+:func:`frame`, :func:`build` (the registry's constructor: an MLLP listener answering through
+:class:`~engine.sources.hl7.HL7Acceptor`). A small client (``send_messages``, ``send``) is in
+:mod:`engine.sources.mllp_client`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import math
 import os
 import socket
 import ssl
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +50,10 @@ from pydantic import Field, IPvAnyNetwork, model_validator
 from engine import hl7v2, response
 from engine.config.model import Model
 from engine.errors import ConfigError, HL7Error, ListenError
-from engine.sources.base import Handler, Inbound
+from engine.sources.base import Handler, Inbound, SourceContext
+from engine.sources.hl7 import HL7Acceptor, HL7Options
 
-__all__ = ["CR", "EB", "SB", "MLLPConfig", "MLLPSource", "MLLPStats", "MLLPTLSConfig", "frame"]
+__all__ = ["CR", "EB", "SB", "MLLPConfig", "MLLPSource", "MLLPStats", "MLLPTLSConfig", "build", "frame"]
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +115,8 @@ class MLLPTLSConfig(Model):
         return ctx
 
 
-class MLLPConfig(Model):
-    """An MLLP (HL7 v2 over TCP) listener."""
+class MLLPConfig(HL7Options):
+    """An MLLP (HL7 v2 over TCP) listener, and how the HL7 v2 it carries is read and checked."""
 
     type: Literal["mllp"] = Field(description="Source kind.")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 or :: for every interface).")
@@ -734,3 +738,18 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__
+
+
+def build(ctx: SourceContext) -> MLLPSource:
+    """The MLLP source of a channel: HL7 v2 accepted by :class:`HL7Acceptor`, timed and counted."""
+    ch = ctx.channel
+    config: MLLPConfig = ch.source  # type: ignore[assignment]
+    acceptor = HL7Acceptor(ch, config, ctx.ingest, has_mapping=ctx.has_mapping, transform_now=ctx.transform_now)
+
+    async def handle(raw: bytes, inbound: Inbound) -> bytes:
+        t0 = time.perf_counter()
+        reply = await acceptor.handle(raw, inbound.peer, inbound.error)
+        ctx.metrics.received(ch.name, reply.status, time.perf_counter() - t0)
+        return acceptor.encode(reply)
+
+    return MLLPSource(config, handle, name=ch.name)

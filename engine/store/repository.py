@@ -48,9 +48,14 @@ class NewMessage:
     channel: str
     raw: bytes
     peer: str = ""
+    #: input kind (hl7v2, dicom, json, fhir) and the text encoding the source resolved ('' = binary)
+    kind: str = "hl7v2"
+    charset: str = ""
     message_type: str = ""
     sender: str = ""
     control_id: str = ""
+    #: the source kind's duplicate key (HL7: sender + MSH-10; DICOM: SOP Instance UID); '' = never a duplicate
+    dedupe: str = ""
     status: MessageStatus = MessageStatus.received
     error: str | None = None
     dedupe_window_s: float | None = None
@@ -62,10 +67,10 @@ class NewMessage:
 
     @property
     def dedupe_key(self) -> str:
-        """Channel, sender and MSH-10 (empty: never a duplicate, e.g. an unreadable message)."""
-        if not self.control_id or self.status != MessageStatus.received:
+        """Channel and the source's duplicate key (empty: never a duplicate, e.g. an unreadable message)."""
+        if not self.dedupe or self.status != MessageStatus.received:
             return ""
-        return f"{self.channel}\x1f{self.sender}\x1f{self.control_id}"[:512]
+        return f"{self.channel}\x1f{self.dedupe}"[:512]
 
 
 @dataclass(slots=True, frozen=True)
@@ -92,6 +97,19 @@ class ProcessResult:
     #: When the message's event happened at the source (epoch s), for the stale-write guard.
     source_time: float | None = None
     lane: str = ""
+
+
+@dataclass(slots=True, frozen=True, order=True)
+class Stored:
+    """A stored message as the process step reads it (ordered by id: arrival)."""
+
+    id: str
+    status: str
+    channel: str
+    raw: bytes | None
+    lane: str
+    kind: str
+    charset: str
 
 
 @dataclass(slots=True, frozen=True)
@@ -183,7 +201,7 @@ class Store:
                     status = MessageStatus.duplicate if dup else m.status
                     msg_rows.append(
                         (m.id, m.channel, str(status), now, now, m.peer[:100], m.message_type[:40], m.sender[:200],
-                         m.control_id[:200], m.dedupe_key, dup, m.error, len(m.raw), m.lane)
+                         m.control_id[:200], m.dedupe_key, dup, m.error, len(m.raw), m.lane, m.kind, m.charset)
                     )  # fmt: skip
                     content_rows.append((m.id, ContentKind.raw.value, "", m.raw, now))
                     out.append(Accepted(m.id, status, dup))
@@ -325,13 +343,13 @@ class Store:
 
     # -- processing -----------------------------------------------------------------------------------
 
-    def load_for_processing(self, message_ids: Sequence[str]) -> list[tuple[str, str, str, bytes | None, str]]:
-        """(id, status, channel, raw bytes, lane) of each message that exists, in id (arrival) order."""
+    def load_for_processing(self, message_ids: Sequence[str]) -> list[Stored]:
+        """Each message that exists, in id (arrival) order."""
         if not message_ids:
             return []
         with self.work.connect() as conn:
             rows = conn.exec_driver_sql(self.sql.load_for_processing(len(message_ids)), tuple(message_ids)).all()
-        return sorted((r[0], r[1], r[2], r[3], r[4]) for r in rows)
+        return sorted(Stored(*r) for r in rows)
 
     def finish_processing(self, results: Sequence[ProcessResult]) -> set[str]:
         """Move a batch of ``received`` messages on, in one transaction: store each bundle and create its

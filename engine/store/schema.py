@@ -83,6 +83,9 @@ messages = Table(
     Column("error", Text, nullable=True),  # PHI-free reason
     Column("size_bytes", Integer, nullable=False, default=0),
     # ordering lane ('' = unordered) and the event's time at the source (EVN-2, else MSH-7; epoch s)
+    # what the message is (hl7v2, dicom, json, fhir) and the text encoding its source resolved ('' = binary)
+    Column("kind", String(16), nullable=False, default="hl7v2", server_default="hl7v2"),
+    Column("charset", String(40), nullable=False, default="", server_default=""),
     Column("lane", String(40), nullable=False, default="", server_default=""),
     Column("source_time", Float, nullable=True),
     Index("ix_messages_dedupe", "dedupe_key"),

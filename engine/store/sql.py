@@ -20,8 +20,8 @@ class Statements:
         s = self._sql
         self.insert_message = s(
             "INSERT INTO messages (id, channel, status, received_at, updated_at, peer, message_type, sender,"
-            " control_id, dedupe_key, duplicate_of, error, size_bytes, lane)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " control_id, dedupe_key, duplicate_of, error, size_bytes, lane, kind, charset)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self.insert_content = s(
             "INSERT INTO contents (message_id, kind, destination, data, created_at) VALUES (?, ?, ?, ?, ?)"
@@ -31,7 +31,7 @@ class Statements:
         # through ix_messages_channel_received: measured O(messages in the window)).
         self._find_duplicates = s("SELECT dedupe_key, id, received_at, status FROM messages WHERE dedupe_key IN (?)")
         self._load_for_processing = s(
-            "SELECT m.id, m.status, m.channel, c.data, m.lane FROM messages m"
+            "SELECT m.id, m.status, m.channel, c.data, m.lane, m.kind, m.charset FROM messages m"
             f" LEFT JOIN contents c ON c.message_id = m.id AND c.kind = '{ContentKind.raw}' WHERE m.id IN (?)"
         )
         self.finish_message = s(

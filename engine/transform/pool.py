@@ -59,6 +59,7 @@ class Job:
     validation: str
     timezone: str | None = None
     identifiers: Identifiers | None = None  # the channel's default assigning authority (none: refuse)
+    kind: str = "hl7v2"  # the input kind: which parser and mapping library
 
 
 @dataclass(slots=True, frozen=True)
@@ -95,7 +96,9 @@ def source_time(message: hl7v2.Message, tz: str | None) -> float | None:
 
 
 def map_one(mappings: MappingSet, job: Job) -> Mapped:
-    """Decode, parse and map one message."""
+    """Decode, parse and map one message (of the one input kind with a mapping library so far: HL7 v2)."""
+    if job.kind != "hl7v2":
+        return Mapped(error=TransformError(f"no mapping library for input kind {job.kind}", code="200"))
     try:
         message = hl7v2.Message.parse(hl7v2.decode(job.raw, job.charset))
         bundle = mappings.transform(
@@ -187,8 +190,8 @@ def _serve(conn: Connection, mappings_dir: str, timezone: str) -> None:
         except (EOFError, OSError):
             return
         jobs = [
-            Job(raw.encode("latin-1"), c, m, v, tz, None if ids is None else Identifiers.model_validate(ids))
-            for raw, c, m, v, tz, ids in orjson.loads(request)
+            Job(raw.encode("latin-1"), c, m, v, tz, None if ids is None else Identifiers.model_validate(ids), kind)
+            for raw, c, m, v, tz, ids, kind in orjson.loads(request)
         ]
         conn.send_bytes(b"".join(_encode_reply(map_one(mappings, j)) for j in jobs))
 
@@ -241,6 +244,7 @@ class _Child:
                     j.validation,
                     j.timezone,
                     None if j.identifiers is None else j.identifiers.model_dump(mode="json"),
+                    j.kind,
                 ]
                 for j in jobs
             ]

@@ -79,8 +79,7 @@ class EngineProcess:
                 d["path"] = d["path"].replace("CHANNEL", name)
             channel = {
                 "name": name,
-                "source": {"type": "mllp", "host": "127.0.0.1", "port": port, "read_timeout_s": 2},
-                "accept": accept,
+                "source": {"type": "mllp", "host": "127.0.0.1", "port": port, "read_timeout_s": 2, "accept": accept},
                 "response": response,
                 "validation": "full",
                 # The test messages send PV1-19 and order numbers without an assigning authority.

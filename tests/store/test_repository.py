@@ -23,7 +23,14 @@ def store(store_url: str):
 def msg(
     control_id: str = "C1", channel: str = "lab", sender: str = "LIS|LAB", window: float | None = 3600
 ) -> NewMessage:
-    return NewMessage(channel=channel, raw=b"MSH|^~\\&|x", sender=sender, control_id=control_id, dedupe_window_s=window)
+    return NewMessage(
+        channel=channel,
+        raw=b"MSH|^~\\&|x",
+        sender=sender,
+        control_id=control_id,
+        dedupe=f"{sender}\x1f{control_id}",
+        dedupe_window_s=window,
+    )
 
 
 def attempt(n: int, outcome: str = "sent", code: int | None = 200) -> AttemptRecord:
@@ -45,7 +52,17 @@ def test_duplicates_within_window_and_batch(store: Store) -> None:
     assert res[0].status == MessageStatus.duplicate
     # a message that ended in error does not make its resend a duplicate
     [bad] = store.insert_messages(
-        [NewMessage("lab", b"x", sender="S|F", control_id="E", status=MessageStatus.error, dedupe_window_s=60)]
+        [
+            NewMessage(
+                "lab",
+                b"x",
+                sender="S|F",
+                control_id="E",
+                dedupe="S|F\x1fE",
+                status=MessageStatus.error,
+                dedupe_window_s=60,
+            )
+        ]
     )
     [again] = store.insert_messages([msg("E", sender="S|F")])
     assert bad.status == MessageStatus.error and again.duplicate_of is None
