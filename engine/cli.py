@@ -169,9 +169,15 @@ def test_mappings(
         str | None,
         typer.Option(help="Cases without their own `identifiers:` use this channel's default authority."),
     ] = None,
+    unmapped: Annotated[
+        bool,
+        typer.Option(
+            "--unmapped", help="Instead: per message type, the fields of the test messages that no rule reads."
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Run every mapping's sibling test cases."""
+    """Run every mapping's sibling test cases (or, with --unmapped, report what the maps drop)."""
     from engine.config.channel import load_channels
     from engine.transform import load_mappings
     from engine.transform.testing import run_mapping_tests
@@ -187,6 +193,9 @@ def test_mappings(
             identifiers = found[0].identifiers
     except ConfigError as exc:
         _fail(str(exc))
+    if unmapped:
+        _print_unmapped(mappings)
+        return
     results = run_mapping_tests(mappings, identifiers=identifiers)
     failed = [r for r in results if not r.passed]
     for r in results:
@@ -197,6 +206,21 @@ def test_mappings(
     typer.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if failed or not results:
         raise typer.Exit(1)
+
+
+def _print_unmapped(mappings) -> None:  # type: ignore[no-untyped-def]
+    """Per message type: the places its sibling-test messages send that no rule reads (names, never values)."""
+    from engine.transform.testing import collect_mapping_tests
+    from engine.transform.unmapped import by_message_type
+
+    def order(place: str) -> tuple[str, int, int]:
+        seg, _, rest = place.partition("-")
+        fld, _, comp = rest.partition(".")
+        return seg, int(fld), int(comp or 0)
+
+    for key, (n, counts) in by_message_type(mappings, collect_mapping_tests(mappings.roots)).items():
+        places = ", ".join(f"{p} ({counts[p]})" if counts[p] != n else p for p in sorted(counts, key=order))
+        typer.echo(f"{key}, {n} message(s): {places or 'every field sent is read'}")
 
 
 @app.command()
