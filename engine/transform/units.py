@@ -44,9 +44,16 @@ _ATOMS = sorted(_METRIC | _PLAIN, key=len, reverse=True)
 def is_ucum(parts: list[str]) -> bool:
     """``parts`` is a units CWE: [code, text, coding system, ...]."""
     code = parts[0] if parts else ""
-    if len(parts) > 2 and parts[2].upper() == "UCUM":
+    system = parts[2].upper() if len(parts) > 2 else ""
+    if system == "UCUM":
         return bool(code)
+    if system and system not in _UNIT_SYSTEMS:
+        return False  # another vocabulary's code (SNOMED 385055001 "Tablet" parses as the number 385055001)
     return valid(code)
+
+
+#: HL7 table 0396 names of unit systems whose codes may be UCUM expressions.
+_UNIT_SYSTEMS = frozenset({"ISO+", "ISO", "ANS+", "ANSI"})
 
 
 @lru_cache(maxsize=4096)
