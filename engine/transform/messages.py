@@ -142,7 +142,8 @@ def compile_message(src: Source, library: Library) -> MessageProgram:
         entry = _entry(name, layered, compiled, library)
         compiled[name] = entry
         (entry.parent.children if entry.parent else roots).append(entry)
-    if not roots:
+    if not roots and (src.model.resources or src.model.extends):
+        # `resources: {}` written on its own says "nothing to deliver" (an ACK): the message is filtered.
         raise src.where("resources").error("a message map needs at least one entry")
     for entry in compiled.values():
         _refs(entry, compiled)
