@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from engine import ordering
 from engine.errors import InboundError, StoreUnavailable
 from engine.store import Accepted, MessageStatus, NewMessage, Store
 
@@ -61,6 +62,10 @@ class GroupCommitter:
         fut: asyncio.Future[Accepted] = loop.create_future()
         self._q.put((msg, loop, fut))
         return await fut
+
+    @property
+    def store(self) -> Store:
+        return self._store
 
     def commit_sync(self, msg: NewMessage) -> Accepted:
         """Blocking variant for non-async callers."""
@@ -159,7 +164,7 @@ class Meta:
     #: the source kind's duplicate key ('' = never a duplicate) and how far back it counts (None: not checked)
     dedupe: str = ""
     dedupe_window_s: float | None = None
-    lane: str = ""  # ordering lane (engine.ordering.lane)
+    patient: str = ""  # who the message is about, as the source read it (its ordering lane); never stored
     error: InboundError | None = None  # stored with the raw bytes; the source replies with an error
 
 
@@ -177,6 +182,7 @@ class Ingest:
 
     def __init__(self, committer: GroupCommitter) -> None:
         self.committer = committer
+        self._pseudonym = committer.store.pseudonym
 
     async def accept(self, channel: Channel, payload: bytes, meta: Meta, *, enqueue: bool = True) -> Receipt:
         """Commit the raw bytes with what the source read; raises StoreUnavailable when nothing was committed.
@@ -197,7 +203,7 @@ class Ingest:
             status=MessageStatus.error if error else MessageStatus.received,
             error=error.message if error else None,
             dedupe_window_s=meta.dedupe_window_s,
-            lane=meta.lane if error is None else "",
+            lane=ordering.lane(channel, meta.patient, self._pseudonym) if error is None else "",
             enqueue=enqueue,
         )
         accepted: Accepted = await self.committer.commit(msg)

@@ -4,7 +4,7 @@ A *lane* is a set of messages that must reach each target in arrival (message id
 patient (``ordering: per_patient``; the same lane in every channel, so an ADT and a lab feed delivering to
 the same EHR keep one patient's updates in order), one per channel (``strict``), or none (``''``). The
 lane is fixed when the message is accepted, from what the source read (for HL7 v2, PID-3), so ordering
-never waits for a mapping to say who the patient is. Lane names are hashes: no identifier is stored.
+never waits for a mapping to say who the patient is. Lane names are keyed hashes: no identifier is stored.
 
 The gate (:class:`Gate`): a delivery may go when no earlier message of its lane is still unprocessed, or has
 a delivery to the same target that is pending, waiting, retrying (or dead, when the channel holds on a dead
@@ -17,7 +17,7 @@ The recovery sweeper re-checks waiting deliveries left untouched, as a backstop.
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engine.store import Store
@@ -26,13 +26,14 @@ if TYPE_CHECKING:
     from engine.config.channel import Channel
 
 
-def lane(channel: Channel, patient: str) -> str:
-    """The lane of a message of ``channel`` about ``patient`` (``''`` when unknown: unordered)."""
+def lane(channel: Channel, patient: str, pseudonym: Callable[[str], str]) -> str:
+    """The lane of a message of ``channel`` about ``patient`` (``''`` when unknown: unordered), named by
+    the store's keyed hash (``Store.pseudonym``) so the stored lane does not give the identifier away."""
     mode = channel.ordering.mode
     if mode == "per_patient":
-        return "p:" + hashlib.sha1(patient.encode()).hexdigest()[:24] if patient else ""
+        return "p:" + pseudonym("patient\x1f" + patient) if patient else ""
     if mode == "strict":
-        return "c:" + hashlib.sha1(channel.name.encode()).hexdigest()[:24]
+        return "c:" + pseudonym("channel\x1f" + channel.name)
     return ""
 
 

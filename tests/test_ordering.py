@@ -25,11 +25,11 @@ from engine.cli import app
 from engine.config.channel import Channel
 from engine.destinations import make_destination
 from engine.ingest import GroupCommitter, Ingest
-from engine.sources.hl7 import HL7Acceptor
 from engine.pipeline import Pipeline
 from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
 from engine.queue.sweeper import Sweeper
+from engine.sources.hl7 import HL7Acceptor
 from engine.store import NewMessage, Store
 from engine.transform.bundle import full_url
 from tests.integration.harness import wait_until
@@ -139,7 +139,7 @@ class Rig:
         """Commit as the accept path does (lane from PID-3); nothing is queued."""
         ch = self.channels[channel]
         text, header = hl7v2.read(raw)
-        lane = ordering.lane(ch, hl7v2.patient_key(text, header.delimiters))
+        lane = ordering.lane(ch, hl7v2.patient_key(text, header.delimiters), self.store.pseudonym)
         [acc] = self.store.insert_messages([NewMessage(channel=channel, raw=raw, lane=lane)])
         return acc.id
 
@@ -325,7 +325,11 @@ def test_accept_path_puts_a_message_in_its_patients_lane(tmp_path: Path) -> None
                 lanes[(mode, raw)] = store.message(reply.message_id).lane
         assert lanes[("per_patient", adt("A", 1))] == lanes[("per_patient", adt("A", 2))] != ""
         assert lanes[("per_patient", adt("A", 1))] != lanes[("per_patient", adt("B", 1))]
-        assert "A" not in lanes[("per_patient", adt("A", 1))][2:]  # a hash, not the identifier
+        # a keyed hash: this installation's key, not a hash anyone could compute from a guessed identifier
+        assert lanes[("per_patient", adt("A", 1))] == "p:" + store.pseudonym("patient\x1fA")
+        other = Store(f"sqlite:///{tmp_path}/other.db")
+        assert other.pseudonym("patient\x1fA") != store.pseudonym("patient\x1fA")
+        other.close()
         assert len({lanes[("strict", raw)] for raw in (adt("A", 1), adt("B", 1))}) == 1
         assert {lanes[("none", raw)] for raw in (adt("A", 1), adt("B", 1))} == {""}
     finally:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from engine import hl7v2, ordering, response
+from engine import hl7v2, response
 from engine.config.model import Model
 from engine.errors import EncodingError, HL7Error, InboundError, StoreUnavailable, TransformError
 from engine.ingest import Ingest, Meta
@@ -116,7 +116,7 @@ class HL7Acceptor:
             control_id=header.control_id if header else "",
             dedupe=f"{header.sender}\x1f{header.control_id}" if header and header.control_id else "",
             dedupe_window_s=opts.dedupe.window_s if opts.dedupe.enabled else None,
-            lane=ordering.lane(ch, hl7v2.patient_key(text, header.delimiters)) if ok else "",  # type: ignore[arg-type, union-attr]
+            patient=hl7v2.patient_key(text, header.delimiters) if ok else "",  # type: ignore[arg-type, union-attr]
             error=error,
         )
         wait_for_transform = ch.response == "after_transform" and error is None

@@ -7,6 +7,8 @@ the same message (a sweeper re-enqueue beside a live queue entry) cannot both ad
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import threading
 import time
@@ -16,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
 
 from engine.errors import StoreUnavailable
 from engine.store import migrate
@@ -28,6 +31,7 @@ from engine.store.schema import (
     attempts,
     contents,
     deliveries,
+    install,
     messages,
 )
 from engine.store.sql import Statements
@@ -162,6 +166,29 @@ class Store:
         # 2x end-to-end throughput with 8 worker threads).
         self._write_lock = threading.Lock() if self.ingest.dialect.name == "sqlite" else contextlib.nullcontext()
         self._local = threading.local()
+        self._key = self._install_key() if migrate_schema else None
+
+    def _install_key(self) -> bytes:
+        """The installation's secret key, made at the first start (every process then reads the same one)."""
+        query = select(install.c.value).where(install.c.name == "pseudonym_key")
+        for _ in range(3):
+            with self.work.connect() as conn:
+                key = conn.execute(query).scalar()
+            if key is not None:
+                return bytes(key)
+            try:
+                with self._writing(self.work) as conn:
+                    conn.execute(insert(install).values(name="pseudonym_key", value=os.urandom(32)))
+            except IntegrityError:
+                pass  # another process made it first: read theirs
+        raise StoreUnavailable("message store: the installation key cannot be read")
+
+    def pseudonym(self, value: str) -> str:
+        """A keyed hash of ``value`` (24 hex digits) for the non-content columns: the same value gives the
+        same pseudonym in every process of this installation; nobody without the key can test a guess."""
+        if self._key is None:
+            self._key = self._install_key()
+        return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:24]
 
     @contextlib.contextmanager
     def _writing(self, engine: Engine) -> Iterator[Connection]:
@@ -459,9 +486,10 @@ class Store:
         """The resources ``target`` holds from us with a newer source time than ``source_time``."""
         if not resources:
             return set()
+        keys = {self.pseudonym(r): r for r in resources}
         with self.work.connect() as conn:
-            rows = conn.exec_driver_sql(self.sql.newer_writes(len(resources)), (target, source_time, *resources)).all()
-        return {r[0] for r in rows}
+            rows = conn.exec_driver_sql(self.sql.newer_writes(len(keys)), (target, source_time, *keys)).all()
+        return {keys[r[0]] for r in rows}
 
     def held_behind(self, message_id: str) -> int:
         """Deliveries waiting behind ``message_id`` in its lane (what a dead letter holds up)."""
@@ -512,7 +540,7 @@ class Store:
         with self._writing(self.work) as conn:
             for message_id, destination, attempt, status, next_attempt_at in batch:
                 self._record(conn, message_id, destination, attempt, status, next_attempt_at, now)
-            rows = [(w.target, r, w.source_time, mid, now) for mid, w in written for r in w.resources]
+            rows = [(w.target, self.pseudonym(r), w.source_time, mid, now) for mid, w in written for r in w.resources]
             if rows:
                 conn.exec_driver_sql(self.sql.upsert_write, rows)
 

@@ -5,6 +5,7 @@ contents    content by kind: raw, transformed, sent, response, error (Mirth's do
 deliveries  one row per (message, destination), with its status (see DeliveryStatus)
 attempts    one row per delivery attempt: outcome, HTTP status, error, duration
 writes      per target system and resource, the newest source time written there (stale-write guard)
+install     per-installation values (the key of the keyed hashes in non-content columns)
 """
 
 from __future__ import annotations
@@ -144,4 +145,11 @@ writes = Table(
     Column("source_time", Float, nullable=False),
     Column("message_id", String(32), nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+install = Table(
+    "install",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
 )
