@@ -120,3 +120,38 @@ def test_default_assigning_authority(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_example_channels_declare_a_default_authority() -> None:
     assert all(c.identifiers.declares_default for c in load_channels([ROOT / "channels"]))
+
+
+def test_hl7_settings_belong_to_the_source(tmp_path: Path) -> None:
+    ch = load_channel(
+        write(tmp_path, GOOD.replace("  port: ${LAB_PORT:-2575}\n", "  port: 1\n  charset: latin-1\n  accept: [ORU]\n"))
+    )
+    assert ch.source.charset == "latin-1" and ch.source.accepts("ORU^R01") and not ch.source.accepts("ADT^A01")
+    assert ch.source.dedupe.enabled
+    old = write(tmp_path, GOOD + "accept: [ORU^R01]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_channel(old)
+    assert str(exc.value).startswith(f"{old}:14:") and "move it under `source:`" in str(exc.value)
+
+
+def test_ordering_shorthand_and_defaults(tmp_path: Path) -> None:
+    default = load_channel(write(tmp_path, GOOD))
+    assert (default.ordering.mode, default.ordering.on_dead, default.ordering.stale_writes) == (
+        "per_patient",
+        "hold",
+        "keep_newer",
+    )
+    strict = load_channel(write(tmp_path, GOOD + "ordering: strict\n"))
+    assert strict.ordering.mode == "strict"
+    with pytest.raises(ConfigError) as exc:
+        load_channel(write(tmp_path, GOOD + "ordering: {mode: sometimes}\n"))
+    assert ":14:" in str(exc.value) and "mode" in str(exc.value)
+
+
+def test_source_kinds_come_from_the_registry(tmp_path: Path) -> None:
+    from engine.sources import REGISTRY
+
+    assert set(REGISTRY) == {"mllp"}
+    with pytest.raises(ConfigError) as exc:
+        load_channel(write(tmp_path, GOOD.replace("type: mllp", "type: carrier-pigeon")))
+    assert "mllp" in str(exc.value)
