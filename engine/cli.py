@@ -91,8 +91,10 @@ def worker(config: ConfigOpt = None) -> None:
 
 def _serve(engine) -> None:  # type: ignore[no-untyped-def]
     """Run the engine until SIGINT/SIGTERM; a start-up failure (a port in use) is one line and exit 1."""
+    from engine import allocator
     from engine.errors import ListenError
 
+    allocator.configure()
     try:
         asyncio.run(engine.serve())
     except (ListenError, ConfigError) as exc:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import orjson
 
-from engine import hl7v2
+from engine import allocator, hl7v2
 from engine.errors import HL7Error, InterlinkError, TransformError
 from engine.transform import dates
 from engine.transform.authority import Identifiers
@@ -175,6 +175,7 @@ def _child(conn: Connection, mappings_dir: str, timezone: str) -> None:
     """A mapping process: serve batches until the parent closes the pipe or dies; never a traceback for
     that (a broken pipe is the parent dying while a batch was mapped)."""
     _exit_with_parent()
+    allocator.configure()
     try:
         _serve(conn, mappings_dir, timezone)
     except (EOFError, OSError):
@@ -194,6 +195,7 @@ def _serve(conn: Connection, mappings_dir: str, timezone: str) -> None:
             for raw, c, m, v, tz, ids, kind in orjson.loads(request)
         ]
         conn.send_bytes(b"".join(_encode_reply(map_one(mappings, j)) for j in jobs))
+        del request, jobs  # a batch of large messages is not kept while waiting for the next
 
 
 # -- the parent's side ------------------------------------------------------------------------------
