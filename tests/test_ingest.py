@@ -11,8 +11,8 @@ from engine import hl7v2, response
 from engine.config.channel import Channel
 from engine.errors import HL7Error, TransformError
 from engine.ingest import GroupCommitter, Ingest
-from engine.sources.hl7 import HL7Acceptor
 from engine.sources.base import Inbound
+from engine.sources.hl7 import HL7Acceptor
 from engine.sources.mllp import MLLPConfig, MLLPSource
 from engine.sources.mllp_client import send_messages
 from engine.store import ContentKind, NewMessage, Store
