@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import orjson
 import typer
@@ -14,6 +14,12 @@ import typer
 from engine import hl7v2
 from engine.errors import ConfigError, HL7Error, explain
 from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from engine.queue.actors import Actors
+    from engine.runtime import Engine
+    from engine.store import Store
+    from engine.transform import MappingSet
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Interlink healthcare integration engine.")
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay dead letters.")
@@ -31,12 +37,12 @@ def _settings(config: Path | None) -> Settings:
         _fail(str(exc))
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(message, err=True)
     raise typer.Exit(code)
 
 
-def _store(config: Path | None):  # type: ignore[no-untyped-def]
+def _store(config: Path | None) -> Store:
     from engine.store import Store
 
     return Store(_settings(config).database_url)
@@ -89,7 +95,7 @@ def worker(config: ConfigOpt = None) -> None:
     _serve(engine)
 
 
-def _serve(engine) -> None:  # type: ignore[no-untyped-def]
+def _serve(engine: Engine) -> None:
     """Run the engine until SIGINT/SIGTERM; a start-up failure (a port in use) is one line and exit 1."""
     from engine import allocator
     from engine.errors import ListenError
@@ -210,7 +216,7 @@ def test_mappings(
         raise typer.Exit(1)
 
 
-def _print_unmapped(mappings) -> None:  # type: ignore[no-untyped-def]
+def _print_unmapped(mappings: MappingSet) -> None:
     """Per message type: the places its sibling-test messages send that no rule reads (names, never values)."""
     from engine.transform.testing import collect_mapping_tests
     from engine.transform.unmapped import by_message_type
@@ -245,7 +251,9 @@ def send(
             found = [c for c in load_channels([_settings(config).channels_dir]) if c.name == channel]
             if not found:
                 _fail(f"no channel named {channel!r}")
-            port = found[0].source.port
+            port = getattr(found[0].source, "port", None)
+            if port is None:
+                _fail(f"channel {channel!r} has no TCP port to send to ({found[0].source.type} source)")
     payloads = []
     for f in files:
         try:
@@ -406,7 +414,7 @@ def messages_reprocess(
         _fail(f"not in error or dead (or unknown): {', '.join(skipped)}")
 
 
-def _enqueuer(settings: Settings, store):  # type: ignore[no-untyped-def]
+def _enqueuer(settings: Settings, store: Store) -> Actors:
     """Actors on the shared queue, for enqueueing only (workers elsewhere run them)."""
     from engine.pipeline import Pipeline
     from engine.queue.actors import Actors

@@ -69,7 +69,7 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
-    def formatException(self, ei: ExcInfo) -> str:  # type: ignore[override]
+    def formatException(self, ei: ExcInfo) -> str:
         return "\n".join(exception_lines(ei))
 
 

@@ -109,7 +109,7 @@ def _discriminator(meta: list[Any], info: FieldInfo | None = None) -> str | None
 def _variants(tp: Any) -> list[type[BaseModel]] | None:
     """The models of a union made only of models (or a single model), else None."""
     members = [_unwrap(a)[0] for a in get_args(tp)] if _is_union(tp) else [tp]
-    return members if members and all(_is_model(m) for m in members) else None  # type: ignore[return-value]
+    return members if members and all(_is_model(m) for m in members) else None
 
 
 def _constraints(meta: list[Any]) -> list[str]:

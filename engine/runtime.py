@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Sequence
@@ -71,7 +72,7 @@ class Engine:
             self.metrics.gauge(
                 f"interlink_queue_{queue_name}_waiting",
                 f"Queue entries waiting for the {queue_name} actor.",
-                lambda q=queue_name: self.actors.waiting(q),
+                functools.partial(self.actors.waiting, queue_name),
             )
         self._want_sources = sources
         self._want_workers = workers

@@ -104,6 +104,11 @@ class Channel(Model):
     validation: Validation = Field(
         Validation.sampled, description="FHIR validation of each bundle: full, sampled (1 in 100) or off."
     )
+    strict: bool = Field(
+        False,
+        description="Check each message against its HL7 message structure for its version (MSH-12) before "
+        "mapping: required segments and fields, segment order; a message that breaks it is refused (HL7 100/101).",
+    )
     identifiers: Identifiers = Field(
         default_factory=Identifiers,
         description="Default assigning authority per sender (MSH-3/MSH-4) or for the channel, for identities "
@@ -193,7 +198,10 @@ def load_channel(path: str | Path) -> Channel:
             loc = e["loc"]
             if len(loc) > 1 and loc[0] == "destinations" and isinstance(loc[1], int) and loc[1] < len(where):
                 e["loc"] = ("destinations", where[loc[1]], *loc[2:])
-        raise doc.validation_error(ValidationError.from_exception_data(exc.title, errors), data=doc.data) from None
+        raise doc.validation_error(
+            ValidationError.from_exception_data(exc.title, errors),  # type: ignore[arg-type]  # same dicts, re-located
+            data=doc.data,
+        ) from None
 
 
 def channel_files(paths: list[Path]) -> list[Path]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.errors import ConfigError
 
-Loc = tuple[str | int, ...]
+Loc = tuple[str | int | float, ...]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -32,7 +32,7 @@ class YamlDoc:
     data: Any
     lines: dict[Loc, int] = field(default_factory=dict)
 
-    def line(self, loc: Iterable[str | int]) -> int | None:
+    def line(self, loc: Iterable[str | int | float]) -> int | None:
         """Line of ``loc`` or of its nearest parent that has one."""
         key = tuple(loc)
         while key:
@@ -69,7 +69,7 @@ class YamlDoc:
     def validation_error(self, exc: ValidationError, base: Loc = (), data: Any = None) -> ConfigError:
         """Turn the first pydantic error into a ConfigError at its line (further errors are listed after)."""
         errs = exc.errors(include_url=False)
-        msgs = []
+        msgs: list[str] = []
         first_line = None
         for e in errs:
             loc = base + self._data_path(e["loc"], data if data is not None else self.data)

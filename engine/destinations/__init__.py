@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, Union
 
 import httpx
 from pydantic import Field
@@ -20,6 +20,7 @@ from engine.destinations.base import (
     ConditionalWrites,
     Destination,
     DestinationError,
+    DestinationSettings,
     Health,
     Outcome,
     Result,
@@ -38,10 +39,13 @@ REGISTRY: dict[str, tuple[type[Any], Callable[..., Destination]]] = {
     "file": (FileConfig, FileDestination),
 }
 
-DestinationConfig = Annotated[
-    Union[tuple(config for config, _ in REGISTRY.values())],  # type: ignore[valid-type]  # noqa: UP007
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    DestinationConfig: TypeAlias = DestinationSettings
+else:
+    DestinationConfig = Annotated[
+        Union[tuple(config for config, _ in REGISTRY.values())],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
 
 __all__ = [
     "REGISTRY",

@@ -74,6 +74,21 @@ class Destination(Protocol):
     def close(self) -> None: ...
 
 
+class DestinationSettings(Protocol):
+    """What every destination kind's config has (for type checking; the channel validates the real models)."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def retry(self) -> RetryPolicy: ...
+
+    def target(self) -> str: ...
+
+
 @runtime_checkable
 class ConditionalWrites(Protocol):
     """A destination whose writes replace resources found by business identity (FHIR conditional updates).

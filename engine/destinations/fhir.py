@@ -324,6 +324,7 @@ class FhirDestination:
         if worst is None or worst[0] == 0:
             return result, reply
         _, pos, status = worst
+        assert isinstance(items, list)  # a worst entry was found among them
         where = members[pos] if pos < len(members) else pos
         kind = _resource_type(entries[where]) if pos < len(members) else "entry"
         outcome = _response(items[pos]).get("outcome")

@@ -28,16 +28,21 @@ class Actors:
     def __init__(self, broker: dramatiq.Broker, pipeline: Pipeline) -> None:
         self.broker = broker
         self.pipeline = pipeline
-        self.process = dramatiq.actor(
-            self._process, broker=broker, actor_name="process", queue_name=PROCESS_QUEUE, max_retries=5
+        self.process: dramatiq.Actor[[list[str]], None] = dramatiq.Actor(
+            self._process,
+            broker=broker,
+            actor_name="process",
+            queue_name=PROCESS_QUEUE,
+            priority=0,
+            options={"max_retries": 5},
         )
-        self.deliver = dramatiq.actor(
+        self.deliver: dramatiq.Actor[[str, str], None] = dramatiq.Actor(
             self._deliver,
             broker=broker,
             actor_name="deliver",
             queue_name=DELIVER_QUEUE,
-            max_retries=5,
-            throws=(DeadLetter,),
+            priority=0,
+            options={"max_retries": 5, "throws": (DeadLetter,)},
         )
         broker.add_middleware(DeadLetters(self.record_dead))
 
@@ -72,7 +77,7 @@ class Actors:
             return q.qsize() if q is not None else 0
         client = getattr(b, "client", None)
         if client is not None:  # Redis
-            return int(client.llen(f"{b.namespace}:{queue_name}"))
+            return int(client.llen(f"{getattr(b, 'namespace', '')}:{queue_name}"))
         counts = getattr(b, "get_queue_message_counts", None)
         return counts(queue_name)[0] if counts else 0
 

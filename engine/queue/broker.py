@@ -18,7 +18,8 @@ class MemoryBroker(StubBroker):
 
     def __init__(self, middleware: list[dramatiq.Middleware] | None = None) -> None:
         super().__init__(middleware=middleware)
-        self.dead_letters_by_queue = defaultdict(lambda: deque(maxlen=100))  # type: ignore[assignment]
+        # a bounded deque where the stub keeps an unbounded list
+        self.dead_letters_by_queue = defaultdict(lambda: deque(maxlen=100))  # type: ignore[arg-type, return-value]
 
 
 def default_middleware() -> list[dramatiq.Middleware]:

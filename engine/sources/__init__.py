@@ -9,22 +9,26 @@ and the runtime looks the builder up; neither names a source. Every source takes
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, Union
 
 from pydantic import Field
 
-from engine.sources import mllp
-from engine.sources.base import Handler, Inbound, Source, SourceContext
+from engine.sources import dicom, mllp
+from engine.sources.base import Handler, Inbound, Source, SourceContext, SourceSettings
 
 #: Every source kind: its ``type`` → (config model, builder). A new kind is one module and one line here.
 REGISTRY: dict[str, tuple[type[Any], Callable[[SourceContext], Source]]] = {
     "mllp": (mllp.MLLPConfig, mllp.build),
+    "dicom": (dicom.DicomConfig, dicom.build),
 }
 
-SourceConfig = Annotated[
-    Union[tuple(config for config, _ in REGISTRY.values())],  # type: ignore[valid-type]  # noqa: UP007
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    SourceConfig: TypeAlias = SourceSettings
+else:
+    SourceConfig = Annotated[
+        Union[tuple(config for config, _ in REGISTRY.values())],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
 
 
 def build_source(ctx: SourceContext) -> Source:

@@ -41,6 +41,13 @@ class Inbound:
 Handler = Callable[[bytes, Inbound], Awaitable[bytes]]
 
 
+class SourceSettings(Protocol):
+    """What every source kind's config has (for type checking; the channel validates the real models)."""
+
+    @property
+    def type(self) -> str: ...
+
+
 class Source(Protocol):
     """A running source of one channel: it moves bytes and answers the sender, through the accept path."""
 

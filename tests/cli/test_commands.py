@@ -92,11 +92,11 @@ def test_convert_uses_the_channels_default_authority(config: Path, tmp_path: Pat
 
 
 def test_convert_refuses_what_it_cannot_map(config: Path, tmp_path: Path) -> None:
-    vxu = tmp_path / "vxu.hl7"
-    vxu.write_bytes(b"MSH|^~\\&|A|B|C|D|2024||VXU^V04|1|P|2.5.1\rPID|1||1^^^H^MR\r")
-    code, out, err = run("convert", str(vxu), "--config", str(config))
+    mfn = tmp_path / "mfn.hl7"
+    mfn.write_bytes(b"MSH|^~\\&|A|B|C|D|2024||MFN^M02|1|P|2.5.1\rMFI|PRA\r")
+    code, out, err = run("convert", str(mfn), "--config", str(config))
     assert code == 1 and out == ""
-    assert "no mapping for message type VXU^V04" in err and str(vxu) in err
+    assert "no mapping for message type MFN^M02" in err and str(mfn) in err
     code, _, err = run("convert", str(tmp_path / "missing.hl7"), "--config", str(config))
     assert code == 1 and "cannot read" in err
 
