@@ -18,11 +18,15 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	bash scripts/test-services.sh
 	$(VENV)/bin/ruff check engine tests bench
+	$(VENV)/bin/ruff format --check engine tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
-## Static checks: ruff, and hadolint on the Dockerfile (tests/test_dockerfile.py runs it under `make test` too).
+## Static checks: ruff (lint and format), mypy, and hadolint on the Dockerfile (all run under `make test` too).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check engine tests bench
+	$(VENV)/bin/ruff format --check engine tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
 ## Regenerate docs/reference.md (every engine and channel setting) from the pydantic models.

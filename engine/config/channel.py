@@ -152,7 +152,6 @@ class Channel(Model):
         raise KeyError(name)
 
 
-
 def _active_destinations(doc: yamlfile.YamlDoc) -> tuple[Any, list[int]]:
     """Drop destinations whose ``when`` does not hold (before their own fields are validated).
 
