@@ -250,6 +250,14 @@ def _pl_display(run: Any, parts: list[str]) -> str | None:
     return ", ".join(p for p in (_part(parts, i) for i in (1, 2, 3, 7, 8, 4)) if p) or None
 
 
+def _pl_key(run: Any, parts: list[str]) -> str | None:
+    # PL: 1 point of care, 2 room, 3 bed, 7 building, 8 floor; the facility (4) is the identifier's system.
+    keys = [_part(parts, i) for i in (1, 2, 3, 7, 8)]
+    while keys and not keys[-1]:
+        keys.pop()
+    return "^".join(keys) or None
+
+
 def _xtn_value(run: Any, parts: list[str]) -> str | None:
     # XTN: 1 formatted number, 3 equipment, 4 e-mail, 5 country, 6 area, 7 local, 8 extension, 12 unformatted.
     email, local = _part(parts, 4), _part(parts, 7)
@@ -315,6 +323,13 @@ REGISTRY: dict[str, Function] = {
         ),
         Function("pl_display", _pl_display, "parts", "string", "PL location → display text."),
         Function("xtn_value", _xtn_value, "parts", "string", "XTN → ContactPoint.value (e-mail or number)."),
+        Function(
+            "pl_key",
+            _pl_key,
+            "parts",
+            "string",
+            "PL location → a stable key 'point of care^room^bed[^building^floor]' (a Location's identity value).",
+        ),
     )
 }
 
