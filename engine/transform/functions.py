@@ -217,7 +217,9 @@ def _sn_text(run: Any, parts: list[str]) -> str | None:
     return " ".join(p for p in _sn(parts) if p) or None
 
 
-def _reference_range(run: Any, value: str) -> dict[str, Any]:
+def _reference_range(run: Any, value: str) -> dict[str, Any] | None:
+    if not value:
+        return None  # white space only (stripped to nothing): no range, not an empty text
     out: dict[str, Any] = {k: {"value": v} for k, v in _bounds(value)}
     out["text"] = value
     return out

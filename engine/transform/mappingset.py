@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from engine import hl7v2
 from engine.errors import ConfigError, TransformError
 from engine.hl7v2 import Message
 from engine.transform import dates
@@ -14,6 +15,8 @@ from engine.transform.authority import SYSTEMS_TABLE, Identifiers
 from engine.transform.bundle import assemble
 from engine.transform.execute import run_program
 from engine.transform.library import Library, read_sources
+from engine.transform.limits import DEFAULT as DEFAULT_LIMITS
+from engine.transform.limits import Limits, check_message, check_text
 from engine.transform.messages import MessageProgram, compile_message
 from engine.transform.tables import Table
 from engine.transform.validate import validate_bundle
@@ -31,8 +34,10 @@ class MappingSet:
         roots: list[Path],
         timezone: str,
         identifier_systems: Table | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.programs = programs
+        self.limits = limits  # caps on one message (engine/transform/limits.py)
         self.roots = roots
         self.timezone = timezone
         self.identifier_systems = identifier_systems  # resolves a channel's default authority, as CX-4
@@ -80,6 +85,14 @@ class MappingSet:
         msh9 = message.header.field(9).split(d.repetition, 1)[0].split(d.component)
         return "^".join(c.strip() for c in msh9[:3])
 
+    def read(self, raw: bytes, charset: str = "utf-8") -> Message:
+        """Decode and parse one message, refusing a forged segment or an oversize text first (``limits``).
+
+        Raises HL7Error/EncodingError (unreadable) or TransformError (a cap, a stray terminator)."""
+        text = hl7v2.decode(raw, charset)
+        check_text(text, self.limits)
+        return Message.parse(text)
+
     def transform(
         self,
         message: Message,
@@ -88,6 +101,7 @@ class MappingSet:
         validation: str = "sampled",
         timezone: str | None = None,
         identifiers: Identifiers | None = None,
+        strict: bool = False,
     ) -> dict[str, Any]:
         """Map one parsed message to a FHIR R4 transaction Bundle.
 
@@ -95,11 +109,19 @@ class MappingSet:
         ``full`` (every bundle), ``sampled`` (1 in 100) or ``off``; ``timezone`` (IANA) is the zone of
         times sent without an offset (default: the message map's, else the set's, else UTC);
         ``identifiers`` is the channel's default assigning authority for identities sent without one
-        (none: such a message is refused, HL7 101 naming e.g. PID-3.4).
-        Raises TransformError naming the field and rule when a rule rejects the message.
+        (none: such a message is refused, HL7 101 naming e.g. PID-3.4); ``strict`` checks the message against
+        its HL7 structure (required segments and fields, segment order; ``structure.check``) first.
+        Every message is first held to the caps of ``limits`` (repetitions, components, segments, size) and
+        its escape sequences checked. Raises TransformError naming the field and rule when the message is
+        refused.
         """
         if validation not in VALIDATION:
             raise ValueError(f"validation must be one of {VALIDATION}")
+        check_message(message, self.limits)
+        if strict:
+            from engine.transform.structure import check as check_structure
+
+            check_structure(message)
         if mapping:
             program = self.program(mapping)
         else:
@@ -119,8 +141,12 @@ class MappingSet:
         return bundle
 
 
-def load_mappings(root: Path, *, overlays: Sequence[Path] = (), timezone: str = "UTC") -> MappingSet:
+def load_mappings(
+    root: Path, *, overlays: Sequence[Path] = (), timezone: str = "UTC", limits: Limits = DEFAULT_LIMITS
+) -> MappingSet:
     """Read and compile every mapping under ``root`` (then each overlay folder, in order).
+
+    ``limits``: the caps every message is held to (``engine/transform/limits.py``).
 
     Raises ConfigError (``file:line: message``) for the first error: unknown FHIR elements, functions,
     tables or maps, bad paths, values of the wrong type, resources without identity, conflicting maps.
@@ -151,4 +177,4 @@ def load_mappings(root: Path, *, overlays: Sequence[Path] = (), timezone: str = 
         programs[name] = program
     systems = sources.get(SYSTEMS_TABLE)
     table = library.table(SYSTEMS_TABLE, systems.where()) if systems and systems.kind == "codesystems" else None
-    return MappingSet(programs, roots, timezone, table)
+    return MappingSet(programs, roots, timezone, table, limits)

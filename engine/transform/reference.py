@@ -37,6 +37,7 @@ from engine.transform.compiler import Where
 from engine.transform.dates import Invalid
 from engine.transform.functions import REGISTRY
 from engine.transform.library import Library, Source, read_sources
+from engine.transform.limits import check_message
 from engine.transform.paths import ALL, NULL, parse_segment_path
 from engine.transform.rules import parse_all
 from engine.transform.spec import Condition, Entry, Rule
@@ -205,6 +206,7 @@ class Reference:
         identifiers: Identifiers | None = None,
     ) -> dict[str, Any]:
         """The transaction Bundle of one message, as ``MappingSet.transform(..., validation="off")``."""
+        check_message(message)  # the caps and escape checks every message passes first (limits.py)
         name = Path(mapping).name.removesuffix(".yaml") if mapping else self.mapping_for(message)
         if name is None or name not in self.sources or self.sources[name].kind != "messages":
             if mapping:

@@ -106,7 +106,7 @@ def broken(tmp_path: Path, rel: str, old: str, new: str, *, here: bool = True) -
             "within: reports",
             "`within: reports` must name an entry defined above",
         ),
-        ("messages/ADT_A03.yaml", "extends: ADT_A01", "extends: ADT_A02", "unknown message map 'ADT_A02'"),
+        ("messages/ADT_A03.yaml", "extends: ADT_A01", "extends: ADT_Z99", "unknown message map 'ADT_Z99'"),
         ("datatypes/XPN-HumanName.yaml", "family: XPN.1.1", "family: XPN.1.1.1", "not an HL7 path"),
         ("codesystems/0001-administrative-gender.yaml", "unmapped: error", "unmapped: fail", "unmapped"),
     ],

@@ -1,0 +1,131 @@
+"""Hostile input: caps on what one message may hold, forged segments and broken escape sequences.
+
+Checked before any rule runs, so a message over a cap is refused in time linear in its size (milliseconds
+for megabytes), never half-mapped, and the error names the cap and where it was exceeded — never a value:
+
+=====================  =======================================================================  ==========
+cap (``Limits``)       refused when                                                             HL7 code
+=====================  =======================================================================  ==========
+``max_bytes``          the message text is longer (characters after decoding)                   207
+``max_segments``       it has more segments                                                     207
+``max_repetitions``    one field has more repetitions                                           207
+``max_components``     one field repetition has more components, or one component more          207
+                       sub-components
+=====================  =======================================================================  ==========
+
+and, whatever the caps:
+
+* **a forged segment** (:func:`check_text`): a message whose segments end with one terminator (CR, LF or
+  CR LF, as its MSH line ends) and that also holds another one. A raw LF inside a CR-terminated field would
+  otherwise start a new segment — ``…|text\\nPID|1||OTHER-PATIENT…`` — that the reader (which accepts all
+  three terminators) would take for a real one. HL7 100 naming the segment that holds it;
+* **a broken escape sequence** (:func:`check_escapes`): an escape character without its closing one, or a
+  sequence that is not HL7's (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh…\\ \\Zxx\\ \\H\\ \\N\\ \\.br\\ \\.sp\\
+  \\.in\\ \\.ti\\ \\.sk\\ \\.ce\\ \\.fi\\ \\.nf\\``, ``\\Cxxyy\\``, ``\\Mxxyyzz\\``). HL7 102 naming the field
+  (``OBX-5``).
+
+``MappingSet.transform`` applies :func:`check_message` (caps, escapes) to every message;
+``MappingSet.read`` (decode + :func:`check_text` + parse) is the reader that also sees the terminators.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field
+
+from engine.config.model import Model
+from engine.errors import TransformError
+from engine.hl7v2 import Message
+
+_ESCAPE = re.compile(
+    r"^(?:[FSTRE]|X(?:[0-9A-Fa-f]{2})+|Z[^\\]*|[HN]|\.(?:br|sp\s*\d*|in\s*[+-]?\d*|ti\s*[+-]?\d*|sk\s*\d*|ce|fi|nf)"
+    r"|C[0-9A-Fa-f]{4}|M[0-9A-Fa-f]{4}(?:[0-9A-Fa-f]{2})?)$"
+)
+
+
+class Limits(Model):
+    """Caps on one message (see the module docstring); over a cap the message is refused, naming the cap."""
+
+    max_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Longest message text (characters).")
+    max_segments: int = Field(10_000, ge=1, description="Most segments in one message.")
+    max_repetitions: int = Field(1_000, ge=1, description="Most repetitions of one field.")
+    max_components: int = Field(
+        100, ge=1, description="Most components in one field repetition (and sub-components in one component)."
+    )
+
+
+DEFAULT = Limits()
+
+
+def _over(cap: str, value: int, where: str) -> TransformError:
+    return TransformError(f"over the cap {cap} = {value}", field=where, rule=f"limits.{cap}", code="207")
+
+
+def check_text(text: str, limits: Limits = DEFAULT) -> None:
+    """Size and terminators of the decoded text, before it is split into segments."""
+    if len(text) > limits.max_bytes:
+        raise _over("max_bytes", limits.max_bytes, "MSH")
+    body = text.lstrip("\ufeff\r\n \t").rstrip("\r\n \t")  # a file's trailing newline ends the last segment
+    cr, lf = body.find("\r"), body.find("\n")
+    if cr == -1 or lf == -1:
+        return  # one kind of terminator only
+    if lf == cr + 1 and "\r" not in body.replace("\r\n", "") and "\n" not in body.replace("\r\n", ""):
+        return  # CR LF throughout
+    # Name the segment holding the stray terminator: the one in which the first other kind appears.
+    term = "\r\n" if lf == cr + 1 else ("\r" if cr < lf else "\n")
+    segments = body.split(term)
+    for n, seg in enumerate(segments, start=1):
+        if "\r" in seg or "\n" in seg:
+            name = seg[:3] if seg[:3].isalnum() else "segment"
+            raise TransformError(
+                f"segment {n} ({name}) holds a segment terminator other than the message's own: a forged segment",
+                field=name,
+                rule="limits.terminators",
+                code="100",
+            )
+
+
+def check_message(message: Message, limits: Limits = DEFAULT) -> None:
+    """Segment, repetition and component caps, then escape sequences, of a parsed message."""
+    segs = message.segments
+    if len(segs) > limits.max_segments:
+        raise _over("max_segments", limits.max_segments, "MSH")
+    d = message.delimiters
+    rep, comp, sub, esc = d.repetition, d.component, d.subcomponent, d.escape
+    max_rep, max_comp = limits.max_repetitions, limits.max_components
+    short = min(max_rep, max_comp)  # a field shorter than this cannot hold that many separators
+    size = 0
+    for seg in segs:
+        fields = seg.fields
+        for n in range(1, len(fields)):
+            f = fields[n]
+            size += len(f)
+            if seg.name == "MSH" and n <= 2:
+                continue
+            if len(f) >= short:
+                if f.count(rep) >= max_rep:
+                    raise _over("max_repetitions", max_rep, f"{seg.name}-{n}")
+                if f.count(comp) >= max_comp or f.count(sub) >= max_comp:
+                    for r in f.split(rep):
+                        if r.count(comp) >= max_comp or any(c.count(sub) >= max_comp for c in r.split(comp)):
+                            raise _over("max_components", max_comp, f"{seg.name}-{n}")
+            if esc in f:
+                check_escapes(f, message, f"{seg.name}-{n}")
+    if size > limits.max_bytes:
+        raise _over("max_bytes", limits.max_bytes, "MSH")
+
+
+def check_escapes(value: str, message: Message, where: str) -> None:
+    """Every escape sequence in a raw field value is closed and is one HL7 defines; else HL7 102."""
+    esc = message.delimiters.escape
+    i = value.find(esc)
+    while i != -1:
+        j = value.find(esc, i + 1)
+        if j == -1:
+            raise TransformError("an escape sequence is not terminated", field=where, rule="limits.escapes", code="102")
+        if not _ESCAPE.match(value[i + 1 : j]):
+            raise TransformError(
+                "an escape sequence is not one HL7 defines", field=where, rule="limits.escapes", code="102"
+            )
+        i = value.find(esc, j + 1)
