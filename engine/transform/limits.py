@@ -36,7 +36,7 @@ from pydantic import Field
 
 from engine.config.model import Model
 from engine.errors import TransformError
-from engine.hl7v2 import Message
+from engine.hl7v2 import Delimiters, Message
 
 _ESCAPE = re.compile(
     r"^(?:[FSTRE]|X(?:[0-9A-Fa-f]{2})+|Z[^\\]*|[HN]|\.(?:br|sp\s*\d*|in\s*[+-]?\d*|ti\s*[+-]?\d*|sk\s*\d*|ce|fi|nf)"
@@ -92,28 +92,36 @@ def check_message(message: Message, limits: Limits = DEFAULT) -> None:
     if len(segs) > limits.max_segments:
         raise _over("max_segments", limits.max_segments, "MSH")
     d = message.delimiters
-    rep, comp, sub, esc = d.repetition, d.component, d.subcomponent, d.escape
+    fs, rep, comp, sub, esc = d.field, d.repetition, d.component, d.subcomponent, d.escape
     max_rep, max_comp = limits.max_repetitions, limits.max_components
-    short = min(max_rep, max_comp)  # a field shorter than this cannot hold that many separators
     size = 0
     for seg in segs:
-        fields = seg.fields
-        for n in range(1, len(fields)):
-            f = fields[n]
-            size += len(f)
-            if seg.name == "MSH" and n <= 2:
-                continue
-            if len(f) >= short:
-                if f.count(rep) >= max_rep:
-                    raise _over("max_repetitions", max_rep, f"{seg.name}-{n}")
-                if f.count(comp) >= max_comp or f.count(sub) >= max_comp:
-                    for r in f.split(rep):
-                        if r.count(comp) >= max_comp or any(c.count(sub) >= max_comp for c in r.split(comp)):
-                            raise _over("max_components", max_comp, f"{seg.name}-{n}")
-            if esc in f:
-                check_escapes(f, message, f"{seg.name}-{n}")
+        first = 3 if seg.name == "MSH" else 1  # MSH-1/2 are the delimiters themselves
+        # Counting separators in the joined segment costs about a microsecond; only a segment whose counts
+        # reach a cap, or that holds an escape character, is looked at field by field.
+        text = fs.join(seg.fields[first:])
+        size += len(text)
+        if text.count(rep) >= max_rep or text.count(comp) >= max_comp or text.count(sub) >= max_comp:
+            _caps(seg.name, seg.fields, first, d, limits)
+        if esc in text:
+            for n in range(first, len(seg.fields)):
+                if esc in seg.fields[n]:
+                    check_escapes(seg.fields[n], message, f"{seg.name}-{n}")
     if size > limits.max_bytes:
         raise _over("max_bytes", limits.max_bytes, "MSH")
+
+
+def _caps(name: str, fields: list[str], first: int, d: Delimiters, limits: Limits) -> None:
+    rep, comp, sub = d.repetition, d.component, d.subcomponent
+    max_rep, max_comp = limits.max_repetitions, limits.max_components
+    for n in range(first, len(fields)):
+        f = fields[n]
+        if f.count(rep) >= max_rep:
+            raise _over("max_repetitions", max_rep, f"{name}-{n}")
+        if f.count(comp) >= max_comp or f.count(sub) >= max_comp:
+            for r in f.split(rep):
+                if r.count(comp) >= max_comp or any(c.count(sub) >= max_comp for c in r.split(comp)):
+                    raise _over("max_components", max_comp, f"{name}-{n}")
 
 
 def check_escapes(value: str, message: Message, where: str) -> None:
