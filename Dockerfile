@@ -25,11 +25,14 @@ RUN groupadd --system --gid 10001 interlink \
 USER 10001:10001
 
 # Inside the container the loopback address is unreachable from outside: listen on every interface.
-# INTERLINK_MLLP_HOST is read by the example channels; INTERLINK_METRICS_HOST by the engine settings.
+# INTERLINK_MLLP_HOST is read by the example channels; INTERLINK_METRICS_HOST and INTERLINK_HTTP_HOST by
+# the engine settings.
 ENV INTERLINK_MLLP_HOST=0.0.0.0 \
-    INTERLINK_METRICS_HOST=0.0.0.0
+    INTERLINK_METRICS_HOST=0.0.0.0 \
+    INTERLINK_HTTP_HOST=0.0.0.0
 
-# 2575: lab-results (ORU^R01), 2576: adt, 9464: Prometheus /metrics.
-EXPOSE 2575 2576 9464
+# 2575: lab-results (ORU^R01), 2576: adt, 8080: HTTP (webhooks at /webhooks/events, /healthz, /readyz),
+# 9464: Prometheus /metrics.
+EXPOSE 2575 2576 8080 9464
 VOLUME ["/app/data"]
 CMD ["interlink", "run"]

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import dramatiq
 
+from engine.api.app import create_app
+from engine.api.health import Check, Readiness
+from engine.api.server import HttpServer
+from engine.api.webhooks import WebhookRoutes
 from engine.config.channel import Channel, load_channels
+from engine.destinations import Destination
 from engine.errors import ConfigError, HL7Error, ListenError, TransformError
 from engine.ingest import GroupCommitter, Ingest
 from engine.metrics import Metrics
@@ -81,6 +86,8 @@ class Engine:
         self.committer: GroupCommitter | None = None
         self.sources: dict[str, Source] = {}
         self.sweeper: Sweeper | None = None
+        self.http: HttpServer | None = None
+        self._routes: WebhookRoutes | None = None
 
     @property
     def in_process_queue(self) -> bool:
@@ -112,19 +119,21 @@ class Engine:
                 batch_max=self.settings.ingest_batch_max,
                 batch_wait_ms=self.settings.ingest_batch_wait_ms,
             )
+            routes = self._http_routes()
             for ch in self.channels:
                 if not ch.enabled:
                     continue
-                src = build_source(
-                    SourceContext(
-                        channel=ch,
-                        ingest=Ingest(self.committer),
-                        has_mapping=self.mappings.has_mapping,
-                        transform_now=self._transform_now,
-                        metrics=self.metrics,
-                    )
-                )
                 try:
+                    src = build_source(
+                        SourceContext(
+                            channel=ch,
+                            ingest=Ingest(self.committer),
+                            has_mapping=self.mappings.has_mapping,
+                            transform_now=self._transform_now,
+                            metrics=self.metrics,
+                            http=routes,
+                        )
+                    )
                     await src.start()
                 except (ListenError, ConfigError) as exc:
                     # Stop what already runs (workers, mapping processes, other channels) so the process
@@ -133,8 +142,12 @@ class Engine:
                     raise type(exc)(f"channel {ch.name}: {exc}") from None
                 self.sources[ch.name] = src
                 log.info("channel %s started (%s source)", ch.name, ch.source.type)
+        await self._start_http()
 
     async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()  # no new requests; those in progress finish their commits first
+            self.http = None
         for src in self.sources.values():
             await src.stop()
         if self.committer:
@@ -158,6 +171,64 @@ class Engine:
         await stop.wait()
         log.info("stopping")
         await self.stop()
+
+    # -- the HTTP server ----------------------------------------------------------------------------
+
+    def _http_routes(self) -> WebhookRoutes | None:
+        if not self.settings.http_port:
+            return None
+        tls = self.settings.http_tls
+        self._routes = WebhookRoutes(self.settings.data_dir, mtls=tls is not None and tls.ca_file is not None)
+        return self._routes
+
+    async def _start_http(self) -> None:
+        """Probes, OpenAPI and the webhook channels on one server (``http_port`` 0: none)."""
+        s = self.settings
+        if not s.http_port:
+            return
+        routes = self._routes or WebhookRoutes(s.data_dir)
+        app = create_app(self._readiness(), routes)
+        self.http = HttpServer(
+            app,
+            host=s.http_host,
+            port=s.http_port,
+            tls=s.http_tls,
+            max_connections=s.http_max_connections,
+            shutdown_grace_s=s.http_shutdown_grace_s,
+        )
+        try:
+            await self.http.start()
+        except (ListenError, ConfigError):
+            self.http = None
+            await self.stop()
+            raise
+
+    def _readiness(self) -> Readiness:
+        def store() -> tuple[bool, str]:
+            with self.store.work.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True, ""
+
+        def queue() -> tuple[bool, str]:
+            self.actors.waiting(PROCESS_QUEUE)
+            return True, ""
+
+        def listener(src: Source) -> Check:
+            return lambda: (bool(getattr(src, "ready", True)), "")
+
+        def destination(dest: Destination) -> Check:
+            def check() -> tuple[bool, str]:
+                health = dest.healthcheck()
+                return health.ok, health.detail
+
+            return check
+
+        required: dict[str, Check] = {"store": store, "queue": queue}
+        required.update({f"channel:{name}": listener(src) for name, src in self.sources.items()})
+        informational: dict[str, Check] = {
+            f"destination:{c}/{d}": destination(dest) for (c, d), dest in self.pipeline.destinations.items()
+        }
+        return Readiness(required, informational)
 
     # -- wiring -----------------------------------------------------------------------------------
 

@@ -24,6 +24,19 @@ class SweeperSettings(Model):
     )
 
 
+class HttpTLSSettings(Model):
+    """TLS for the engine's HTTP server (webhooks, probes, and later the admin API)."""
+
+    cert_file: Path = Field(description="PEM certificate (chain) the server presents.")
+    key_file: Path = Field(description="PEM private key of cert_file (unencrypted).")
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates trusted to sign client certificates. When set, clients may present one "
+        "(verified against these); channels with `auth: {type: mtls}` then require it.",
+    )
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Oldest TLS protocol version accepted.")
+
+
 class Settings(Model):
     """Settings of one engine process."""
 
@@ -59,6 +72,23 @@ class Settings(Model):
         9464, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: not served)."
     )
     metrics_host: str = Field("127.0.0.1", description="Address the /metrics endpoint listens on.")
+    http_host: str = Field("127.0.0.1", description="Address the HTTP server (webhooks, probes) listens on.")
+    http_port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="Port of the HTTP server: webhook channels, /healthz, /readyz, /openapi.json (0: not served; "
+        "webhook channels then cannot start).",
+    )
+    http_tls: HttpTLSSettings | None = Field(
+        None, description="Serve HTTPS (optionally mutual TLS); plain HTTP when absent."
+    )
+    http_max_connections: int = Field(
+        1000, ge=1, description="Concurrent HTTP connections; more are answered 503 by the server."
+    )
+    http_shutdown_grace_s: float = Field(
+        5.0, ge=0, description="On stop, how long requests in progress (and their commits) may take to finish."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     fhir_base_url: str = Field(

@@ -76,8 +76,9 @@ def test_image_exposes_every_port_the_engine_listens_on(monkeypatch: pytest.Monk
     for key in [k for k in os.environ if k.startswith("INTERLINK_")]:
         monkeypatch.delenv(key)
     settings = Settings.load(ROOT / "config" / "engine.yaml", env={})
-    ports = {c.source.port for c in load_channels([ROOT / "channels"])} | {settings.metrics_port}
-    assert ports == {2575, 2576, 9464}
+    listeners = {getattr(c.source, "port", None) for c in load_channels([ROOT / "channels"])} - {None}
+    ports = listeners | {settings.metrics_port, settings.http_port}
+    assert ports == {2575, 2576, 8080, 9464}
     assert exposed_ports() == ports
 
 
@@ -107,13 +108,14 @@ def test_image_environment_makes_the_engine_listen_on_every_interface(tmp_path: 
         pytest.skip("needs Linux /proc/net/tcp")
     for name in ("channels", "mappings", "config"):  # what the image copies into its working folder
         (tmp_path / name).symlink_to(ROOT / name)
-    lab, adt, metrics = (free_port_on_every_interface() for _ in range(3))
+    lab, adt, metrics, http = (free_port_on_every_interface() for _ in range(4))
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERLINK_")}
     env |= image_env()
     env |= {
         "INTERLINK_LAB_RESULTS_PORT": str(lab),
         "INTERLINK_ADT_PORT": str(adt),
         "INTERLINK_METRICS_PORT": str(metrics),
+        "INTERLINK_HTTP_PORT": str(http),
         "INTERLINK_MAPPING_PROCESSES": "0",
     }
     log = tmp_path / "engine.log"
@@ -126,15 +128,16 @@ def test_image_environment_makes_the_engine_listen_on_every_interface(tmp_path: 
         def up() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"engine exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            return len(listening({lab, adt, metrics})) == 3
+            return len(listening({lab, adt, metrics, http})) == 4
 
-        wait_until(up, 30, "the engine to listen on its three ports")
+        wait_until(up, 30, "the engine to listen on its four ports")
         every_interface = {"00000000", "00000000000000000000000000000000"}  # 0.0.0.0 or ::
-        bound = listening({lab, adt, metrics})
+        bound = listening({lab, adt, metrics, http})
         assert {port: address in every_interface for port, address in bound.items()} == {
             lab: True,
             adt: True,
             metrics: True,
+            http: True,
         }, bound
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, Union
 
 from pydantic import Field
 
-from engine.sources import dicom, mllp
+from engine.sources import dicom, mllp, webhook
 from engine.sources.base import Handler, Inbound, Source, SourceContext, SourceSettings
 
 #: Every source kind: its ``type`` → (config model, builder). A new kind is one module and one line here.
 REGISTRY: dict[str, tuple[type[Any], Callable[[SourceContext], Source]]] = {
     "mllp": (mllp.MLLPConfig, mllp.build),
     "dicom": (dicom.DicomConfig, dicom.build),
+    "webhook": (webhook.WebhookConfig, webhook.build),
 }
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from engine.errors import InboundError
 
 if TYPE_CHECKING:
+    from engine.api.webhooks import WebhookRoutes
     from engine.config.channel import Channel
     from engine.ingest import Ingest
     from engine.metrics import Metrics
@@ -72,3 +73,5 @@ class SourceContext:
     #: transform); None when this process runs no mapping
     transform_now: Callable[[str], None] | None
     metrics: Metrics
+    #: the engine's HTTP server, for sources that receive over it (webhooks); None when it is not served
+    http: WebhookRoutes | None = None

@@ -27,7 +27,7 @@ from engine.store import MessageStatus
 if TYPE_CHECKING:
     from engine.config.channel import Channel
 
-__all__ = ["Dedupe", "HL7Acceptor", "HL7Options", "Reply"]
+__all__ = ["Decision", "Dedupe", "HL7Acceptor", "HL7Options", "Reply"]
 
 
 class Dedupe(Model):
@@ -67,6 +67,20 @@ class Reply:
     charset: str = ""
 
 
+@dataclass(slots=True)
+class Decision:
+    """What acceptance decided, before any reply is built: the acknowledgement code (AA, AE, AR), the error
+    behind an AE/AR, and the stored message (``status`` ``unavailable``: nothing was committed)."""
+
+    header: hl7v2.Header | None
+    text: str | None
+    code: str
+    error: HL7Error | TransformError | None
+    message_id: str | None
+    status: str
+    duplicate_of: str | None = None
+
+
 class HL7Acceptor:
     """Accept HL7 v2 messages for one channel: decode, check, commit, reply.
 
@@ -94,6 +108,12 @@ class HL7Acceptor:
         return self.encode(await self.handle(raw, peer, error))
 
     async def handle(self, raw: bytes, peer: str, error: InboundError | None = None) -> Reply:
+        d = await self.decide(raw, peer, error)
+        return self._reply(d.header, d.text, d.code, d.error, d.message_id, d.status)
+
+    async def decide(self, raw: bytes, peer: str, error: InboundError | None = None) -> Decision:
+        """Accept one message and say what happened, without building a reply (for transports such as HTTP
+        that answer in their own terms): the acknowledgement code it would get, and why."""
         ch, opts = self.channel, self.options
         text: str | None = None
         header: hl7v2.Header | None = None
@@ -123,15 +143,16 @@ class HL7Acceptor:
         try:
             receipt = await self._ingest.accept(ch, raw, meta, enqueue=not wait_for_transform)
         except StoreUnavailable as exc:
-            return self._reply(header, text, "AE", HL7Error(exc.args[0], code="207"), None, "unavailable")
+            return Decision(header, text, "AE", HL7Error(exc.args[0], code="207"), None, "unavailable")
         if error is not None:
-            return self._reply(header, text, "AR" if error.reject else "AE", _hl7(error), receipt.message_id, "error")
+            code = "AR" if error.reject else "AE"
+            return Decision(header, text, code, _hl7(error), receipt.message_id, "error")
         if wait_for_transform and receipt.status == MessageStatus.received and self._transform_now:
             try:
                 await asyncio.to_thread(self._transform_now, receipt.message_id)
             except TransformError as exc:
-                return self._reply(header, text, "AE", exc, receipt.message_id, "error")
-        return self._reply(header, text, "AA", None, receipt.message_id, receipt.status)
+                return Decision(header, text, "AE", exc, receipt.message_id, "error")
+        return Decision(header, text, "AA", None, receipt.message_id, receipt.status, receipt.duplicate_of)
 
     def _check_type(self, header: hl7v2.Header) -> HL7Error | None:
         ch = self.channel

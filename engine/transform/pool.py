@@ -97,6 +97,8 @@ def source_time(message: hl7v2.Message, tz: str | None) -> float | None:
 
 def map_one(mappings: MappingSet, job: Job) -> Mapped:
     """Decode, parse and map one message (of the one input kind with a mapping library so far: HL7 v2)."""
+    if job.kind == "fhir":
+        return _map_fhir(job)
     if job.kind != "hl7v2":
         return Mapped(error=TransformError(f"no mapping library for input kind {job.kind}", code="200"))
     try:
@@ -109,6 +111,26 @@ def map_one(mappings: MappingSet, job: Job) -> Mapped:
     if not bundle.get("entry"):
         return Mapped(empty=True)
     return Mapped(bundle=orjson.dumps(bundle), source_time=source_time(message, job.timezone or mappings.timezone))
+
+
+def _map_fhir(job: Job) -> Mapped:
+    """FHIR received as FHIR: made into a transaction of conditional entries (``engine.transform.fhirjson``),
+    validated as the channel says (``sampled`` bodies were already checked on receipt by a webhook source)."""
+    from engine.transform import fhirjson
+    from engine.transform.validate import validate_bundle
+
+    try:
+        data = orjson.loads(job.raw)
+        bundle = fhirjson.to_transaction(data)
+        if job.validation == "full":
+            validate_bundle(bundle)
+    except orjson.JSONDecodeError:
+        return Mapped(error=TransformError("the body is not JSON", field="$", rule="fhir-input", code="102"))
+    except TransformError as exc:
+        return Mapped(error=exc)
+    if not bundle.get("entry"):
+        return Mapped(empty=True)
+    return Mapped(bundle=orjson.dumps(bundle), source_time=fhirjson.source_time(data))
 
 
 class InThreadMapper:

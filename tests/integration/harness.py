@@ -51,6 +51,7 @@ class EngineProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         self.lab_port = free_port()
         self.adt_port = free_port()
+        self.http_port = free_port()
         self.database_url = database_url or f"sqlite:///{workdir}/data/interlink.db"
         self.settings = {
             "data_dir": str(workdir / "data"),
@@ -61,6 +62,7 @@ class EngineProcess:
             "worker_threads": 4,
             "sweeper": {"interval_s": 1, "grace_s": 2},
             "metrics_port": 0,
+            "http_port": self.http_port,
             **(extra_settings or {}),
         }
         (workdir / "channels").mkdir(exist_ok=True)
