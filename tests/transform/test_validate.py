@@ -65,3 +65,45 @@ def test_unknown_resource_type_and_bad_bundle_shell() -> None:
     broken["entry"][0]["request"]["method"] = 7
     with pytest.raises(TransformError, match=r"Bundle\.entry\[0\]\.request\.method"):
         validate_bundle(broken)
+
+
+def test_vocabulary_is_validated_once_and_errors_still_name_their_place() -> None:
+    from engine.transform import validate
+
+    validate._cache.clear()
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+        "interpretation": [{"coding": [{"code": "H"}]}],
+    }
+    validate_bundle(bundle(obs))
+    assert {t for t, _k in validate._cache} == {"CodeableConcept"} and len(validate._cache) == 2
+    validate_bundle(bundle(obs))  # from the cache
+    assert len(validate._cache) == 2
+    bad_code = {**obs, "code": {"coding": [{"system": "http://loinc.org", "code": "718-7", "userSelected": "maybe"}]}}
+    with pytest.raises(TransformError, match=r"Observation\.code\.coding\[0\]\.userSelected"):
+        validate_bundle(bundle(bad_code))
+    bad_status = {**obs, "status": " SECRET"}  # a code may not start with white space
+    with pytest.raises(TransformError, match=r"Observation\.status") as exc:
+        validate_bundle(bundle(bad_status))  # vocabulary cached, the rest still validated
+    assert "SECRET" not in str(exc.value)
+
+
+def test_patient_data_is_never_cached() -> None:
+    from engine.transform import validate
+
+    validate._cache.clear()
+    validate_bundle(
+        bundle(
+            {
+                "resourceType": "Patient",
+                "name": [{"family": "DOE", "given": ["JANE"]}],
+                "identifier": [{"system": "urn:x", "value": "MRN1"}],
+                "address": [{"city": "SPRINGFIELD"}],
+                "maritalStatus": {"coding": [{"code": "M"}]},
+            }
+        )
+    )
+    assert all(t in validate.VOCABULARY for t, _k in validate._cache)
+    assert not any(b"DOE" in k or b"MRN1" in k or b"SPRINGFIELD" in k for _t, k in validate._cache)
