@@ -16,6 +16,7 @@ from engine.errors import ConfigError, HL7Error, explain
 from engine.settings import Settings
 
 if TYPE_CHECKING:
+    from engine.config.channel import Channel
     from engine.queue.actors import Actors
     from engine.runtime import Engine
     from engine.store import Store
@@ -233,14 +234,19 @@ def _print_unmapped(mappings: MappingSet) -> None:
 
 @app.command()
 def send(
-    files: Annotated[list[Path], typer.Argument(help="HL7 v2 message files (one message per file).")],
-    channel: Annotated[str | None, typer.Option(help="Send to this channel's MLLP port.")] = None,
+    files: Annotated[
+        list[Path], typer.Argument(help="Message files, one message each (HL7 v2; for webhook channels also JSON).")
+    ],
+    channel: Annotated[
+        str | None, typer.Option(help="Send to this channel: its MLLP port, or its webhook URL (signed).")
+    ] = None,
     host: Annotated[str, typer.Option(help="MLLP host.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="MLLP port (default: the channel's, else 2575).")] = None,
     timeout_s: Annotated[float, typer.Option(help="Seconds to wait for each ACK.")] = 30.0,
     config: ConfigOpt = None,
 ) -> None:
-    """Send message files over MLLP and print each acknowledgement code."""
+    """Send message files over MLLP and print each acknowledgement code; to a webhook channel, sign (Standard
+    Webhooks, with the channel's secret) and POST each file over HTTP and print each answer."""
     from engine.sources.mllp_client import send as mllp_send
 
     if port is None:
@@ -251,6 +257,9 @@ def send(
             found = [c for c in load_channels([_settings(config).channels_dir]) if c.name == channel]
             if not found:
                 _fail(f"no channel named {channel!r}")
+            if found[0].source.type == "webhook":
+                _send_webhook(_settings(config), found[0], files, timeout_s)
+                return
             port = getattr(found[0].source, "port", None)
             if port is None:
                 _fail(f"channel {channel!r} has no TCP port to send to ({found[0].source.type} source)")
@@ -269,6 +278,22 @@ def send(
         code, text = _ack_code(reply)
         bad += code not in ("AA", "CA")
         typer.echo(f"{f}: {code}" + (f" {text}" if text else ""))
+    if bad:
+        raise typer.Exit(1)
+
+
+def _send_webhook(settings: Settings, channel: Channel, files: list[Path], timeout_s: float) -> None:
+    """POST each file to a webhook channel of the running engine, signed when the channel wants signatures."""
+    from engine.sources.webhook_client import post_files
+
+    try:
+        answers = post_files(settings, channel, files, timeout_s=timeout_s)
+    except (ConfigError, OSError) as exc:
+        _fail(str(exc))
+    bad = 0
+    for f, (status, text) in zip(files, answers, strict=True):
+        bad += not 200 <= status < 300
+        typer.echo(f"{f}: {status} {text}")
     if bad:
         raise typer.Exit(1)
 

@@ -204,7 +204,7 @@ def build_authenticator(config: StandardWebhooksAuth | BearerAuth | MutualTLSAut
             raise ConfigError("auth mtls needs the HTTP server's http_tls with a ca_file")
         return _MutualTLS(config)
     if isinstance(config, BearerAuth):
-        values = _read_values(config.token_hashes_env, config.token_hashes_file, data_dir, "token_hashes")
+        values = read_values(config.token_hashes_env, config.token_hashes_file, data_dir, "token_hashes")
         try:
             hashes = [bytes.fromhex(v) for v in values]
         except ValueError:
@@ -212,7 +212,7 @@ def build_authenticator(config: StandardWebhooksAuth | BearerAuth | MutualTLSAut
         if any(len(h) != 32 for h in hashes):
             raise ConfigError("bearer: token hashes must be SHA-256 hex digests (64 hex digits)")
         return _Bearer(hashes)
-    values = _read_values(config.secret_env, config.secret_file, data_dir, "secret", generate=config.generate)
+    values = read_values(config.secret_env, config.secret_file, data_dir, "secret", generate=config.generate)
     try:
         keys = [parse_secret(v) for v in values]
     except ValueError as exc:
@@ -220,7 +220,7 @@ def build_authenticator(config: StandardWebhooksAuth | BearerAuth | MutualTLSAut
     return _Signatures(Verifier(keys, tolerance_s=config.tolerance_s))
 
 
-def _read_values(env: str | None, file: Path | None, data_dir: Path, what: str, *, generate: bool = False) -> list[str]:
+def read_values(env: str | None, file: Path | None, data_dir: Path, what: str, *, generate: bool = False) -> list[str]:
     if env and os.environ.get(env, "").strip():
         return os.environ[env].split()
     path = None if file is None else (file if file.is_absolute() else data_dir / file)
