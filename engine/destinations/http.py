@@ -1,5 +1,12 @@
 """HTTP delivery: the client options every HTTP destination shares, and the plain JSON POST destination.
 
+The JSON POST destination signs each request with Standard Webhooks HMAC-SHA256 when it has ``signing``
+(``engine.signing``): ``webhook-id`` is ``msg_<message id>`` (the same on every retry of one message, so the
+receiver can recognise a repeat), ``webhook-timestamp`` the time of the attempt, and ``webhook-signature``
+one ``v1,`` signature per configured secret (two while a key is rotated). Secrets come from the
+environment or a file named in the channel, never from the channel file itself; a destination whose
+secret cannot be found does not start (``ConfigError``).
+
 One ``httpx.Client`` per destination (a connection pool shared by the worker threads). A response is
 turned into a ``Result`` by ``response_result``; a failed request by ``base.failure_result``. Both go
 through ``classify``. The error of a failed response names its status and, for an OperationOutcome, only
@@ -8,11 +15,13 @@ what ``outcome.outcome_reason`` allows (codes and element paths): never the body
 
 from __future__ import annotations
 
+import os
 import ssl
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from engine.config.model import Model
 from engine.destinations.auth import AuthConfig, build_auth
@@ -29,6 +38,8 @@ from engine.destinations.base import (
     to_json,
 )
 from engine.destinations.outcome import outcome_reason
+from engine.errors import ConfigError
+from engine.signing import parse_secret, signed_headers
 
 MESSAGE_ID_HEADER = "X-Interlink-Message-Id"
 
@@ -105,6 +116,40 @@ def post(client: httpx.Client, url: str, body: bytes, headers: httpx.Headers) ->
     return response_result(response, body)
 
 
+class SigningConfig(Model):
+    """Standard Webhooks signatures on every request (HMAC-SHA256 of ``webhook-id.webhook-timestamp.body``)."""
+
+    secret_env: str | None = Field(
+        None, description="Environment variable holding the secret(s): whsec_… base64, space-separated for a rotation."
+    )
+    secret_file: Path | None = Field(None, description="File holding the secret(s), one per line.")
+
+    @model_validator(mode="after")
+    def _has_source(self) -> SigningConfig:
+        if self.secret_env is None and self.secret_file is None:
+            raise ValueError("name secret_env or secret_file (secrets never go in the channel file)")
+        return self
+
+    def keys(self) -> list[bytes]:
+        """The signing keys, read now; ConfigError naming the variable or file when there are none."""
+        values: list[str] = []
+        if self.secret_env and os.environ.get(self.secret_env, "").strip():
+            values = os.environ[self.secret_env].split()
+        elif self.secret_file is not None:
+            try:
+                values = [v.strip() for v in self.secret_file.read_text().splitlines() if v.strip()]
+            except OSError as exc:
+                raise ConfigError(f"signing: cannot read secret_file {self.secret_file} ({exc.strerror})") from None
+        if not values:
+            where = " or ".join(x for x in (f"${self.secret_env}" if self.secret_env else "",
+                                            str(self.secret_file or "")) if x)  # fmt: skip
+            raise ConfigError(f"signing: no secret found ({where})")
+        try:
+            return [parse_secret(v) for v in values]
+        except ValueError as exc:
+            raise ConfigError(f"signing: {exc}") from None
+
+
 class HttpConfig(HttpOptions):
     """POST each bundle as JSON to a URL."""
 
@@ -112,6 +157,9 @@ class HttpConfig(HttpOptions):
     name: str = Field(description="Destination name, unique in the channel.")
     url: str = Field(description="URL the bundle is POSTed to.")
     content_type: str = Field("application/json", description="Content-Type of the request.")
+    signing: SigningConfig | None = Field(
+        None, description="Sign every request with Standard Webhooks HMAC-SHA256 (webhook-id/-timestamp/-signature)."
+    )
 
     def target(self) -> str:
         """The system written to (channels writing to the same one share ordering lanes)."""
@@ -124,6 +172,7 @@ class HttpDestination:
     def __init__(self, config: HttpConfig, *, transport: httpx.BaseTransport | None = None) -> None:
         self.name = config.name
         self.config = config
+        self._keys = config.signing.keys() if config.signing is not None else []
         self._client = make_client(config, transport=transport)
 
     def send(self, bundle: dict[str, Any], *, message_id: str) -> Result:
@@ -134,6 +183,8 @@ class HttpDestination:
         headers = request_headers(
             {"Content-Type": self.config.content_type, MESSAGE_ID_HEADER: message_id}, self.config.headers
         )
+        if self._keys:
+            headers.update(signed_headers(self._keys, body, msg_id=f"msg_{message_id}"))
         return post(self._client, self.config.url, body, headers)
 
     def healthcheck(self) -> Health:
