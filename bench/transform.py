@@ -1,6 +1,9 @@
-"""Transform benchmark: HL7 readers and the mapping of one ORU^R01 with 8 OBX, with and without validation.
+"""Transform benchmark: HL7 readers and the mapping of one ORU^R01 with 8 OBX, with and without validation;
+then per message type (ORU^R01 8 OBX, ADT^A01 with NK1/AL1/DG1/IN1, VXU^V04, SIU^S12 — corpus messages):
+parse + map with validation off, sampled (1 in 100) and full, and full validation as it was before the
+vocabulary cache (every value validated, pydantic Bundle shell) for the ratio.
 
-    python bench/transform.py [--seconds 2] [--message mappings/hl7v2/samples/oru_r01_cbc.hl7]
+    python bench/transform.py [--seconds 2] [--message mappings/hl7v2/samples/oru_r01_cbc.hl7] [--corpus DIR]
 
 Prints messages/s (and µs per message) for: a naive split on CR, | and ^ (the floor); the engine's
 ``hl7v2.Message.parse``; python-hl7 ``hl7.parse``; hl7apy ``parse_message`` (a few iterations: it is slow);
@@ -27,6 +30,27 @@ sys.path.insert(0, str(ROOT))
 from engine import hl7v2  # noqa: E402
 from engine.transform import load_mappings  # noqa: E402
 from engine.transform.authority import Identifiers  # noqa: E402
+
+#: Per message type: a message of the public corpus (../shared/corpus/hl7v2), as a channel receives it.
+CASES = {
+    "ORU^R01 (8 OBX)": None,  # the --message sample
+    "ADT^A01 NK1/AL1/DG1/IN1": "microsoft-fhir-converter/ADT-A01-01.hl7",
+    "VXU^V04": "microsoft-fhir-converter/VXU-V04-01.hl7",
+    "SIU^S12": "microsoft-fhir-converter/SIU-S12-01.hl7",
+}
+CORPUS_CHANNEL = Identifiers(facility_as_authority=True, authority="CORPUS")
+
+
+def validate_as_before(bundle: dict[str, Any]) -> None:
+    """Full validation as it was before the vocabulary cache: every resource whole, then a Bundle model."""
+    from fhir.resources.R4B import get_fhir_model_class
+    from fhir.resources.R4B.bundle import Bundle
+
+    for e in bundle["entry"]:
+        get_fhir_model_class(e["resource"]["resourceType"]).model_validate(e["resource"])
+    Bundle.model_validate(
+        {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in bundle["entry"]]}
+    )
 
 
 def rate(fn: Callable[[], Any], seconds: float, *, min_n: int = 3, batch: int = 50) -> float:
@@ -73,6 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="Time per measurement.")
     ap.add_argument("--message", type=Path, default=ROOT / "mappings" / "hl7v2" / "samples" / "oru_r01_cbc.hl7")
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus" / "hl7v2")
     args = ap.parse_args()
 
     text = hl7v2.decode(args.message.read_bytes()).replace("\r\n", "\r").replace("\n", "\r")
@@ -133,6 +158,35 @@ def main() -> None:
     print(f"  identities with a channel default vs sent authorities: {defaulted / off:.2f}x")
     budget_us = 300.0
     print(f"  transform (off) vs the {budget_us:.0f} µs budget: {1e6 / off / budget_us:.2f}x")
+    per_type(ms, args)
+
+
+def per_type(ms: Any, args: argparse.Namespace) -> None:
+    """Parse + map per message type, validation off / sampled / full, and full validation as before."""
+    from engine.transform.validate import validate_bundle
+
+    print("per message type (parse + map, msg/s; µs per message in brackets):")
+    print(f"  {'message':<26} {'off':>14} {'sampled':>14} {'full':>14} {'valid. now':>11} {'valid. before':>14}")
+    for name, rel in CASES.items():
+        path = args.message if rel is None else args.corpus / rel
+        if not path.is_file():
+            print(f"  {name:<26} (message not found: {path.name})")
+            continue
+        raw = path.read_bytes()
+        message = ms.read(raw)
+        bundle = ms.transform(message, validation="full", identifiers=CORPUS_CHANNEL)
+
+        def run(validation: str, raw: bytes = raw) -> None:
+            ms.transform(ms.read(raw), validation=validation, identifiers=CORPUS_CHANNEL)
+
+        rates = [rate(lambda v=v: run(v), args.seconds, batch=10) for v in ("off", "sampled", "full")]
+        now = rate(lambda b=bundle: validate_bundle(b), args.seconds, batch=5)
+        before = rate(lambda b=bundle: validate_as_before(b), args.seconds, batch=5)
+        cells = " ".join(f"{r:>6,.0f} ({1e6 / r:>5.0f})" for r in rates)
+        print(
+            f"  {name:<26} {cells} {1e6 / now:>9.0f}µs {1e6 / before:>12.0f}µs"
+            f"   {len(bundle['entry'])} resources, full validation {now / before:.2f}x as fast as before"
+        )
 
 
 if __name__ == "__main__":

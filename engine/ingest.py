@@ -169,6 +169,9 @@ class Meta:
     dedupe_window_s: float | None = None
     patient: str = ""  # who the message is about, as the source read it (its ordering lane); never stored
     error: InboundError | None = None  # stored with the raw bytes; the source replies with an error
+    #: a member of a group (a DICOM study's instance): the group's key as the source read it (stored as a
+    #: keyed hash), and the message is ``held`` for the group's assembly instead of being processed
+    group: str = ""
 
 
 @dataclass(slots=True, frozen=True)
@@ -192,8 +195,19 @@ class Ingest:
 
         ``enqueue``: False when the caller processes the message itself (a reply after transform).
         """
+        accepted: Accepted = await self.committer.commit(self._message(channel, payload, meta, enqueue))
+        return Receipt(accepted.id, accepted.status, accepted.duplicate_of)
+
+    def accept_sync(self, channel: Channel, payload: bytes, meta: Meta, *, enqueue: bool = True) -> Receipt:
+        """:meth:`accept` for a source whose protocol library calls it from its own threads (DICOM):
+        the same commit, through the same group committer; blocks until committed."""
+        accepted = self.committer.commit_sync(self._message(channel, payload, meta, enqueue))
+        return Receipt(accepted.id, accepted.status, accepted.duplicate_of)
+
+    def _message(self, channel: Channel, payload: bytes, meta: Meta, enqueue: bool) -> NewMessage:
         error = meta.error
-        msg = NewMessage(
+        held = error is None and bool(meta.group)
+        return NewMessage(
             channel=channel.name,
             raw=payload,
             peer=meta.peer,
@@ -203,11 +217,10 @@ class Ingest:
             sender=meta.sender,
             control_id=meta.control_id,
             dedupe=meta.dedupe if error is None else "",
-            status=MessageStatus.error if error else MessageStatus.received,
+            status=MessageStatus.error if error else MessageStatus.held if held else MessageStatus.received,
             error=error.message if error else None,
             dedupe_window_s=meta.dedupe_window_s,
-            lane=ordering.lane(channel, meta.patient, self._pseudonym) if error is None else "",
-            enqueue=enqueue,
+            lane=ordering.lane(channel, meta.patient, self._pseudonym) if error is None and not held else "",
+            enqueue=enqueue and not held,
+            group=self._pseudonym(meta.group) if held else "",
         )
-        accepted: Accepted = await self.committer.commit(msg)
-        return Receipt(accepted.id, accepted.status, accepted.duplicate_of)

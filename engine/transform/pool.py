@@ -96,7 +96,9 @@ def source_time(message: hl7v2.Message, tz: str | None) -> float | None:
 
 
 def map_one(mappings: MappingSet, job: Job) -> Mapped:
-    """Decode, parse and map one message (of the one input kind with a mapping library so far: HL7 v2)."""
+    """Decode, parse and map one message by its input kind (HL7 v2, or a DICOM study)."""
+    if job.kind == "dicom":
+        return _map_dicom(mappings, job)
     if job.kind == "fhir":
         return _map_fhir(job)
     if job.kind != "hl7v2":
@@ -111,6 +113,22 @@ def map_one(mappings: MappingSet, job: Job) -> Mapped:
     if not bundle.get("entry"):
         return Mapped(empty=True)
     return Mapped(bundle=orjson.dumps(bundle), source_time=source_time(message, job.timezone or mappings.timezone))
+
+
+def _map_dicom(mappings: MappingSet, job: Job) -> Mapped:
+    """A DICOM study message (``engine.sources.dicom_study``) through the maps of ``mappings/dicom/``."""
+    from engine.transform import dicom
+
+    try:
+        message, assembled_at = dicom.study_message(job.raw)
+        bundle = mappings.for_kind("dicom").transform(
+            message, mapping=job.mapping, validation=job.validation, timezone=job.timezone, identifiers=job.identifiers
+        )
+    except TransformError as exc:
+        return Mapped(error=exc)
+    if not bundle.get("entry"):
+        return Mapped(empty=True)
+    return Mapped(bundle=orjson.dumps(bundle), source_time=assembled_at)
 
 
 def _map_fhir(job: Job) -> Mapped:

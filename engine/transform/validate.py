@@ -3,14 +3,16 @@
 Costs about 0.2 ms per resource — more than mapping it — hence ``validation: full | sampled | off`` per
 channel. A failure names the resource type and the element path, never the offending value.
 
-Two measured savings (``bench/transform.py``; about half the cost of a lab bundle, see docs/benchmarks.md):
+Measured savings (``bench/transform.py``, ``docs/benchmarks.md``: 1.2x to 1.7x by message type):
 
 * **vocabulary is validated once.** The top-level CodeableConcepts, Codings and reference ranges of a
   resource (test codes, units, interpretations, categories) repeat across messages. Each distinct one is
   validated on its own the first time and the model instance is kept (:data:`CACHE_LIMIT` of them,
   keyed by type and JSON bytes); pydantic does not validate a model instance again, so a resource built
   around cached instances costs a third as much. Patients' names, addresses and identifiers are never
-  cached (not vocabulary, and they would keep patient data in memory).
+  kept beyond one bundle (not vocabulary, and they would keep patient data in memory);
+* **values repeated within a bundle** (every Observation's ``subject`` and ``encounter``) are validated
+  once per bundle, from a cache that ends with the call;
 * **the Bundle shell is checked by hand**: entries, fullUrls and conditional requests are what
   ``bundle.assemble`` writes; a few type checks replace a pydantic Bundle model over every entry.
 """
@@ -37,7 +39,7 @@ BUNDLE_TYPES = frozenset(
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
 
 _cache: dict[tuple[str, bytes], Any] = {}
-_vocabulary_fields: dict[str, dict[str, str]] = {}  # resource type → element → vocabulary type
+_complex_fields: dict[str, dict[str, str]] = {}  # resource type → element → its complex FHIR type
 _lock = threading.Lock()
 
 
@@ -60,52 +62,59 @@ def _path(bundle: dict[str, Any], loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def _vocabulary(rtype: str) -> dict[str, str]:
-    found = _vocabulary_fields.get(rtype)
+def _complex(rtype: str) -> dict[str, str]:
+    """Element → FHIR type, for the complex (non-primitive) top-level elements of a resource type."""
+    found = _complex_fields.get(rtype)
     if found is None:
         from engine.transform import fhirmodel
 
         found = {}
         for name in fhirmodel.element_names(rtype):
             el = fhirmodel.element(rtype, name)
-            if el is not None and el.type in VOCABULARY:
+            if el is not None and not el.primitive and not fhirmodel.is_resource(el.type):
                 found[name] = el.type
-        _vocabulary_fields[rtype] = found
+        _complex_fields[rtype] = found
     return found
 
 
-def _instance(tname: str, value: Any) -> Any:
-    """A validated model instance of a vocabulary value, from the cache; the value itself when invalid."""
+def _instance(tname: str, value: Any, cache: dict[tuple[str, bytes], Any]) -> Any:
+    """A validated model instance of ``value``, from ``cache``; the value itself when invalid."""
     if not isinstance(value, dict):
         return value
     key = (tname, orjson.dumps(value))
-    got = _cache.get(key)
+    got = cache.get(key)
     if got is not None:
         return got
     from fhir.resources.R4B import get_fhir_model_class
 
     try:
         got = get_fhir_model_class(tname).model_validate(value)
-    except ValidationError:
+    except (ValidationError, ValueError, AttributeError):
         return value  # validated again inside the resource, so the error names its place
-    with _lock:
-        if len(_cache) >= CACHE_LIMIT:
-            _cache.clear()
-        _cache[key] = got
+    if cache is _cache:
+        with _lock:
+            if len(_cache) >= CACHE_LIMIT:
+                _cache.clear()
+            _cache[key] = got
+    else:
+        cache[key] = got
     return got
 
 
-def _with_instances(r: dict[str, Any]) -> dict[str, Any]:
-    vocab = _vocabulary(str(r.get("resourceType")))
-    if not vocab:
-        return r
+def _with_instances(r: dict[str, Any], local: dict[tuple[str, bytes], Any]) -> dict[str, Any]:
+    """The resource with its complex top-level elements as validated instances: vocabulary from the process
+    cache, the rest (references, identifiers, names…) from a cache that lives for one bundle only."""
+    fields = _complex(str(r.get("resourceType")))
     out = dict(r)
-    for name, tname in vocab.items():
-        v = out.get(name)
+    for name, v in r.items():
+        tname = fields.get(name)
+        if tname is None:
+            continue
+        cache = _cache if tname in VOCABULARY else local
         if isinstance(v, list):
-            out[name] = [_instance(tname, x) for x in v]
-        elif v is not None:
-            out[name] = _instance(tname, v)
+            out[name] = [_instance(tname, x, cache) for x in v]
+        else:
+            out[name] = _instance(tname, v, cache)
     return out
 
 
@@ -117,6 +126,7 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
     entries = bundle.get("entry") or []
+    local: dict[tuple[str, bytes], Any] = {}  # this bundle's repeated values (subject, encounter…)
     for i, e in enumerate(entries):
         r = e.get("resource") if isinstance(e, dict) else None
         if not isinstance(r, dict):
@@ -126,7 +136,7 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
         except (ValueError, AttributeError):
             raise _failure(f"entry[{i}]", "unknown resource type") from None
         try:
-            model.model_validate(_with_instances(r))
+            model.model_validate(_with_instances(r, local))
         except ValidationError as exc:
             raise _from_pydantic(bundle, exc, ("entry", i, "resource")) from None
     _check_shell(bundle, entries)
