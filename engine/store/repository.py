@@ -67,12 +67,14 @@ class NewMessage:
     lane: str = ""
     #: False when the caller processes the message itself (replies after transform).
     enqueue: bool = True
+    #: The group it belongs to ('' = none; a keyed hash, e.g. of a DICOM study): see :meth:`Store.group`.
+    group: str = ""
     id: str = field(default_factory=new_id)
 
     @property
     def dedupe_key(self) -> str:
         """Channel and the source's duplicate key (empty: never a duplicate, e.g. an unreadable message)."""
-        if not self.dedupe or self.status != MessageStatus.received:
+        if not self.dedupe or self.status not in (MessageStatus.received, MessageStatus.held):
             return ""
         return f"{self.channel}\x1f{self.dedupe}"[:512]
 
@@ -228,7 +230,8 @@ class Store:
                     status = MessageStatus.duplicate if dup else m.status
                     msg_rows.append(
                         (m.id, m.channel, str(status), now, now, m.peer[:100], m.message_type[:40], m.sender[:200],
-                         m.control_id[:200], m.dedupe_key, dup, m.error, len(m.raw), m.lane, m.kind, m.charset)
+                         m.control_id[:200], m.dedupe_key, dup, m.error, len(m.raw), m.lane, m.kind, m.charset,
+                         m.group)
                     )  # fmt: skip
                     content_rows.append((m.id, ContentKind.raw.value, "", m.raw, now))
                     out.append(Accepted(m.id, status, dup))
@@ -587,6 +590,53 @@ class Store:
                 .where(messages.c.id == message_id, messages.c.status == MessageStatus.transformed)
                 .values(status=MessageStatus.dead, updated_at=now)
             )
+
+    # -- groups (e.g. the instances of a DICOM study) --------------------------------------------------
+
+    def held_groups(self, channel: str) -> list[str]:
+        """The groups of ``channel`` that have members waiting to be assembled (status ``held``)."""
+        with self.work.connect() as conn:
+            return list(
+                conn.execute(
+                    select(messages.c.group_key)
+                    .where(
+                        messages.c.channel == channel,
+                        messages.c.group_key != "",
+                        messages.c.status == MessageStatus.held,
+                    )
+                    .distinct()
+                ).scalars()
+            )
+
+    def group_members(self, channel: str, group: str) -> list[tuple[str, str, bytes]]:
+        """(id, status, raw content) of every member of a group, held or already grouped, in arrival order."""
+        with self.work.connect() as conn:
+            rows = conn.execute(
+                select(messages.c.id, messages.c.status, contents.c.data)
+                .join(contents, and_(contents.c.message_id == messages.c.id, contents.c.kind == ContentKind.raw))
+                .where(
+                    messages.c.channel == channel,
+                    messages.c.group_key == group,
+                    messages.c.status.in_([MessageStatus.held, MessageStatus.grouped]),
+                )
+                .order_by(messages.c.id)
+            ).all()
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    def mark_grouped(self, ids: Sequence[str]) -> int:
+        """held → grouped, once the group's own message holding them is committed. Returns how many moved."""
+        if not ids:
+            return 0
+        now = time.time()
+        moved = 0
+        with self._writing(self.work) as conn:
+            for start in range(0, len(ids), 500):
+                moved += conn.execute(
+                    update(messages)
+                    .where(messages.c.id.in_(ids[start : start + 500]), messages.c.status == MessageStatus.held)
+                    .values(status=MessageStatus.grouped, updated_at=now)
+                ).rowcount
+        return moved
 
     # -- recovery and operator actions ------------------------------------------------------------------
 

@@ -37,10 +37,19 @@ class MessageStatus(StrEnum):
     transformed = "transformed"  # bundle stored, deliveries queued
     sent = "sent"  # every destination took it
     dead = "dead"  # at least one destination gave up (dead letter)
+    held = "held"  # a member of a group (a DICOM instance of a study): waits for its group, never processed alone
+    grouped = "grouped"  # a member whose group was assembled into a message of its own (which is processed)
 
 
 FINAL_MESSAGE_STATUSES = frozenset(
-    {MessageStatus.duplicate, MessageStatus.error, MessageStatus.filtered, MessageStatus.sent, MessageStatus.dead}
+    {
+        MessageStatus.duplicate,
+        MessageStatus.error,
+        MessageStatus.filtered,
+        MessageStatus.sent,
+        MessageStatus.dead,
+        MessageStatus.grouped,
+    }
 )
 
 
@@ -89,10 +98,13 @@ messages = Table(
     Column("charset", String(40), nullable=False, default="", server_default=""),
     Column("lane", String(40), nullable=False, default="", server_default=""),
     Column("source_time", Float, nullable=True),
+    # the group a member belongs to (keyed hash of e.g. the Study Instance UID; '' = none): migration 0005
+    Column("group_key", String(24), nullable=False, default="", server_default=""),
     Index("ix_messages_dedupe", "dedupe_key"),
     Index("ix_messages_lane", "lane", "status", "id"),
     Index("ix_messages_status", "status", "updated_at"),
     Index("ix_messages_channel_received", "channel", "received_at"),
+    Index("ix_messages_group", "channel", "group_key", "status"),
 )
 
 contents = Table(

@@ -20,8 +20,8 @@ class Statements:
         s = self._sql
         self.insert_message = s(
             "INSERT INTO messages (id, channel, status, received_at, updated_at, peer, message_type, sender,"
-            " control_id, dedupe_key, duplicate_of, error, size_bytes, lane, kind, charset)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " control_id, dedupe_key, duplicate_of, error, size_bytes, lane, kind, charset, group_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self.insert_content = s(
             "INSERT INTO contents (message_id, kind, destination, data, created_at) VALUES (?, ?, ?, ?, ?)"

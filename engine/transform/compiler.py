@@ -104,8 +104,12 @@ class CompiledMap:
 class Resolver:
     """Turns a path string into (getter, level, field label) for the kind of map being compiled."""
 
-    def __init__(self, *, segment: str | None = None, datatype: str | None = None, level: int = 1) -> None:
+    def __init__(
+        self, *, segment: str | None = None, datatype: str | None = None, level: int = 1, notation: Any = None
+    ) -> None:
         self.segment, self.datatype, self.level = segment, datatype, level
+        #: the source-path notation of the input kind (None: HL7 v2; ``engine.transform.dicom.DicomNotation``)
+        self.notation = notation
         self._cache: dict[str, tuple[Getter, int, str | None]] = {}
         self.reads_scope: str | None = None  # the first path that reads beyond the current value
 
@@ -119,6 +123,10 @@ class Resolver:
     def _resolve(self, text: str) -> tuple[Getter, int, str | None]:
         if self.datatype and (dp := paths.parse_datatype_path(text, self.datatype)):
             return paths.datatype_getter(dp, self.level), dp.level(self.level), None
+        if self.notation is not None:
+            if self.reads_scope is None:
+                self.reads_scope = text  # records are navigated at run time: never a cached map
+            return self.notation.resolve(text, self.segment)  # type: ignore[no-any-return]
         sp = paths.parse_segment_path(text)
         if (sp.segment != self.segment or sp.seg_rep is not None) and self.reads_scope is None:
             self.reads_scope = text

@@ -74,14 +74,19 @@ class Source:
         raise AssertionError(attr)
 
 
-def map_dir(root: Path) -> Path:
+def map_dir(root: Path, input_kind: str = "hl7v2") -> Path:
+    """The folder of one input kind's maps under a mapping root (``hl7v2/``, ``dicom/``)."""
+    if input_kind != "hl7v2":
+        return root / input_kind
     return root / "hl7v2" if (root / "hl7v2").is_dir() else root
 
 
-def read_sources(roots: list[Path]) -> dict[str, Source]:
+def read_sources(roots: list[Path], input_kind: str = "hl7v2") -> dict[str, Source]:
     sources: dict[str, Source] = {}
     for i, root in enumerate(roots):
-        base = map_dir(root)
+        base = map_dir(root, input_kind)
+        if i > 0 and input_kind != "hl7v2" and not base.is_dir():
+            continue  # an overlay without maps of this kind
         if not base.is_dir():
             raise ConfigError("mapping folder not found", file=str(root))
         for kind in KINDS:
@@ -108,8 +113,9 @@ def read_sources(roots: list[Path]) -> dict[str, Source]:
 class Library:
     """Named maps and tables, compiled on first use and cached (per application level)."""
 
-    def __init__(self, sources: dict[str, Source]) -> None:
+    def __init__(self, sources: dict[str, Source], notation: Any = None) -> None:
         self.sources = sources
+        self.notation = notation  # source paths of the input kind (None: HL7 v2), see compiler.Resolver
         self._maps: dict[tuple[str, int], CompiledMap] = {}
         self._tables: dict[str, Table] = {}
         self._compiling: set[tuple[str, int]] = set()
@@ -154,9 +160,9 @@ class Library:
             if not fhirmodel.is_model(m.target) or (fhirmodel.is_resource(m.target) and level):
                 raise target_w.error(f"target {m.target!r} is not a FHIR datatype")
             if src.kind == "segments":
-                resolver = Resolver(segment=m.segment)
+                resolver = Resolver(segment=m.segment, notation=self.notation)
             else:
-                resolver = Resolver(datatype=m.datatype, level=level)
+                resolver = Resolver(datatype=m.datatype, level=level, notation=self.notation)
             compiled = CompiledMap(src.name, m.target, level)
             ctx = Context(self, resolver, m.target, resource=False)
             compiled.steps, refs = compile_steps(src.rules(), ctx)

@@ -41,6 +41,8 @@ class MappingSet:
         self.roots = roots
         self.timezone = timezone
         self.identifier_systems = identifier_systems  # resolves a channel's default authority, as CX-4
+        #: the compiled maps of the other input kinds found under the same roots (``dicom``)
+        self.kinds: dict[str, MappingSet] = {}
         self._by_type: dict[str, MessageProgram] = {}
         for p in programs.values():
             for t in p.accepts:
@@ -66,6 +68,15 @@ class MappingSet:
             return self._by_type[key]
         structure = parts[2] if len(parts) > 2 else parts[0]
         return self.programs.get(structure)
+
+    def for_kind(self, kind: str) -> MappingSet:
+        """The maps of one input kind (``hl7v2``: these; ``dicom``: ``mappings/dicom/``)."""
+        if kind == "hl7v2":
+            return self
+        found = self.kinds.get(kind)
+        if found is None:
+            raise TransformError(f"no mappings for input kind {kind}", rule="mapping", code="200")
+        return found
 
     def program(self, mapping: str) -> MessageProgram:
         """A message map by name (``ORU_R01``) or path under mappings/ (``hl7v2/messages/ORU_R01.yaml``)."""
@@ -142,7 +153,12 @@ class MappingSet:
 
 
 def load_mappings(
-    root: Path, *, overlays: Sequence[Path] = (), timezone: str = "UTC", limits: Limits = DEFAULT_LIMITS
+    root: Path,
+    *,
+    overlays: Sequence[Path] = (),
+    timezone: str = "UTC",
+    limits: Limits = DEFAULT_LIMITS,
+    kind: str = "hl7v2",
 ) -> MappingSet:
     """Read and compile every mapping under ``root`` (then each overlay folder, in order).
 
@@ -156,8 +172,8 @@ def load_mappings(
         dates.zone(timezone)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    sources = read_sources(roots)
-    library = Library(sources)
+    sources = read_sources(roots, kind)
+    library = Library(sources, _notation(kind))
     library.check_all()
     programs: dict[str, MessageProgram] = {}
     claimed: dict[str, str] = {}
@@ -177,4 +193,24 @@ def load_mappings(
         programs[name] = program
     systems = sources.get(SYSTEMS_TABLE)
     table = library.table(SYSTEMS_TABLE, systems.where()) if systems and systems.kind == "codesystems" else None
-    return MappingSet(programs, roots, timezone, table, limits)
+    mappings = MappingSet(programs, roots, timezone, table, limits)
+    if kind == "hl7v2":
+        for other in OTHER_KINDS:
+            if any((r / other).is_dir() for r in roots):
+                mappings.kinds[other] = load_mappings(
+                    root, overlays=overlays, timezone=timezone, limits=OTHER_KINDS[other], kind=other
+                )
+    return mappings
+
+
+#: Input kinds beside HL7 v2 whose folder under a mapping root is compiled too, with their message caps
+#: (a DICOM study is one record per instance and series: far more than an HL7 message's segments).
+OTHER_KINDS: dict[str, Limits] = {"dicom": DEFAULT_LIMITS.model_copy(update={"max_segments": 100_000})}
+
+
+def _notation(kind: str) -> Any:
+    if kind == "dicom":
+        from engine.transform.dicom import DicomNotation
+
+        return DicomNotation()
+    return None

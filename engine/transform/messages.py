@@ -187,7 +187,7 @@ def _entry(name: str, layered: _Layered, done: dict[str, CompiledEntry], library
         target,
         f"{w.label} {name}",
     )
-    resolver = Resolver(segment=segment)
+    resolver = Resolver(segment=segment, notation=getattr(library, "notation", None))
     when, w_when = layered.get("when")
     if when is not None:
         ce.when = condition(when, resolver, w_when)
