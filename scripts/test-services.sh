@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure what the integration tests talk to is installed and running:
 # PostgreSQL (127.0.0.1:5432, trust auth), Redis (127.0.0.1:6379), RabbitMQ (127.0.0.1:5672, guest),
-# Node.js + npm (FHIR test server), and the FHIR test server's npm packages.
+# Node.js + npm (FHIR test server), the FHIR test server's npm packages, and the DICOM peers (dcmtk, Orthanc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+# DICOM peers: dcmtk (echoscu, storescu, storescp) as the modality and yardstick; Orthanc as the PACS
+command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc orthanc-dicomweb)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
