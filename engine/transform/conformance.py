@@ -454,7 +454,7 @@ def corpus_messages(folder: Path) -> Iterable[tuple[str, Path, Path | None]]:
 
 def _message_type(raw: bytes) -> str:
     try:  # MSH is ASCII in every charset HL7 allows: read it even when the body does not decode
-        return hl7v2.read_header(raw[:4096].decode("latin-1")).message_type
+        return hl7v2.read_header(raw.removeprefix(b"\xef\xbb\xbf")[:4096].decode("latin-1")).message_type
     except HL7Error:
         return "?"
 

@@ -167,3 +167,12 @@ def test_real_corpus_every_message_accounted_for(
     report.write(tmp_path / "report.md")
     with capsys.disabled():
         print("\n" + report.summary())
+
+
+def test_message_type_is_read_behind_a_byte_order_mark(tmp_path: Path, mappings: MappingSet) -> None:
+    """27 corpus files start with a UTF-8 BOM: their type was reported as "?" before."""
+    folder = tmp_path / "bom"
+    folder.mkdir()
+    (folder / "cbc.hl7").write_bytes(b"\xef\xbb\xbf" + SAMPLE.read_bytes())
+    report = compare_corpus(folder, mappings)
+    assert [o.message_type for o in report.outcomes] == ["ORU^R01"]
