@@ -278,9 +278,24 @@ class Departure:
     rule: str  # the IG rule the peer departs from
 
 
+def _covered(mine: tuple[Any, ...], theirs: tuple[Any, ...]) -> bool:
+    """A name (family, given…) or address (lines, city, state, postal code) of ours is covered by one of
+    theirs when the scalar parts are equal and our parts that are lists are a subset of theirs (the peer
+    also writes SAD.2/XAD.8 as lines and merges other segments' given names)."""
+    for a, b in zip(mine, theirs, strict=True):
+        if isinstance(a, tuple):
+            if not set(a) <= set(b):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
 def _agree(how: str, ours: Any, theirs: Any) -> bool:
     if how == Subset:
-        return ours <= theirs if ours else not theirs
+        if not ours:
+            return not theirs
+        return all(x in theirs or (isinstance(x, tuple) and any(_covered(x, y) for y in theirs)) for x in ours)
     return ours == theirs
 
 

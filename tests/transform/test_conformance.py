@@ -176,3 +176,26 @@ def test_message_type_is_read_behind_a_byte_order_mark(tmp_path: Path, mappings:
     (folder / "cbc.hl7").write_bytes(b"\xef\xbb\xbf" + SAMPLE.read_bytes())
     report = compare_corpus(folder, mappings)
     assert [o.message_type for o in report.outcomes] == ["ORU^R01"]
+
+
+def test_our_names_and_addresses_may_hold_fewer_parts_than_theirs() -> None:
+    ours = bundle(
+        {
+            "resourceType": "Patient",
+            "name": [{"family": "DOE", "given": ["ADAM", "A"]}],
+            "address": [{"line": ["1000", "Ste. 123"], "city": "Ann Arbor", "postalCode": "99999"}],
+        }
+    )
+    theirs = bundle(
+        {
+            "resourceType": "Patient",
+            "name": [{"family": "DOE", "given": ["ADAM", "A", "Addsm"]}],
+            "address": [{"line": ["1000", "Hospital Lane", "Ste. 123"], "city": "Ann Arbor ", "postalCode": "99999"}],
+        }
+    )
+    got = facts(ours, theirs)
+    assert got["Patient.name"] == [True] and got["Patient.address"] == [True]
+    other = bundle(
+        {"resourceType": "Patient", "address": [{"line": ["1000"], "city": "Detroit", "postalCode": "99999"}]}
+    )
+    assert facts(other, theirs)["Patient.address"] == [False]
