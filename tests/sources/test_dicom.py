@@ -43,7 +43,7 @@ def need(tool: str) -> str:
 
 
 def make_study(folder: Path, series: int, per_series: int, *, patient: str = "P-1", issuer: str = "HOSP") -> list[Path]:
-    """A study of ``series`` × ``per_series`` instances from pydicom's bundled files, with new UIDs."""
+    """A study of ``series`` x ``per_series`` instances from pydicom's bundled files, with new UIDs."""
     folder.mkdir(parents=True, exist_ok=True)
     study = generate_uid()
     out = []
