@@ -126,7 +126,7 @@ class Resolver:
         if self.notation is not None:
             if self.reads_scope is None:
                 self.reads_scope = text  # records are navigated at run time: never a cached map
-            return self.notation.resolve(text, self.segment)  # type: ignore[no-any-return]
+            return self.notation.resolve(text, self.segment)
         sp = paths.parse_segment_path(text)
         if (sp.segment != self.segment or sp.seg_rep is not None) and self.reads_scope is None:
             self.reads_scope = text
