@@ -142,7 +142,9 @@ class Engine:
                     raise type(exc)(f"channel {ch.name}: {exc}") from None
                 self.sources[ch.name] = src
                 log.info("channel %s started (%s source)", ch.name, ch.source.type)
-        await self._start_http()
+            # the HTTP server carries sources (webhooks) and the listener's probes: `interlink worker`
+            # processes, often beside a listener on the same host, do not bind it
+            await self._start_http()
 
     async def stop(self) -> None:
         if self.http is not None:
