@@ -171,6 +171,7 @@ class Pipeline:
                         channel.timezone,
                         channel.identifiers,
                         stored.kind,
+                        channel.strict,
                     )
                 )
         for (message_id, channel, lane), mapped in zip(todo, self.mapper.map_many(jobs) if jobs else [], strict=True):

@@ -32,6 +32,7 @@ from engine.queue.sweeper import Sweeper
 from engine.sources.hl7 import HL7Acceptor
 from engine.store import NewMessage, Store
 from engine.transform.bundle import full_url
+from engine.transform.limits import Limits
 from tests.integration.harness import wait_until
 
 BASE = "http://ehr.test/fhir"
@@ -49,6 +50,7 @@ class StubMappings:
     """One conditional Patient per message, named after the message's sequence number."""
 
     timezone = "UTC"
+    limits = Limits()
 
     def has_mapping(self, t: str) -> bool:
         return True

@@ -38,6 +38,7 @@ from engine import allocator, hl7v2
 from engine.errors import HL7Error, InterlinkError, TransformError
 from engine.transform import dates
 from engine.transform.authority import Identifiers
+from engine.transform.limits import check_text
 from engine.transform.mappingset import MappingSet, load_mappings
 
 _OK, _EMPTY, _TRANSFORM_ERROR, _HL7_ERROR = 0, 1, 2, 3
@@ -60,6 +61,7 @@ class Job:
     timezone: str | None = None
     identifiers: Identifiers | None = None  # the channel's default assigning authority (none: refuse)
     kind: str = "hl7v2"  # the input kind: which parser and mapping library
+    strict: bool = False  # the channel's `strict`: check the HL7 message structure first
 
 
 @dataclass(slots=True, frozen=True)
@@ -104,9 +106,16 @@ def map_one(mappings: MappingSet, job: Job) -> Mapped:
     if job.kind != "hl7v2":
         return Mapped(error=TransformError(f"no mapping library for input kind {job.kind}", code="200"))
     try:
-        message = hl7v2.Message.parse(hl7v2.decode(job.raw, job.charset))
+        text = hl7v2.decode(job.raw, job.charset)
+        check_text(text, mappings.limits)  # a forged segment or an oversize text, before the split
+        message = hl7v2.Message.parse(text)
         bundle = mappings.transform(
-            message, mapping=job.mapping, validation=job.validation, timezone=job.timezone, identifiers=job.identifiers
+            message,
+            mapping=job.mapping,
+            validation=job.validation,
+            timezone=job.timezone,
+            identifiers=job.identifiers,
+            strict=job.strict,
         )
     except (HL7Error, TransformError) as exc:
         return Mapped(error=exc)
@@ -231,8 +240,8 @@ def _serve(conn: Connection, mappings_dir: str, timezone: str) -> None:
         except (EOFError, OSError):
             return
         jobs = [
-            Job(raw.encode("latin-1"), c, m, v, tz, None if ids is None else Identifiers.model_validate(ids), kind)
-            for raw, c, m, v, tz, ids, kind in orjson.loads(request)
+            Job(raw.encode("latin-1"), c, m, v, tz, None if ids is None else Identifiers.model_validate(ids), kind, st)
+            for raw, c, m, v, tz, ids, kind, st in orjson.loads(request)
         ]
         conn.send_bytes(b"".join(_encode_reply(map_one(mappings, j)) for j in jobs))
         del request, jobs  # a batch of large messages is not kept while waiting for the next
@@ -287,6 +296,7 @@ class _Child:
                     j.timezone,
                     None if j.identifiers is None else j.identifiers.model_dump(mode="json"),
                     j.kind,
+                    j.strict,
                 ]
                 for j in jobs
             ]

@@ -19,6 +19,7 @@ from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
 from engine.queue.sweeper import Sweeper
 from engine.store import NewMessage, Store
+from engine.transform.limits import Limits
 from tests.integration.harness import wait_until
 
 RAW = b"MSH|^~\\&|LIS|LAB|EHR|HOSP|2024||ORU^R01|C1|P|2.5.1\rPID|1||123^^^HOSP^MR\r"
@@ -34,8 +35,17 @@ class FakeMappings:
     def has_mapping(self, t: str) -> bool:
         return True
 
+    limits = Limits()
+
     def transform(
-        self, message: hl7v2.Message, *, mapping=None, validation="sampled", timezone=None, identifiers=None
+        self,
+        message: hl7v2.Message,
+        *,
+        mapping=None,
+        validation="sampled",
+        timezone=None,
+        identifiers=None,
+        strict=False,
     ) -> dict:
         self.calls += 1
         pid = message.first("PID")

@@ -96,3 +96,23 @@ def test_a_child_leaves_quietly_when_its_pipe_closes(capfd: pytest.CaptureFixtur
     mapper.close()
     assert child.process.exitcode == 0
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_strict_and_input_checks_travel_with_the_job(pool: ProcessMapper) -> None:
+    """A channel's ``strict: true`` reaches the mapping (in the thread and in a mapping process), and the
+    reader refuses a forged segment (a raw LF inside a CR-terminated field) before any rule runs."""
+    hosp = Identifiers(by_facility={"LAB": "HOSP"}, authority="HOSP")
+    sample = (MAPPINGS / "hl7v2" / "samples" / "oru_r01_cbc.hl7").read_bytes()
+    segments = sample.replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r").split(b"\r")
+    extra = b"\r".join([*segments, b"MSA|AA|1"])  # an MSA has no place in ORU_R01
+    forged = b"\r".join(s + b"\nPID|1||OTHER^^^H^MR" if s.startswith(b"NTE|") else s for s in segments)
+    batch = [
+        Job(extra, "utf-8", None, "off", None, hosp),
+        Job(extra, "utf-8", None, "off", None, hosp, "hl7v2", True),
+        Job(forged, "utf-8", None, "off", None, hosp),
+    ]
+    for mapper in (InThreadMapper(load_mappings(MAPPINGS)), pool):
+        lax, strict, bad = mapper.map_many(batch)
+        assert lax.bundle is not None
+        assert isinstance(strict.error, TransformError) and (strict.error.field, strict.error.rule) == ("MSA", "strict")
+        assert isinstance(bad.error, TransformError) and bad.error.rule == "limits.terminators"
