@@ -124,12 +124,12 @@ def assemble(made: list[Instance]) -> dict[str, Any]:
                 for t in _collect(inst, up, down):
                     refs.append({"reference": t.full_url})
             if refs:
-                value = refs if plan.is_list else refs[0]
+                ref_value: Any = refs if plan.is_list else refs[0]
                 key = plan.keys[0][0]
                 if len(plan.keys) == 1 and key not in resource:
-                    resource[key] = value
+                    resource[key] = ref_value
                 else:
-                    put(resource, plan.keys, value)
+                    put(resource, plan.keys, ref_value)
         rtype = inst.entry.resource_type
         entries.append(
             {

@@ -239,7 +239,11 @@ def _leaf(spec: Condition, resolver: Resolver, neg: bool) -> Cond | None:
     if tests is None or len(tests) != 1:
         return None
     ((p, vs),) = tests.items()
-    values = frozenset([_text(vs)]) if spec.equals is not None else frozenset(_text(v) for v in vs)
+    values = (
+        frozenset([_text(vs)])
+        if spec.equals is not None
+        else frozenset(map(_text, vs if isinstance(vs, list) else [vs]))
+    )
     return _in(*resolver.resolve(p)[:2], values, neg)
 
 

@@ -35,7 +35,7 @@ import fnmatch
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -478,8 +478,8 @@ def compare_corpus(
     folder: Path,
     mappings: MappingSet,
     *,
-    departures: list[Departure] = (),
-    identifiers: Identifiers = CHANNEL,  # type: ignore[assignment]
+    departures: Sequence[Departure] = (),
+    identifiers: Identifiers = CHANNEL,
 ) -> Report:
     """Map every message of the corpus folder and compare it with the peer's expected bundle, if any."""
     report = Report()

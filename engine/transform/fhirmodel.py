@@ -127,8 +127,8 @@ def _elements(model: str) -> dict[str, Element]:
         if tname is None:
             continue
         extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-        refs = tuple(extra.get("enum_reference_types") or ())
-        codes = tuple(extra.get("enum_values") or ())
+        refs = tuple(str(x) for x in extra.get("enum_reference_types") or ())  # type: ignore[union-attr]
+        codes = tuple(str(x) for x in extra.get("enum_values") or ())  # type: ignore[union-attr]
         if "+" in codes:
             codes = ()
         out[name] = Element(name, tname, is_list, refs, codes)

@@ -152,7 +152,7 @@ def primitive(raw: str, level: int, d: Delimiters) -> str:
     return raw.strip()
 
 
-def _pick(items: list[str], index: int | None) -> list[str]:
+def _pick(items: list[Any], index: int | None) -> list[Any]:
     if index == ALL:
         return items
     i = 0 if index is None else index - 1

@@ -345,7 +345,7 @@ class _Run:
                         raise TransformError(
                             f"assigning authority is empty and the channel declares no default for this sender "
                             f"(identifiers:): a {rtype} keyed on the value alone could be another facility's",
-                            field=f"{field_label}.{comp}" if field_label and comp else field_label or ctx.segment,
+                            field=f"{field_label}.{comp}" if field_label and comp else field_label or ctx.segment or "",
                             rule=label,
                             code="101",
                         )

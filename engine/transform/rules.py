@@ -80,7 +80,7 @@ def compile_steps(rules: dict[str, list[tuple[Rule, Where]]], ctx: Context) -> t
         if ref_names:
             if len(ref_names) != len(items) or el.type != "Reference":
                 raise w0.error(f"{target}: `ref` rules fill a Reference element and cannot mix with other rules")
-            refs.append(RefTarget(keys, el, ref_names))  # type: ignore[arg-type]
+            refs.append(RefTarget(keys, el, ref_names))
             continue
         compiled = [compile_rule(r, w, target, el, ctx) for r, w in items]
         required = next((_label(r, ctx) for r, _w in items if r.required), None)
@@ -183,9 +183,9 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
         return TransformError(str(exc), field=field or env.field, rule=label, code=code)
 
     if first_only and keep is None and defaults is None and hasattr(get, "component"):
-        return _fused_component(get.component, when, convert, plain, fail)  # type: ignore[attr-defined]
+        return _fused_component(get.component, when, convert, plain, fail)
     if first_only and keep is None and defaults is None and hasattr(get, "own"):
-        return _fused_own(get.own, level, when, convert, plain, fail)  # type: ignore[attr-defined]
+        return _fused_own(get.own, level, when, convert, plain, fail)
 
     if first_only and keep is None and defaults is None:
 
@@ -423,7 +423,7 @@ def _args(rule: Rule, f: Any, w: Where, ctx: Context) -> dict[str, Callable[[Env
             raise w.at("args", name).error(f"function {f.name} has no argument {name!r}")
         if p.kind == "table":
             tbl = ctx.library.table(str(value), w.at("args", name))
-            out[name] = lambda env, t=tbl: t
+            out[name] = _const(tbl)
         elif p.kind == "path":
             try:
                 get, level, _ = ctx.resolver.resolve(str(value))
@@ -431,11 +431,16 @@ def _args(rule: Rule, f: Any, w: Where, ctx: Context) -> dict[str, Callable[[Env
                 raise w.at("args", name).error(str(exc)) from None
             out[name] = _first_primitive(get, level)
         else:
-            out[name] = lambda env, v=value: v
+            out[name] = _const(value)
     missing = [n for n, p in f.params.items() if p.required and n not in out]
     if missing:
         raise w.error(f"function {f.name} needs argument(s) {', '.join(missing)}")
     return out
+
+
+def _const(value: Any) -> Callable[[Env], Any]:
+    """An argument that does not depend on the message (a table, a constant)."""
+    return lambda env: value
 
 
 def _first_primitive(get: paths.Getter, level: int) -> Callable[[Env], str | None]:

@@ -66,7 +66,7 @@ def merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def _missing(step: Step) -> TransformError:
-    return TransformError("required value is missing", field=step.required, rule=step.rule, code="101")
+    return TransformError("required value is missing", field=step.required or "", rule=step.rule, code="101")
 
 
 def _filler(step: Step) -> Fill:
@@ -168,7 +168,7 @@ class Steps:
             if s.gate is None or got[s.gate[1]] in s.gate[2]:
                 plan.append(item)
             elif s.required:
-                plan.append((None, lambda env, out, s=s: _raise(_missing(s))))
+                plan.append((None, _refuse_missing(s)))
         self._plans[key] = plan
         return plan
 
@@ -193,5 +193,10 @@ class Steps:
         return out
 
 
-def _raise(exc: Exception) -> None:
-    raise exc
+def _refuse_missing(step: Step) -> Fill:
+    """A required step whose gate keeps it from running: nothing can fill it, the message is refused."""
+
+    def refuse(env: Env, out: dict[str, Any]) -> None:
+        raise _missing(step)
+
+    return refuse

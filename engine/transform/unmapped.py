@@ -89,7 +89,7 @@ class _Walker:
             return
         for p in filter(None, [c.present, c.absent]):
             self.reads.add(self.path(p, here, datatype), whole=False)
-        for d in filter(None, [c.equals, c.in_]):
+        for d in (c.equals or {}, c.in_ or {}):
             for p in d:
                 self.reads.add(self.path(p, here, datatype), whole=False)
         for sub in [c.not_, *(c.all or []), *(c.any or [])]:
