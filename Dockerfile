@@ -28,11 +28,12 @@ USER 10001:10001
 # INTERLINK_MLLP_HOST is read by the example channels; INTERLINK_METRICS_HOST and INTERLINK_HTTP_HOST by
 # the engine settings.
 ENV INTERLINK_MLLP_HOST=0.0.0.0 \
+    INTERLINK_DICOM_HOST=0.0.0.0 \
     INTERLINK_METRICS_HOST=0.0.0.0 \
     INTERLINK_HTTP_HOST=0.0.0.0
 
 # 2575: lab-results (ORU^R01), 2576: adt, 8080: HTTP (webhooks at /webhooks/events, /healthz, /readyz),
-# 9464: Prometheus /metrics.
-EXPOSE 2575 2576 8080 9464
+# 9464: Prometheus /metrics, 11112: imaging (DICOM C-STORE, AE title INTERLINK).
+EXPOSE 2575 2576 8080 9464 11112
 VOLUME ["/app/data"]
 CMD ["interlink", "run"]

@@ -78,7 +78,7 @@ def test_image_exposes_every_port_the_engine_listens_on(monkeypatch: pytest.Monk
     settings = Settings.load(ROOT / "config" / "engine.yaml", env={})
     listeners = {getattr(c.source, "port", None) for c in load_channels([ROOT / "channels"])} - {None}
     ports = listeners | {settings.metrics_port, settings.http_port}
-    assert ports == {2575, 2576, 8080, 9464}
+    assert ports == {2575, 2576, 8080, 9464, 11112}
     assert exposed_ports() == ports
 
 
