@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.hl7v2 import unescape
-from engine.transform.paths import NULL, Env, Getter, own_value, primitive
+from engine.transform.paths import NULL, ComponentRead, Env, Getter, OwnRead, own_value, primitive
 
 if TYPE_CHECKING:
     from engine.transform.compiler import Resolver
@@ -22,7 +22,7 @@ Cond = Callable[[Env], bool]
 
 def _first(get: Getter, level: int) -> Callable[[Env], str | None]:
     """The first value's first component, read once per env (conditions often test the same field)."""
-    if hasattr(get, "component"):
+    if isinstance(get, ComponentRead):
         return _part_text(get, level)
 
     def first(env: Env) -> str | None:
@@ -87,7 +87,7 @@ def _part_text(get: Getter, level: int) -> Callable[[Env], str | None]:
 
 def text_reader(get: Getter, level: int) -> Callable[[Env], str | None]:
     """The first value's first component, unescaped and trimmed (None when empty)."""
-    own = getattr(get, "own", None)
+    own = get.own if isinstance(get, OwnRead) else None
     return _own_text(own, level) if own is not None else _first(get, level)
 
 
@@ -111,10 +111,10 @@ def _own_read(spec: tuple[int, int | None, int | None], level: int, values: froz
 
 
 def _present(get: Getter, level: int, neg: bool = False) -> Cond:
-    own = getattr(get, "own", None)
+    own = get.own if isinstance(get, OwnRead) else None
     if own is not None:
         return _own_read(own, level, None, neg)
-    if hasattr(get, "component"):
+    if isinstance(get, ComponentRead):
 
         def present_part(env: Env) -> bool:
             vals = get(env)
@@ -186,7 +186,7 @@ def _or(conds: list[Cond]) -> Cond:
 
 def _in(get: Getter, level: int, s: frozenset[str], neg: bool = False) -> Cond:
     """``equals`` (one value) and ``in``: the first value's first component is one of ``s``."""
-    own = getattr(get, "own", None)
+    own = get.own if isinstance(get, OwnRead) else None
     if own is not None:
         return _own_read(own, level, s, neg)
     f = _first(get, level)

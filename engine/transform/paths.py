@@ -223,15 +223,46 @@ def _own_all(field: int, comp: int | None, sub: int | None) -> Getter:
     return get
 
 
-def _own_first(field: int, comp: int | None, sub: int | None) -> Getter:
-    """The fast path: a field (or component) of the current segment's first repetition."""
+class OwnRead:
+    """The fast path: a field (or component) of the current segment's first repetition. Rules and
+    conditions recognise it by type and fuse the read into their own closure (``own``)."""
 
-    def get(env: Env) -> list[str]:
-        raw = own_value(env.cur.fields, field, comp, sub, env.run.d)
+    __slots__ = ("own",)
+
+    def __init__(self, field: int, comp: int | None, sub: int | None) -> None:
+        self.own = (field, comp, sub)
+
+    def __call__(self, env: Env) -> list[str]:
+        raw = own_value(env.cur.fields, *self.own, env.run.d)
         return [raw] if raw else EMPTY
 
-    get.own = (field, comp, sub)  # type: ignore[attr-defined]  # lets rules and conditions fuse the read
-    return get
+
+class ComponentRead:
+    """A component (or sub-component) of a datatype value at level ``base``; rules recognise it by type and
+    fuse the read (``component`` = (component, sub-component, base))."""
+
+    __slots__ = ("component",)
+
+    def __init__(self, comp: int, sub: int | None, base: int) -> None:
+        self.component = (comp, sub, base)
+
+    def __call__(self, env: Env) -> list[str]:
+        comp, sub, base = self.component
+        parts = env.parts
+        if parts is None:
+            parts = env.parts = env.cur.split(separator(env.run.d, base))
+        if comp > len(parts):
+            return EMPTY
+        v = parts[comp - 1]
+        if sub is not None and v:
+            subs = v.split(env.run.d.subcomponent)
+            v = subs[sub - 1] if sub <= len(subs) else ""
+        return [v] if v and v != NULL else EMPTY
+
+
+def _own_first(field: int, comp: int | None, sub: int | None) -> Getter:
+    """The fast path: a field (or component) of the current segment's first repetition."""
+    return OwnRead(field, comp, sub)
 
 
 def own_value(fields: list[str], field: int, comp: int | None, sub: int | None, d: Delimiters) -> str:
@@ -260,20 +291,7 @@ def datatype_getter(p: DatatypePath, base: int) -> Getter:
 
         return whole
 
-    def get(env: Env) -> list[str]:
-        parts = env.parts
-        if parts is None:
-            parts = env.parts = env.cur.split(separator(env.run.d, base))
-        if comp > len(parts):
-            return EMPTY
-        v = parts[comp - 1]
-        if sub is not None and v:
-            subs = v.split(env.run.d.subcomponent)
-            v = subs[sub - 1] if sub <= len(subs) else ""
-        return [v] if v and v != NULL else EMPTY
-
-    get.component = (comp, sub, base)  # type: ignore[attr-defined]  # lets rules fuse the read
-    return get
+    return ComponentRead(comp, sub, base)
 
 
 def relative_getter(comp: int | None, sub: int | None) -> Getter:

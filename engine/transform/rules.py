@@ -182,9 +182,9 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
         code = "103" if isinstance(exc, Unmapped) else "102"
         return TransformError(str(exc), field=field or env.field, rule=label, code=code)
 
-    if first_only and keep is None and defaults is None and hasattr(get, "component"):
+    if first_only and keep is None and defaults is None and isinstance(get, paths.ComponentRead):
         return _fused_component(get.component, when, convert, plain, fail)
-    if first_only and keep is None and defaults is None and hasattr(get, "own"):
+    if first_only and keep is None and defaults is None and isinstance(get, paths.OwnRead):
         return _fused_own(get.own, level, when, convert, plain, fail)
 
     if first_only and keep is None and defaults is None:
