@@ -114,8 +114,9 @@ class GroupCommitter:
     def _commit(self, items: list[tuple[NewMessage, asyncio.AbstractEventLoop | None, object]]) -> None:
         batch = [m for m, _, _ in items]
         try:
-            results: list[Accepted] | None = self._store.insert_messages(batch)
-            outcome: list[Accepted | BaseException] = list(results)
+            accepted = self._store.insert_messages(batch)
+            results: list[Accepted] | None = accepted
+            outcome: list[Accepted | BaseException] = list(accepted)
         except Exception as exc:  # anything: the senders must hear "not committed", never hang
             log.error("ingest commit of %d messages failed: %s", len(batch), exc.__class__.__name__)
             err = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable("message store unavailable")
