@@ -1,6 +1,6 @@
 """Ingest benchmark: MLLP → commit → ACK, beside a bare asyncio MLLP echo server measured in the same run.
 
-    python bench/ingest.py [--messages 20000] [--pg postgresql+psycopg://postgres@127.0.0.1/test]
+    python bench/ingest.py [--messages 20000] [--pg postgresql+psycopg://postgres@127.0.0.1/postgres]
 
 For 1 and 4 connections it prints messages/s and p50/p99 ACK latency of
 - a bare asyncio MLLP echo server (the ceiling of Python + asyncio + loopback on this machine),
@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,22 +134,50 @@ def measure(target, args: tuple, conns: int, total: int) -> dict:  # type: ignor
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=20000)
-    ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    ap.add_argument(
+        "--pg",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        help="an administrative connection: the run creates its own database beside it and drops it after",
+    )
     args = ap.parse_args()
 
     backends = [("sqlite FULL", None, "FULL"), ("sqlite NORMAL", None, "NORMAL")]
+    pg_db = own_database(args.pg)
+    if pg_db is not None:
+        backends.append(("postgresql", pg_db, "FULL"))
     try:
-        from sqlalchemy import create_engine, text
+        run(args, backends)
+    finally:
+        if pg_db is not None:
+            drop_database(args.pg, pg_db)
 
-        e = create_engine(args.pg, connect_args={"connect_timeout": 2})
-        with e.begin() as c:
-            for t in ("attempts", "deliveries", "contents", "messages", "alembic_version"):
-                c.execute(text(f"DROP TABLE IF EXISTS {t} CASCADE"))
+
+def own_database(admin_url: str) -> str | None:
+    """A new, empty PostgreSQL database for this run (never one the benchmark did not create)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"interlink_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        e = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 2})
+        with e.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
         e.dispose()
-        backends.append(("postgresql", args.pg, "FULL"))
     except Exception as exc:
         print(f"(PostgreSQL not reachable, skipped: {exc.__class__.__name__})")
+        return None
+    return admin_url.rsplit("/", 1)[0] + "/" + name
 
+
+def drop_database(admin_url: str, url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    e = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with e.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    e.dispose()
+
+
+def run(args: argparse.Namespace, backends: list[tuple[str, str | None, str]]) -> None:
     print(f"ORU^R01 with 8 OBX ({len(ORU)} bytes), {args.messages} messages per run\n")
     print(f"{'server':<22}{'conns':>6}{'msg/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs echo':>9}")
     for conns in (1, 4, 16):
