@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,37 +24,9 @@ from engine.sources.mllp import frame  # noqa: E402
 from engine.sources.mllp_client import send  # noqa: E402
 from tests.integration.harness import EngineProcess, wait_until  # noqa: E402
 from tests.integration.messages import oru  # noqa: E402
+from tests.integration.procfs import mapping_processes, settled  # noqa: E402
 
 MB = 1024 * 1024
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def mapping_processes(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return sorted(found)
-
-
-def settled(pids: list[int]) -> list[int]:
-    lowest = [rss(p) for p in pids]
-    for _ in range(10):
-        time.sleep(0.1)
-        lowest = [min(a, rss(p)) for a, p in zip(lowest, pids, strict=True)]
-    return lowest
 
 
 async def one_round(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], tag: str, note: bytes) -> None:

@@ -87,7 +87,6 @@ class Engine:
         self.sources: dict[str, Source] = {}
         self.sweeper: Sweeper | None = None
         self.http: HttpServer | None = None
-        self._routes: WebhookRoutes | None = None
 
     @property
     def in_process_queue(self) -> bool:
@@ -120,6 +119,7 @@ class Engine:
                 batch_wait_ms=self.settings.ingest_batch_wait_ms,
             )
             routes = self._http_routes()
+            ingest = Ingest(self.committer)
             for ch in self.channels:
                 if not ch.enabled:
                     continue
@@ -127,7 +127,7 @@ class Engine:
                     src = build_source(
                         SourceContext(
                             channel=ch,
-                            ingest=Ingest(self.committer),
+                            ingest=ingest,
                             has_mapping=self.mappings.has_mapping,
                             transform_now=self._transform_now,
                             metrics=self.metrics,
@@ -144,7 +144,7 @@ class Engine:
                 log.info("channel %s started (%s source)", ch.name, ch.source.type)
             # the HTTP server carries sources (webhooks) and the listener's probes: `interlink worker`
             # processes, often beside a listener on the same host, do not bind it
-            await self._start_http()
+            await self._start_http(routes)
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -177,18 +177,17 @@ class Engine:
     # -- the HTTP server ----------------------------------------------------------------------------
 
     def _http_routes(self) -> WebhookRoutes | None:
+        """The webhook routes sources register on (None: no HTTP server, ``http_port`` 0)."""
         if not self.settings.http_port:
             return None
         tls = self.settings.http_tls
-        self._routes = WebhookRoutes(self.settings.data_dir, mtls=tls is not None and tls.ca_file is not None)
-        return self._routes
+        return WebhookRoutes(self.settings.data_dir, mtls=tls is not None and tls.ca_file is not None)
 
-    async def _start_http(self) -> None:
-        """Probes, OpenAPI and the webhook channels on one server (``http_port`` 0: none)."""
-        s = self.settings
-        if not s.http_port:
+    async def _start_http(self, routes: WebhookRoutes | None) -> None:
+        """Probes, OpenAPI and the webhook channels on one server (no routes: no server)."""
+        if routes is None:
             return
-        routes = self._routes or WebhookRoutes(s.data_dir)
+        s = self.settings
         app = create_app(self._readiness(), routes)
         self.http = HttpServer(
             app,

@@ -17,7 +17,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from engine.errors import ConfigError
+from engine.config import tls as config_tls
 from engine.settings import HttpTLSSettings
 
 __all__ = ["ClientCertProtocol", "server_context", "subject_name"]
@@ -25,20 +25,15 @@ __all__ = ["ClientCertProtocol", "server_context", "subject_name"]
 
 def server_context(tls: HttpTLSSettings) -> ssl.SSLContext:
     """The server-side context; unreadable files raise :class:`ConfigError` naming the setting."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["http/1.1"])
-    try:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"http_tls: cannot load cert_file/key_file ({type(exc).__name__})") from None
-    if tls.ca_file is not None:
-        try:
-            ctx.load_verify_locations(cafile=tls.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"http_tls: cannot load ca_file ({type(exc).__name__})") from None
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
+    return config_tls.server_context(
+        tls.cert_file,
+        tls.key_file,
+        tls.ca_file,
+        tls.min_version,
+        client_cert=ssl.CERT_OPTIONAL,
+        setting="http_tls",
+        alpn=["http/1.1"],
+    )
 
 
 def _client_cert(transport: asyncio.Transport) -> dict[str, Any]:

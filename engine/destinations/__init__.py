@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import httpx
-from pydantic import Field
 
+from engine.config.model import tagged_union
 from engine.destinations.auth import BearerConfig, OAuth2Config
 from engine.destinations.base import (
     ConditionalWrites,
@@ -42,10 +42,7 @@ REGISTRY: dict[str, tuple[type[Any], Callable[..., Destination]]] = {
 if TYPE_CHECKING:
     DestinationConfig: TypeAlias = DestinationSettings
 else:
-    DestinationConfig = Annotated[
-        Union[tuple(config for config, _ in REGISTRY.values())],  # noqa: UP007
-        Field(discriminator="type"),
-    ]
+    DestinationConfig = tagged_union(config for config, _ in REGISTRY.values())
 
 __all__ = [
     "REGISTRY",

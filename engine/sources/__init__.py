@@ -9,10 +9,9 @@ and the runtime looks the builder up; neither names a source. Every source takes
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from pydantic import Field
-
+from engine.config.model import tagged_union
 from engine.sources import dicom, mllp, webhook
 from engine.sources.base import Handler, Inbound, Source, SourceContext, SourceSettings
 
@@ -26,10 +25,7 @@ REGISTRY: dict[str, tuple[type[Any], Callable[[SourceContext], Source]]] = {
 if TYPE_CHECKING:
     SourceConfig: TypeAlias = SourceSettings
 else:
-    SourceConfig = Annotated[
-        Union[tuple(config for config, _ in REGISTRY.values())],  # noqa: UP007
-        Field(discriminator="type"),
-    ]
+    SourceConfig = tagged_union(config for config, _ in REGISTRY.values())
 
 
 def build_source(ctx: SourceContext) -> Source:

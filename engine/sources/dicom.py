@@ -45,6 +45,7 @@ import orjson
 from pydantic import Field, field_validator
 
 from engine.config.model import Model
+from engine.config.tls import server_context
 from engine.errors import ListenError, StoreUnavailable
 from engine.ingest import Ingest, Meta
 from engine.sources.base import SourceContext
@@ -85,13 +86,10 @@ class DicomTLSConfig(Model):
     min_version: Literal["1.2", "1.3"] = Field("1.2", description="Oldest TLS protocol version accepted.")
 
     def context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
-        if self.ca_file is not None:
-            ctx.load_verify_locations(str(self.ca_file))
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+        """A server-side SSL context (senders must present a certificate when ``ca_file`` is set)."""
+        return server_context(
+            self.cert_file, self.key_file, self.ca_file, self.min_version, client_cert=ssl.CERT_REQUIRED, setting="tls"
+        )
 
 
 class DicomConfig(Model):
@@ -188,10 +186,7 @@ class DicomSource:
             (evt.EVT_CONN_CLOSE, self._on_end),
         ]
         cfg = self.config
-        try:
-            ctx = cfg.tls.context() if cfg.tls else None
-        except (OSError, ssl.SSLError) as exc:
-            raise ListenError(f"TLS certificate or key cannot be loaded ({exc.__class__.__name__})") from None
+        ctx = cfg.tls.context() if cfg.tls else None  # ConfigError (one line) when the files cannot be loaded
         try:
             self._server = await asyncio.to_thread(
                 ae.start_server, (cfg.host, cfg.port), block=False, ssl_context=ctx, evt_handlers=handlers

@@ -49,7 +49,8 @@ from pydantic import Field, IPvAnyNetwork, model_validator
 
 from engine import hl7v2, response
 from engine.config.model import Model
-from engine.errors import ConfigError, HL7Error, ListenError
+from engine.config.tls import server_context
+from engine.errors import HL7Error, ListenError
 from engine.sources.base import Handler, Inbound, SourceContext
 from engine.sources.hl7 import HL7Acceptor, HL7Options
 
@@ -100,19 +101,14 @@ class MLLPTLSConfig(Model):
 
     def context(self) -> ssl.SSLContext:
         """A server-side SSL context; unreadable files raise :class:`ConfigError`."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"tls: cannot load cert_file/key_file: {_reason(exc)}") from None
-        if self.ca_file is not None:
-            try:
-                ctx.load_verify_locations(cafile=self.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"tls: cannot load ca_file: {_reason(exc)}") from None
-            ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
-        return ctx
+        return server_context(
+            self.cert_file,
+            self.key_file,
+            self.ca_file,
+            self.min_version,
+            client_cert=ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL,
+            setting="tls",
+        )
 
 
 class MLLPConfig(HL7Options):
@@ -730,14 +726,6 @@ def _where(exc: BaseException) -> str:
         return type(exc).__name__
     last = tb[-1]
     return f"{type(exc).__name__} at {Path(last.filename).name}:{last.lineno} in {last.name}"
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return type(exc).__name__
 
 
 def build(ctx: SourceContext) -> MLLPSource:

@@ -35,12 +35,13 @@ import orjson
 
 from engine.errors import TransformError
 from engine.hl7v2 import DEFAULT_DELIMITERS, Message, Segment
-from engine.transform import dicom_functions, paths
+from engine.transform import (
+    dicom_functions,  # noqa: F401  (registers the DICOM functions in the closed registry)
+    paths,
+)
 from engine.transform.paths import ALL, EMPTY, Env, Getter, PathError
 
 __all__ = ["LEVELS", "DicomNotation", "Record", "study_message"]
-
-assert dicom_functions.FUNCTIONS  # registered with the closed registry when DICOM maps are compiled
 
 LEVELS = ("STUDY", "SERIES", "INSTANCE")
 _D = DEFAULT_DELIMITERS

@@ -276,68 +276,8 @@ def _xtn_value(run: Any, parts: list[str]) -> str | None:
 
 _P, _T = Param("path"), Param("table")
 
-REGISTRY: dict[str, Function] = {
-    f.name: f
-    for f in (
-        Function("date", _date, "primitive", "date", "TS/DT → FHIR date (YYYY, YYYY-MM, YYYY-MM-DD).", memo=True),
-        Function("datetime", _datetime, "primitive", "dateTime", "TS/DTM → FHIR dateTime, precision kept.", memo=True),
-        Function("instant", _instant, "primitive", "instant", "TS/DTM → FHIR instant (minutes at least).", memo=True),
-        Function("time", _time, "primitive", "time", "TM → FHIR time.", memo=True),
-        Function("decimal", _decimal, "primitive", "decimal", "NM → decimal; anything else is an error."),
-        Function("integer", _integer, "primitive", "integer", "NM/SI → integer."),
-        Function("boolean", _boolean, "primitive", "boolean", "Yes/no indicator (table 0136) → boolean."),
-        Function("text", _text, "raw", "string", "The whole value as text (FT/TX/ST with any separators)."),
-        Function(
-            "authority_system",
-            _authority_system,
-            "none",
-            "uri",
-            "Assigning authority (HD parts) → Identifier.system: site table, OID, UUID, URI, else urn:interlink:id:.",
-            {"namespace": _P, "universal_id": _P, "universal_id_type": _P, "systems": _T},
-        ),
-        Function(
-            "coding_system",
-            _coding_system,
-            "primitive",
-            "uri",
-            "Coding system name (CWE.3) → URI: the table, HL7nnnn → v2 table, OID or URI as is.",
-            {"systems": _T},
-        ),
-        Function("ucum_code", _ucum_code, "parts", "code", "Units (CWE) → the code when it is UCUM."),
-        Function("ucum_system", _ucum_system, "parts", "uri", "Units (CWE) → UCUM system when UCUM."),
-        Function("sn_quantity", _sn_quantity, "parts", "Quantity", "SN → Quantity (comparator, value)."),
-        Function("sn_range", _sn_range, "parts", "Range", "SN num1-num2 → Range (low, high values)."),
-        Function("sn_ratio", _sn_ratio, "parts", "Ratio", "SN num1:num2 or num1/num2 → Ratio."),
-        Function("sn_text", _sn_text, "parts", "string", "SN → its components as text."),
-        Function(
-            "reference_range",
-            _reference_range,
-            "primitive",
-            "ObservationReferenceRange",
-            "OBX-7 → referenceRange: text, plus low/high for 'a-b', 'a to b', '<b', '>a'.",
-        ),
-        Function(
-            "xcn_display",
-            _xcn_display,
-            "parts",
-            "string",
-            "XCN person → display name (prefix given middle family suffix).",
-        ),
-        Function("pl_display", _pl_display, "parts", "string", "PL location → display text."),
-        Function("xtn_value", _xtn_value, "parts", "string", "XTN → ContactPoint.value (e-mail or number)."),
-        Function(
-            "pl_key",
-            _pl_key,
-            "parts",
-            "string",
-            "PL location → a stable key 'point of care^room^bed[^building^floor]' (a Location's identity value).",
-        ),
-    )
-}
-
 
 # Observation values and document content (OBX-5 by OBX-2): ED, RP, CQ, MO, CP, repeated values.
-# Kept as one additive block so that other maps' functions above stay untouched.
 
 UCUM_SYSTEM = units.UCUM
 CURRENCY_SYSTEM = "urn:iso:std:iso:4217"
@@ -482,52 +422,103 @@ def _obx_component(
     return out
 
 
-REGISTRY.update(
-    {
-        f.name: f
-        for f in (
-            Function(
-                "ed_attachment",
-                _ed_attachment,
-                "parts",
-                "Attachment",
-                "ED → Attachment: media type from type/subtype, data base64 (Base64 checked and kept as sent; "
-                "Hex and A converted).",
-                {"types": _T},
-            ),
-            Function(
-                "rp_attachment",
-                _rp_attachment,
-                "parts",
-                "Attachment",
-                "RP → Attachment: url is the pointer, media type from type/subtype.",
-                {"types": _T},
-            ),
-            Function(
-                "text_attachment",
-                _text_attachment,
-                "raw",
-                "Attachment",
-                "TX/FT/ST → text/plain Attachment (escapes resolved, UTF-8, base64).",
-            ),
-            Function("cq_quantity", _cq_quantity, "parts", "Quantity", "CQ → Quantity (UCUM when the unit parses)."),
-            Function("mo_quantity", _mo_quantity, "parts", "Quantity", "MO → Quantity in ISO 4217 currency."),
-            Function("cp_quantity", _cp_quantity, "raw", "Quantity", "CP → Quantity: the price (MO) of CP.1."),
-            Function(
-                "obx_component",
-                _obx_component,
-                "parts",
-                "ObservationComponent",
-                "One repetition of OBX-5 (NM, CWE/CE/CNE/CF, DT/DTM) → Observation.component coded by OBX-3.",
-                {
-                    "value_type": _P,
-                    "code": _P,
-                    "display": _P,
-                    "coding_system": _P,
-                    "unit": _P,
-                    "systems": _T,
-                },
-            ),
-        )
-    }
-)
+REGISTRY: dict[str, Function] = {
+    f.name: f
+    for f in (
+        Function("date", _date, "primitive", "date", "TS/DT → FHIR date (YYYY, YYYY-MM, YYYY-MM-DD).", memo=True),
+        Function("datetime", _datetime, "primitive", "dateTime", "TS/DTM → FHIR dateTime, precision kept.", memo=True),
+        Function("instant", _instant, "primitive", "instant", "TS/DTM → FHIR instant (minutes at least).", memo=True),
+        Function("time", _time, "primitive", "time", "TM → FHIR time.", memo=True),
+        Function("decimal", _decimal, "primitive", "decimal", "NM → decimal; anything else is an error."),
+        Function("integer", _integer, "primitive", "integer", "NM/SI → integer."),
+        Function("boolean", _boolean, "primitive", "boolean", "Yes/no indicator (table 0136) → boolean."),
+        Function("text", _text, "raw", "string", "The whole value as text (FT/TX/ST with any separators)."),
+        Function(
+            "authority_system",
+            _authority_system,
+            "none",
+            "uri",
+            "Assigning authority (HD parts) → Identifier.system: site table, OID, UUID, URI, else urn:interlink:id:.",
+            {"namespace": _P, "universal_id": _P, "universal_id_type": _P, "systems": _T},
+        ),
+        Function(
+            "coding_system",
+            _coding_system,
+            "primitive",
+            "uri",
+            "Coding system name (CWE.3) → URI: the table, HL7nnnn → v2 table, OID or URI as is.",
+            {"systems": _T},
+        ),
+        Function("ucum_code", _ucum_code, "parts", "code", "Units (CWE) → the code when it is UCUM."),
+        Function("ucum_system", _ucum_system, "parts", "uri", "Units (CWE) → UCUM system when UCUM."),
+        Function("sn_quantity", _sn_quantity, "parts", "Quantity", "SN → Quantity (comparator, value)."),
+        Function("sn_range", _sn_range, "parts", "Range", "SN num1-num2 → Range (low, high values)."),
+        Function("sn_ratio", _sn_ratio, "parts", "Ratio", "SN num1:num2 or num1/num2 → Ratio."),
+        Function("sn_text", _sn_text, "parts", "string", "SN → its components as text."),
+        Function(
+            "reference_range",
+            _reference_range,
+            "primitive",
+            "ObservationReferenceRange",
+            "OBX-7 → referenceRange: text, plus low/high for 'a-b', 'a to b', '<b', '>a'.",
+        ),
+        Function(
+            "xcn_display",
+            _xcn_display,
+            "parts",
+            "string",
+            "XCN person → display name (prefix given middle family suffix).",
+        ),
+        Function("pl_display", _pl_display, "parts", "string", "PL location → display text."),
+        Function("xtn_value", _xtn_value, "parts", "string", "XTN → ContactPoint.value (e-mail or number)."),
+        Function(
+            "pl_key",
+            _pl_key,
+            "parts",
+            "string",
+            "PL location → a stable key 'point of care^room^bed[^building^floor]' (a Location's identity value).",
+        ),
+        Function(
+            "ed_attachment",
+            _ed_attachment,
+            "parts",
+            "Attachment",
+            "ED → Attachment: media type from type/subtype, data base64 (Base64 checked and kept as sent; "
+            "Hex and A converted).",
+            {"types": _T},
+        ),
+        Function(
+            "rp_attachment",
+            _rp_attachment,
+            "parts",
+            "Attachment",
+            "RP → Attachment: url is the pointer, media type from type/subtype.",
+            {"types": _T},
+        ),
+        Function(
+            "text_attachment",
+            _text_attachment,
+            "raw",
+            "Attachment",
+            "TX/FT/ST → text/plain Attachment (escapes resolved, UTF-8, base64).",
+        ),
+        Function("cq_quantity", _cq_quantity, "parts", "Quantity", "CQ → Quantity (UCUM when the unit parses)."),
+        Function("mo_quantity", _mo_quantity, "parts", "Quantity", "MO → Quantity in ISO 4217 currency."),
+        Function("cp_quantity", _cp_quantity, "raw", "Quantity", "CP → Quantity: the price (MO) of CP.1."),
+        Function(
+            "obx_component",
+            _obx_component,
+            "parts",
+            "ObservationComponent",
+            "One repetition of OBX-5 (NM, CWE/CE/CNE/CF, DT/DTM) → Observation.component coded by OBX-3.",
+            {
+                "value_type": _P,
+                "code": _P,
+                "display": _P,
+                "coding_system": _P,
+                "unit": _P,
+                "systems": _T,
+            },
+        ),
+    )
+}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from engine.sources.mllp import frame
 from engine.sources.mllp_client import send
 from tests.integration.harness import EngineProcess, wait_until
 from tests.integration.messages import oru
+from tests.integration.procfs import mapping_processes, settled
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,36 +31,6 @@ NOTE_BYTES = 4 * MB
 CONNECTIONS = 10
 ROUNDS = 10
 BOUND_BYTES = 50 * MB
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def mapping_processes(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def settled(pids: list[int]) -> list[int]:
-    """Each process's lowest RSS over a second (a sample can catch the sweeper or a metrics scrape)."""
-    lowest = [rss(p) for p in pids]
-    for _ in range(10):
-        time.sleep(0.1)
-        lowest = [min(a, rss(p)) for a, p in zip(lowest, pids, strict=True)]
-    return lowest
 
 
 def large(control_id: str) -> bytes:

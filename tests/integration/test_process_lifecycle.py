@@ -16,25 +16,11 @@ import pytest
 from engine.sources.mllp_client import send
 from tests.integration.harness import EngineProcess, wait_until
 from tests.integration.messages import oru
+from tests.integration.procfs import children, mapping_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GONE_WITHIN_S = 1.0
-
-
-def children(pid: int) -> list[int]:
-    """Live (not zombie) processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def alive(pids: list[int]) -> list[int]:
@@ -59,7 +45,7 @@ def mapping_children(engine: EngineProcess, count: int) -> list[int]:
     pid = engine.proc.pid
 
     def spawned() -> list[int]:
-        return [c for c in children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        return mapping_processes(pid)
 
     wait_until(lambda: len(spawned()) == count, 10, f"{count} mapping processes")
     return spawned()
