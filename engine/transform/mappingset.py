@@ -70,7 +70,8 @@ class MappingSet:
         return self.programs.get(structure)
 
     def for_kind(self, kind: str) -> MappingSet:
-        """The maps of one input kind (``hl7v2``: these; ``dicom``: ``mappings/dicom/``)."""
+        """The maps of one input kind (``hl7v2``: these; ``dicom``: ``mappings/dicom/``; ``json``:
+        ``mappings/json/``)."""
         if kind == "hl7v2":
             return self
         found = self.kinds.get(kind)
@@ -173,7 +174,7 @@ def load_mappings(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     sources = read_sources(roots, kind)
-    library = Library(sources, _notation(kind))
+    library = Library(sources, _notation(kind, sources))
     library.check_all()
     programs: dict[str, MessageProgram] = {}
     claimed: dict[str, str] = {}
@@ -204,13 +205,22 @@ def load_mappings(
 
 
 #: Input kinds beside HL7 v2 whose folder under a mapping root is compiled too, with their message caps
-#: (a DICOM study is one record per instance and series: far more than an HL7 message's segments).
-OTHER_KINDS: dict[str, Limits] = {"dicom": DEFAULT_LIMITS.model_copy(update={"max_segments": 100_000})}
+#: (a DICOM study is one record per instance and series: far more than an HL7 message's segments; a JSON
+#: event is one record per object, held to the HL7 caps).
+OTHER_KINDS: dict[str, Limits] = {
+    "dicom": DEFAULT_LIMITS.model_copy(update={"max_segments": 100_000}),
+    "json": DEFAULT_LIMITS,
+}
 
 
-def _notation(kind: str) -> Any:
+def _notation(kind: str, sources: dict[str, Any]) -> Any:
     if kind == "dicom":
         from engine.transform.dicom import DicomNotation
 
         return DicomNotation()
+    if kind == "json":
+        from engine.transform.jsonevent import JsonNotation
+
+        # a path that names what some segment map reads selects records (``use:`` of that map)
+        return JsonNotation({s.model.segment for s in sources.values() if s.kind == "segments"})
     return None

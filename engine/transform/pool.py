@@ -62,6 +62,7 @@ class Job:
     identifiers: Identifiers | None = None  # the channel's default assigning authority (none: refuse)
     kind: str = "hl7v2"  # the input kind: which parser and mapping library
     strict: bool = False  # the channel's `strict`: check the HL7 message structure first
+    event_type: str = "type"  # JSON events: the dotted path of the event type (the webhook's `event_type:`)
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,9 +99,11 @@ def source_time(message: hl7v2.Message, tz: str | None) -> float | None:
 
 
 def map_one(mappings: MappingSet, job: Job) -> Mapped:
-    """Decode, parse and map one message by its input kind (HL7 v2, or a DICOM study)."""
+    """Decode, parse and map one message by its input kind (HL7 v2, a DICOM study, a JSON event, FHIR)."""
     if job.kind == "dicom":
         return _map_dicom(mappings, job)
+    if job.kind == "json":
+        return _map_json(mappings, job)
     if job.kind == "fhir":
         return _map_fhir(job)
     if job.kind != "hl7v2":
@@ -138,6 +141,23 @@ def _map_dicom(mappings: MappingSet, job: Job) -> Mapped:
     if not bundle.get("entry"):
         return Mapped(empty=True)
     return Mapped(bundle=orjson.dumps(bundle), source_time=assembled_at)
+
+
+def _map_json(mappings: MappingSet, job: Job) -> Mapped:
+    """A JSON event (a webhook body) through the maps of ``mappings/json/`` (``engine.transform.jsonevent``)."""
+    from engine.transform import jsonevent
+
+    try:
+        json_maps = mappings.for_kind("json")
+        message = jsonevent.event_message(job.raw, json_maps.limits, job.event_type)
+        bundle = json_maps.transform(
+            message, mapping=job.mapping, validation=job.validation, timezone=job.timezone, identifiers=job.identifiers
+        )
+    except TransformError as exc:
+        return Mapped(error=exc)
+    if not bundle.get("entry"):
+        return Mapped(empty=True)
+    return Mapped(bundle=orjson.dumps(bundle))
 
 
 def _map_fhir(job: Job) -> Mapped:
@@ -240,8 +260,18 @@ def _serve(conn: Connection, mappings_dir: str, timezone: str) -> None:
         except (EOFError, OSError):
             return
         jobs = [
-            Job(raw.encode("latin-1"), c, m, v, tz, None if ids is None else Identifiers.model_validate(ids), kind, st)
-            for raw, c, m, v, tz, ids, kind, st in orjson.loads(request)
+            Job(
+                raw.encode("latin-1"),
+                c,
+                m,
+                v,
+                tz,
+                None if ids is None else Identifiers.model_validate(ids),
+                kind,
+                st,
+                et,
+            )
+            for raw, c, m, v, tz, ids, kind, st, et in orjson.loads(request)
         ]
         conn.send_bytes(b"".join(_encode_reply(map_one(mappings, j)) for j in jobs))
         del request, jobs  # a batch of large messages is not kept while waiting for the next
@@ -297,6 +327,7 @@ class _Child:
                     None if j.identifiers is None else j.identifiers.model_dump(mode="json"),
                     j.kind,
                     j.strict,
+                    j.event_type,
                 ]
                 for j in jobs
             ]
