@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine import ordering
 from engine.errors import InboundError, StoreUnavailable
@@ -61,6 +61,14 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Accepted] = loop.create_future()
         self._q.put((msg, loop, fut))
+        return await fut
+
+    async def commit_many(self, msgs: list[NewMessage]) -> list[Accepted]:
+        """Commit several messages (an HL7 batch) in the same transaction, all or none; StoreUnavailable on
+        failure. They count as one entry against ``batch_max``."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Accepted]] = loop.create_future()
+        self._q.put((msgs, loop, fut))
         return await fut
 
     @property
@@ -111,12 +119,22 @@ class GroupCommitter:
             # batch held here until then (two 4 MB messages after a round of large ones).
             first = nxt = items = None  # type: ignore[assignment]
 
-    def _commit(self, items: list[tuple[NewMessage, asyncio.AbstractEventLoop | None, object]]) -> None:
-        batch = [m for m, _, _ in items]
+    def _commit(
+        self, items: list[tuple[NewMessage | list[NewMessage], asyncio.AbstractEventLoop | None, object]]
+    ) -> None:
+        batch = [m for m, _, _ in items if isinstance(m, NewMessage)]
+        if len(batch) < len(items):  # an HL7 batch among them (commit_many): its messages, answered together
+            batch = [x for m, _, _ in items for x in (m if isinstance(m, list) else (m,))]
         try:
             accepted = self._store.insert_messages(batch)
             results: list[Accepted] | None = accepted
-            outcome: list[Accepted | BaseException] = list(accepted)
+            outcome: list[Any] = list(accepted)
+            if len(batch) > len(items):
+                pos, outcome = 0, []
+                for m, _, _ in items:
+                    n = len(m) if isinstance(m, list) else 1
+                    outcome.append(accepted[pos : pos + n] if isinstance(m, list) else accepted[pos])
+                    pos += n
         except Exception as exc:  # anything: the senders must hear "not committed", never hang
             log.error("ingest commit of %d messages failed: %s", len(batch), exc.__class__.__name__)
             err = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable("message store unavailable")
@@ -198,6 +216,13 @@ class Ingest:
         """
         accepted: Accepted = await self.committer.commit(self._message(channel, payload, meta, enqueue))
         return Receipt(accepted.id, accepted.status, accepted.duplicate_of)
+
+    async def accept_many(
+        self, channel: Channel, messages: list[tuple[bytes, Meta]], *, enqueue: bool = True
+    ) -> list[Receipt]:
+        """:meth:`accept` for the messages of an HL7 batch: committed in one transaction, all or none."""
+        done = await self.committer.commit_many([self._message(channel, p, m, enqueue) for p, m in messages])
+        return [Receipt(a.id, a.status, a.duplicate_of) for a in done]
 
     def accept_sync(self, channel: Channel, payload: bytes, meta: Meta, *, enqueue: bool = True) -> Receipt:
         """:meth:`accept` for a source whose protocol library calls it from its own threads (DICOM):

@@ -14,6 +14,18 @@ Public API:
     default delimiters, ``AR`` when ``error.reject`` else ``AE``, MSH-10 salvaged into MSA-2 when it can
     be found.
 
+``hl7_batch_reply(file_header, batches, delimiters, *, now=None) -> str``
+    The acknowledgement of an HL7 batch (chapter 2's batch protocol): an FHS when the inbound file had one,
+    then for each inbound batch a BHS, its ACK messages and a BTS whose BTS-1 counts them, then an FTS
+    (FTS-1: the batches). FHS/BHS swap sending and receiving application/facility of the inbound header,
+    get a control id of their own in -11 and carry the inbound -11 in -12 (reference control id). An empty
+    batch of ACKs says every message was accepted (the standard's "acknowledge errors only").
+
+``hl7_batch_refusal(header, control_id, error, *, now=None) -> str``
+    The one ACK that refuses a whole batch: MSA-2 is the batch's control id (BHS-11, else FHS-11),
+    ``AR`` when ``error.reject`` else ``AE``, with the ERR naming the place (``BTS-1``, a cap). Addressed
+    from the batch's first MSH when it was readable (``header``), else with default delimiters.
+
 ``reply_codec(declared, default) -> str``
     The codec a reply is encoded in: the sender's MSH-18 when known and :func:`byte_compatible`, else
     ``default`` (the channel charset) when byte-compatible, else ``ascii``. MLLP frames with single bytes
@@ -37,12 +49,13 @@ import itertools
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from engine.errors import HL7Error, TransformError
 from engine.hl7v2 import CHARSETS, DEFAULT_DELIMITERS, Delimiters, Header
 
-__all__ = ["byte_compatible", "hl7_ack", "hl7_nak_unparsed", "reply_codec"]
+__all__ = ["byte_compatible", "hl7_ack", "hl7_batch_refusal", "hl7_batch_reply", "hl7_nak_unparsed", "reply_codec"]
 
 DEFAULT_VERSION = "2.5.1"
 
@@ -280,4 +293,53 @@ def hl7_nak_unparsed(text: str | None, error: HL7Error, *, now: datetime | None 
     )
     code = "AR" if error.reject else "AE"
     msa = d.field.join(("MSA", code, _escape(control_id, d), _escape(error.message, d)))
+    return f"{msh}\r{msa}\r{_err_segment(error, d)}"
+
+
+def _envelope(name: str, inbound: Sequence[str] | None, d: Delimiters, now: datetime | None) -> str:
+    """A reply FHS/BHS for the inbound one (``inbound[i]`` is its field i): swapped, with a reference id."""
+    f = inbound or ()
+
+    def raw(i: int) -> str:
+        return f[i] if i < len(f) else ""
+
+    fields = [name + d.field + d.encoding_characters, raw(5), raw(6), raw(3), raw(4), _timestamp(now), "", "", "",
+              _control_id(), raw(11)]  # fmt: skip
+    return d.field.join(fields).rstrip(d.field)
+
+
+def hl7_batch_reply(
+    file_header: Sequence[str] | None,
+    batches: Sequence[tuple[Sequence[str] | None, Sequence[str]]],
+    d: Delimiters = DEFAULT_DELIMITERS,
+    *,
+    now: datetime | None = None,
+) -> str:
+    """Acknowledge an HL7 batch (see the module docstring): ``batches`` pairs each inbound BHS (None when
+    the batch had none) with the ACK texts sent for its messages."""
+    out: list[str] = []
+    if file_header is not None:
+        out.append(_envelope("FHS", file_header, d, now))
+    for header, acks in batches:
+        out.append(_envelope("BHS", header, d, now))
+        out.extend(acks)
+        out.append(f"BTS{d.field}{len(acks)}")
+    if file_header is not None:
+        out.append(f"FTS{d.field}{len(batches)}")
+    return "\r".join(out)
+
+
+def hl7_batch_refusal(header: Header | None, control_id: str, error: HL7Error, *, now: datetime | None = None) -> str:
+    """The ACK refusing a whole batch (see the module docstring)."""
+    code = "AR" if error.reject else "AE"
+    if header is not None:
+        d = header.delimiters
+        msh = hl7_ack(header, code, now=now).split("\r", 1)[0]
+        mode = _ENHANCED if header.enhanced_mode else _ORIGINAL
+    else:
+        d = DEFAULT_DELIMITERS
+        msh = _msh(d, sending=("", ""), receiving=("", ""), now=now, message_type="ACK", processing_id="",
+                   version="", charset="")  # fmt: skip
+        mode = _ORIGINAL
+    msa = d.field.join(("MSA", mode[code], _escape(control_id, d), _escape(error.message, d)))
     return f"{msh}\r{msa}\r{_err_segment(error, d)}"

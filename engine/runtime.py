@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def load_config(settings: Settings, channel_paths: Sequence[Path] | None = None) -> tuple[list[Channel], MappingSet]:
     """Load channels and compile mappings; every error names its file and line."""
-    mappings = load_mappings(settings.mappings_dir)
+    mappings = load_mappings(settings.mappings_dir, limits=settings.limits)
     channels = load_channels(list(channel_paths or [settings.channels_dir]))
     problems = [
         f"channel {c.name}: mapping {c.mapping!r} does not exist"
@@ -132,6 +132,7 @@ class Engine:
                             transform_now=self._transform_now,
                             metrics=self.metrics,
                             http=routes,
+                            limits=self.settings.limits,
                         )
                     )
                     await src.start()

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from engine.config import yamlfile
 from engine.config.model import Model
+from engine.transform.limits import Limits
 
 DEFAULT_CONFIG = Path("config/engine.yaml")
 ENV_PREFIX = "INTERLINK_"
@@ -68,6 +69,12 @@ class Settings(Model):
         0, ge=0, le=1000, description="How long the ingest writer waits to fill a batch (0: commit when free)."
     )
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings, description="Recovery sweeper.")
+    limits: Limits = Field(
+        default_factory=Limits,
+        description="Caps on one HL7 message and batch (bytes, segments, repetitions, components, batch "
+        "messages): over one the message is refused (AR naming the cap). Held at every source and by the "
+        "worker; a channel's own `limits:` may only lower them.",
+    )
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: not served)."
     )

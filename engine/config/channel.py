@@ -21,6 +21,7 @@ from engine.destinations import DestinationConfig
 from engine.errors import ConfigError
 from engine.sources import SourceConfig
 from engine.transform.authority import Identifiers
+from engine.transform.limits import LimitsOverride
 
 
 class ReplyPolicy(StrEnum):
@@ -114,6 +115,11 @@ class Channel(Model):
         description="Default assigning authority per sender (MSH-3/MSH-4) or for the channel, for identities "
         "sent without one (PID-3.4, PV1-19.4, OBR-3.2 empty); without a default such messages are refused, "
         "since a search by value alone matches other facilities' records.",
+    )
+    limits: LimitsOverride | None = Field(
+        None,
+        description="This channel's caps on one HL7 message and batch, below the engine's `limits:` (any of "
+        "max_bytes, max_segments, max_repetitions, max_components, max_batch_messages); checked at the source.",
     )
     ordering: Ordering = Field(
         default_factory=Ordering,

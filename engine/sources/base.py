@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from engine.errors import InboundError
+from engine.transform.limits import DEFAULT as DEFAULT_LIMITS
+from engine.transform.limits import Limits
 
 if TYPE_CHECKING:
     from engine.api.webhooks import WebhookRoutes
@@ -75,3 +77,5 @@ class SourceContext:
     metrics: Metrics
     #: the engine's HTTP server, for sources that receive over it (webhooks); None when it is not served
     http: WebhookRoutes | None = None
+    #: the engine's caps on one message (settings ``limits:``); a channel's ``limits:`` may lower them
+    limits: Limits = DEFAULT_LIMITS

@@ -4,8 +4,11 @@ Framing is MLLP release 1: ``0x0B`` message ``0x1C 0x0D``. Each connection is se
 read one frame, await the handler's reply, send it, read the next. Bytes outside a frame are skipped and
 counted (never logged). Limits and what happens past them:
 
-- a frame longer than ``max_frame_bytes`` is read to its end block without being kept; the handler gets
-  its first ``max_frame_bytes`` bytes with an ``HL7Error`` (code 207) and its reply (a NAK) is sent;
+- a frame longer than its cap is read to its end block without being kept past the cap; the handler gets
+  its first bytes up to the cap with an ``HL7Error`` (code 207, naming the cap) and its reply (an AR) is
+  sent, and the connection stays usable. The cap is ``max_frame_bytes`` for an HL7 batch (a frame starting
+  with FHS or BHS) and the smaller of it and the channel's ``limits.max_bytes`` for one message: memory
+  per connection stays under the cap plus one read (256 KiB) whatever the sender sends;
 - a frame not finished within ``read_timeout_s`` is passed to the handler with an ``HL7Error`` so it is
   stored, nothing is sent for it, and the connection is closed;
 - a connection that sends nothing within ``first_byte_timeout_s`` of connecting is closed, and one with no
@@ -51,8 +54,9 @@ from engine import hl7v2, response
 from engine.config.model import Model
 from engine.config.tls import server_context
 from engine.errors import HL7Error, ListenError
+from engine.sources import hl7_batch
 from engine.sources.base import Handler, Inbound, SourceContext
-from engine.sources.hl7 import HL7Acceptor, HL7Options
+from engine.sources.hl7 import HL7Acceptor, HL7Options, channel_limits
 
 __all__ = ["CR", "EB", "SB", "MLLPConfig", "MLLPSource", "MLLPStats", "MLLPTLSConfig", "build", "frame"]
 
@@ -276,8 +280,12 @@ class _Conn:
 class MLLPSource:
     """Listen for MLLP connections and answer each frame with ``await handler(raw, inbound)``."""
 
-    def __init__(self, config: MLLPConfig, handler: Handler, *, name: str = "") -> None:
+    def __init__(
+        self, config: MLLPConfig, handler: Handler, *, name: str = "", max_message_bytes: int | None = None
+    ) -> None:
         self.config = config
+        #: the cap on a frame holding one message (not a batch): the channel's limits.max_bytes
+        self._message_cap = min(config.max_frame_bytes, max_message_bytes or config.max_frame_bytes)
         self.name = name or f"mllp:{config.port}"
         self.stats = MLLPStats()
         self._handler = handler
@@ -496,7 +504,7 @@ class MLLPSource:
                     if kept is not None:
                         dropped += len(buf)
                         buf.clear()
-                    elif len(buf) > limit:
+                    elif len(buf) > (limit := self._cap(buf)):
                         dropped = len(buf) - limit
                         del buf[limit:]
                         kept, buf = buf, bytearray()
@@ -506,10 +514,10 @@ class MLLPSource:
                 if kept is not None:
                     payload = bytes(kept)
                     kept = None
-                    error = self._oversize(conn, limit + dropped + end)
-                elif end > limit:
+                    error = self._oversize(conn, limit + dropped + end, limit)
+                elif end > (limit := self._cap(buf)):
                     payload = bytes(buf[:limit])
-                    error = self._oversize(conn, end)
+                    error = self._oversize(conn, end, limit)
                 else:
                     payload = bytes(buf[:end])
                 del buf[: end + 1]
@@ -600,11 +608,15 @@ class MLLPSource:
         conn.skipped += n
         self.stats.skipped_bytes += n
 
-    def _oversize(self, conn: _Conn, size: int) -> HL7Error:
-        limit = self.config.max_frame_bytes
+    def _cap(self, frame: bytearray) -> int:
+        """The cap of the frame that ``frame`` begins: ``max_frame_bytes`` for a batch, else the message cap."""
+        return self.config.max_frame_bytes if hl7_batch.is_batch(bytes(frame[:64])) else self._message_cap
+
+    def _oversize(self, conn: _Conn, size: int, limit: int) -> HL7Error:
+        cap = "max_frame_bytes" if limit == self.config.max_frame_bytes else "max_bytes"
         self.stats.oversize += 1
-        log.warning("%s: %d-byte message from %s exceeds max_frame_bytes (%d)", self.name, size, conn.peer, limit)
-        return HL7Error(f"message exceeds {limit} bytes", code="207", reject=True)
+        log.warning("%s: %d-byte message from %s exceeds %s (%d)", self.name, size, conn.peer, cap, limit)
+        return HL7Error(f"the message is over the cap {cap} = {limit} bytes", code="207", reject=True)
 
     async def _unterminated(self, conn: _Conn, partial: bytes) -> None:
         """Pass a frame cut off by ``read_timeout_s`` to the handler (to store it); send nothing."""
@@ -732,7 +744,9 @@ def build(ctx: SourceContext) -> MLLPSource:
     """The MLLP source of a channel: HL7 v2 accepted by :class:`HL7Acceptor`, timed and counted."""
     ch = ctx.channel
     config: MLLPConfig = ch.source  # type: ignore[assignment]
-    acceptor = HL7Acceptor(ch, config, ctx.ingest, has_mapping=ctx.has_mapping, transform_now=ctx.transform_now)
+    limits = channel_limits(ctx.limits, ch)
+    acceptor = HL7Acceptor(ch, config, ctx.ingest, has_mapping=ctx.has_mapping, transform_now=ctx.transform_now,
+                           limits=limits)  # fmt: skip
 
     async def handle(raw: bytes, inbound: Inbound) -> bytes:
         t0 = time.perf_counter()
@@ -740,4 +754,4 @@ def build(ctx: SourceContext) -> MLLPSource:
         ctx.metrics.received(ch.name, reply.status, time.perf_counter() - t0)
         return acceptor.encode(reply)
 
-    return MLLPSource(config, handle, name=ch.name)
+    return MLLPSource(config, handle, name=ch.name, max_message_bytes=limits.max_bytes)

@@ -19,7 +19,12 @@ Contract, in the order a request meets it:
    :class:`~engine.sources.hl7.HL7Acceptor` exactly as over MLLP (MSH checks, MSH-10 duplicates,
    reply after transform), and its acknowledgement code becomes the status (AA 202, AR 422, AE 400 or,
    for a mapping error, 422). A readable body that is refused is stored with its error (status
-   ``error``) and the problem names the stored ``message_id``.
+   ``error``) and the problem names the stored ``message_id``. An HL7 **batch** (a body starting with
+   FHS or BHS; ``engine.sources.hl7_batch``) is split and its messages committed together: **202** with
+   ``{"batch": <BHS-11 or FHS-11>, "messages": [{"message_id", "status_url", "ack"}, …]}`` in the
+   batch's order, a message not accepted carrying ``"problem"`` (the reason, naming the place) and
+   ``"hl7_code"``; a batch refused whole (BTS-1/FTS-1 count, ``max_batch_messages``, envelope order)
+   is a **422** ``hl7-batch-refused`` naming the place and the stored batch's ``message_id``.
 7. **Commit** through the one accept path (``Ingest.accept``); only then **202** with
    ``{"message_id", "status_url"}`` and ``Location`` (the status, ``GET
    /v1/webhooks/{channel}/messages/{id}``, same authentication, ids and statuses only). When the store
@@ -49,8 +54,9 @@ from engine.config.model import Model
 from engine.errors import ConfigError, InboundError, StoreUnavailable, TransformError, explain
 from engine.ingest import Meta
 from engine.signing import ID_HEADER
+from engine.sources import hl7_batch
 from engine.sources.base import SourceContext
-from engine.sources.hl7 import HL7Acceptor, HL7Options
+from engine.sources.hl7 import HL7Acceptor, HL7Options, channel_limits
 from engine.sources.http_auth import AuthConfig, Authenticator, build_authenticator
 from engine.sources.http_body import input_kind, read_body
 from engine.sources.http_idempotency import Answer, IdempotencyCache
@@ -142,7 +148,8 @@ class WebhookSource:
         self._auth = authenticator
         self._cache = IdempotencyCache(ttl_s=self.config.replay_cache_s)
         self._hl7 = HL7Acceptor(self.channel, self.config.hl7, ctx.ingest, has_mapping=ctx.has_mapping,
-                                transform_now=ctx.transform_now)  # fmt: skip
+                                transform_now=ctx.transform_now,
+                                limits=channel_limits(ctx.limits, self.channel))  # fmt: skip
         self._schema = None
         if self.config.json_schema is not None:
             from engine.sources.http_payload import schema_validator
@@ -236,6 +243,8 @@ class WebhookSource:
         return self._accepted(receipt.duplicate_of or receipt.message_id)
 
     async def _accept_hl7(self, body: bytes, peer: str) -> Answer:
+        if hl7_batch.is_batch(body):
+            return await self._accept_hl7_batch(body, peer)
         d = await self._hl7.decide(body, peer)
         if d.status == "unavailable":
             raise Problem(503, "store-unavailable", "the message store cannot commit now; nothing was accepted",
@@ -253,6 +262,24 @@ class WebhookSource:
         if code.startswith("2") and code != "207":
             raise Problem(422, "hl7-rejected", detail, message_id=d.message_id, extra={"hl7_code": code})
         raise Problem(400, "hl7-unreadable", detail, message_id=d.message_id, extra={"hl7_code": code})
+
+    async def _accept_hl7_batch(self, body: bytes, peer: str) -> Answer:
+        bd = await self._hl7.decide_batch(body, peer)
+        if bd.status == "unavailable":
+            raise Problem(503, "store-unavailable", "the message store cannot commit now; nothing was accepted",
+                          headers={"Retry-After": "5"})  # fmt: skip
+        if bd.refusal is not None:
+            raise Problem(422, "hl7-batch-refused", explain(bd.refusal), message_id=bd.message_id,
+                          extra={"hl7_code": bd.refusal.code})  # fmt: skip
+        messages: list[dict[str, Any]] = []
+        for d in bd.decisions:
+            message_id = d.duplicate_of or d.message_id or ""
+            entry: dict[str, Any] = {"message_id": message_id, "status_url": status_location(self.name, message_id),
+                                     "ack": d.code}  # fmt: skip
+            if d.error is not None:
+                entry.update(problem=explain(d.error), hl7_code=d.error.code)
+            messages.append(entry)
+        return _answer(202, {"batch": bd.batch.control_id, "messages": messages})
 
     def _refusal(self, error: InboundError, message_id: str | None) -> Problem:
         where = f"{error.location}: " if error.location else ""

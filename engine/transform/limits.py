@@ -11,7 +11,19 @@ cap (``Limits``)       refused when                                             
 ``max_repetitions``    one field has more repetitions                                           207
 ``max_components``     one field repetition has more components, or one component more          207
                        sub-components
+``max_batch_messages``  an HL7 batch (FHS/BHS) holds more messages: the whole batch is refused   207
 =====================  =======================================================================  ==========
+
+Where they are enforced. The caps are settable: ``limits:`` in ``config/engine.yaml`` (the engine's caps,
+:class:`Limits`) and ``limits:`` in a channel file (:class:`LimitsOverride`, any subset of the fields, which
+may only lower the engine's: the worker holds every message to the engine's caps, whatever its channel).
+
+* at the source, with the channel's caps (:func:`check_caps`, called by the HL7 acceptor before the
+  commit): an over-cap message is stored with its error and answered AR naming the cap. ``max_bytes`` is
+  counted in bytes as received there (a message within it in bytes is within it in characters), and MLLP
+  stops keeping a frame past it while still reading it (``engine/sources/mllp.py``);
+* at transform, with the engine's caps (:func:`check_text`, :func:`check_message`), for every message
+  whatever its path into the worker (replays, ``interlink test``).
 
 and, whatever the caps:
 
@@ -36,7 +48,7 @@ from pydantic import Field
 
 from engine.config.model import Model
 from engine.errors import TransformError
-from engine.hl7v2 import Delimiters, Message
+from engine.hl7v2 import Delimiters, Message, split_segments
 
 _ESCAPE = re.compile(
     r"^(?:[FSTRE]|X(?:[0-9A-Fa-f]{2})+|Z[^\\]*|[HN]|\.(?:br|sp\s*\d*|in\s*[+-]?\d*|ti\s*[+-]?\d*|sk\s*\d*|ce|fi|nf)"
@@ -52,6 +64,37 @@ class Limits(Model):
     max_repetitions: int = Field(1_000, ge=1, description="Most repetitions of one field.")
     max_components: int = Field(
         100, ge=1, description="Most components in one field repetition (and sub-components in one component)."
+    )
+    max_batch_messages: int = Field(
+        1_000, ge=0, description="Most messages in one HL7 batch (FHS/BHS); a larger batch is refused whole."
+    )
+
+    def lowered(self, override: LimitsOverride | None) -> Limits:
+        """These caps with a channel's ``limits:`` applied; ValueError naming a cap the override would raise."""
+        if override is None:
+            return self
+        changes = override.model_dump(exclude_none=True)
+        raised = sorted(k for k, v in changes.items() if v > getattr(self, k))
+        if raised:
+            caps = ", ".join(f"{k} = {changes[k]} (engine: {getattr(self, k)})" for k in raised)
+            raise ValueError(f"a channel may lower the engine's limits, not raise them: {caps}; "
+                             "raise them under `limits:` in the engine settings")  # fmt: skip
+        return self.model_copy(update=changes)
+
+
+class LimitsOverride(Model):
+    """A channel's own caps: any of the engine's :class:`Limits`, each at most the engine's value."""
+
+    max_bytes: int | None = Field(
+        None, ge=1, description="Longest message (bytes at the source); default: the engine's."
+    )
+    max_segments: int | None = Field(None, ge=1, description="Most segments in one message; default: the engine's.")
+    max_repetitions: int | None = Field(None, ge=1, description="Most repetitions of one field; default: the engine's.")
+    max_components: int | None = Field(
+        None, ge=1, description="Most components in one field repetition; default: the engine's."
+    )
+    max_batch_messages: int | None = Field(
+        None, ge=0, description="Most messages in one HL7 batch (FHS/BHS); default: the engine's."
     )
 
 
@@ -84,6 +127,30 @@ def check_text(text: str, limits: Limits = DEFAULT) -> None:
                 rule="limits.terminators",
                 code="100",
             )
+
+
+def check_caps(text: str, d: Delimiters, limits: Limits = DEFAULT) -> None:
+    """Segment, repetition and component caps of undecoded-or-decoded message text, without parsing it (the
+    source's check; ``max_bytes`` is the caller's, on the bytes). Counting separators in the whole text costs
+    about a microsecond per KiB: only a text whose counts reach a cap is split, and only the segments whose
+    counts reach one are looked at field by field."""
+    max_rep, max_comp = limits.max_repetitions, limits.max_components
+    rep, comp, sub = d.repetition, d.component, d.subcomponent
+    terms = text.count("\r") + text.count("\n")
+    over_rep, over_comp = text.count(rep) >= max_rep, text.count(comp) >= max_comp or text.count(sub) >= max_comp
+    if terms < limits.max_segments and not over_rep and not over_comp:
+        return
+    segments = split_segments(text)
+    if len(segments) > limits.max_segments:
+        raise _over("max_segments", limits.max_segments, "MSH")
+    if not (over_rep or over_comp):
+        return
+    for seg in segments:
+        if seg.count(rep) >= max_rep or seg.count(comp) >= max_comp or seg.count(sub) >= max_comp:
+            parts = seg.split(d.field)
+            name = parts[0]
+            fields, first = (["MSH", d.field, *parts[1:]], 3) if name == "MSH" else (parts, 1)
+            _caps(name, fields, first, d, limits)
 
 
 def check_message(message: Message, limits: Limits = DEFAULT) -> None:

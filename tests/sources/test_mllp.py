@@ -324,7 +324,7 @@ def test_oversize_frame_is_truncated_nakked_and_connection_survives(caplog: pyte
     assert raw == big[:1000]
     assert inbound.error is not None
     assert inbound.error.code == "207"
-    assert inbound.error.message == "message exceeds 1000 bytes"
+    assert inbound.error.message == "the message is over the cap max_frame_bytes = 1000 bytes"
     assert raw2 == message("NEXT") and inbound2.error is None
     assert source.stats.oversize == 1
     assert "DOE" not in caplog.text
