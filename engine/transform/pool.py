@@ -150,6 +150,9 @@ def _map_json(mappings: MappingSet, job: Job) -> Mapped:
     try:
         json_maps = mappings.for_kind("json")
         message = jsonevent.event_message(job.raw, json_maps.limits, job.event_type)
+        if job.mapping is None and json_maps.mapping_for(message) is None:
+            where = "$." + job.event_type
+            raise TransformError("no JSON map accepts this event type", field=where, rule="mapping", code="200")
         bundle = json_maps.transform(
             message, mapping=job.mapping, validation=job.validation, timezone=job.timezone, identifiers=job.identifiers
         )
