@@ -1,4 +1,4 @@
-"""Every mapping's sibling test cases (``mappings/**/*.tests.yaml``), one pytest case each."""
+"""Every mapping's sibling test cases (``mappings/**/*.tests.yaml``, every input kind), one pytest case each."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from engine.transform import MappingSet, load_mappings
-from engine.transform.testing import MappingTestCase, collect_mapping_tests, run_case
+from engine.transform.testing import ALL_KINDS, MappingTestCase, collect_mapping_tests, run_case
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
-CASES = collect_mapping_tests([MAPPINGS])
+CASES = collect_mapping_tests([MAPPINGS], ALL_KINDS)
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +18,27 @@ def mappings() -> MappingSet:
     return load_mappings(MAPPINGS)
 
 
+def _maps(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(MAPPINGS)) for p in folder.glob("*.yaml") if ".tests" not in p.name)
+
+
+def _untested(maps: list[str]) -> list[str]:
+    tested = {str(Path(c.file).relative_to(MAPPINGS)).removesuffix(".tests.yaml") for c in CASES}
+    return [m for m in maps if m.removesuffix(".yaml") not in tested]
+
+
 def test_every_message_map_has_sibling_tests() -> None:
-    maps = sorted(p.stem for p in (MAPPINGS / "hl7v2" / "messages").glob("*.yaml") if ".tests" not in p.name)
-    tested = {Path(c.file).name.removesuffix(".tests.yaml") for c in CASES}
+    maps = _maps(MAPPINGS / "hl7v2" / "messages")
     assert maps, "no message maps found"
-    assert [m for m in maps if m not in tested] == []
+    assert _untested(maps) == []
+
+
+def test_every_dicom_map_has_sibling_tests() -> None:
+    """The DICOM maps are few and each one small: every message, segment and datatype map is tested."""
+    maps = [m for tier in ("messages", "segments", "datatypes") for m in _maps(MAPPINGS / "dicom" / tier)]
+    assert len(maps) >= 12, maps
+    assert _untested(maps) == []
+    assert {c.kind for c in CASES if "/dicom/" in c.file} == {"dicom"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{Path(c.file).name}:{c.line}" for c in CASES])

@@ -24,25 +24,71 @@ values found (one value, or the list given); ``contains`` wants one of them; ``e
 there is any; ``refers_to`` wants every value to be the fullUrl of an entry of that type. Every case runs
 with full FHIR validation, and with the default assigning authority of its own ``identifiers:`` (``{}``:
 none), else the one the runner is given (``interlink test --channel``), else none.
+
+Each input kind's maps have their own sibling tests, in their own folder (``mappings/hl7v2/``,
+``mappings/dicom/``); a case runs through the maps of its kind, the same path the worker takes. A DICOM case
+names its instances instead of a message (paths relative to the tests file; a folder is every DICOM file
+under it) and the calling AE title they came from (``identifiers: by_application`` keys on it); they become
+one study exactly as the DICOM source would assemble it (``engine.sources.dicom_files``):
+
+    tests:
+      - name: a CT study with two series
+        message: ../samples/ct_chest             # a .dcm file, a folder, or a list of them: one study
+        calling_ae: MODALITY                     # default: none
+        count: {ImagingStudy: 1, Patient: 1}
+      - name: an instance without Study Instance UID is refused, as the source refuses it (0xC000)
+        message: ../samples/no_study_uid.dcm
+        error: {field: "(0020,000D)", code: invalid}
+
+An instance the source would refuse fails with its place (a tag) as ``field`` and what is wrong
+(``invalid``, ``unreadable``…) as ``code``.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+from pydantic import Field
+
 from engine import hl7v2
 from engine.config import yamlfile
-from engine.errors import ConfigError, HL7Error, TransformError
+from engine.errors import ConfigError, HL7Error, InboundError, TransformError
 from engine.transform.authority import Identifiers
 from engine.transform.library import map_dir
-from engine.transform.mappingset import MappingSet, load_mappings
+from engine.transform.mappingset import OTHER_KINDS, MappingSet, load_mappings
 from engine.transform.spec import CasesFile, CaseSpec, Fact
 
+#: every input kind with maps (and so sibling tests) of its own
+ALL_KINDS = ("hl7v2", *OTHER_KINDS)
+
 _STEP = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
+
+
+class DicomCaseSpec(CaseSpec):
+    """One sibling test case of a DICOM map: instances instead of an HL7 message."""
+
+    message: str | list[str] = Field(  # type: ignore[assignment]
+        description="DICOM instances forming one study: a .dcm file or a folder (every DICOM file under it), "
+        "or a list of them; paths relative to the test file."
+    )
+    calling_ae: str = Field(
+        "", description="The calling AE title the study came from (what `identifiers: by_application` keys on)."
+    )
+
+
+class DicomCasesFile(CasesFile):
+    """A sibling test file of DICOM maps."""
+
+    tests: list[DicomCaseSpec] = Field(description="The cases.")  # type: ignore[assignment]
+
+
+_CASES_FILES: dict[str, type[CasesFile]] = {"dicom": DicomCasesFile}
 
 
 @dataclass
@@ -55,6 +101,7 @@ class MappingTestCase:
     case: CaseSpec | None  # None when the test file itself could not be read
     base: Path
     problem: str = ""
+    kind: str = "hl7v2"  # the input kind: which maps the case runs through
 
 
 @dataclass
@@ -66,42 +113,47 @@ class MappingTestResult:
     failures: list[str] = field(default_factory=list)
 
 
-def sibling_test_files(roots: list[Path]) -> list[Path]:
+def sibling_test_files(roots: list[Path], kind: str = "hl7v2") -> list[Path]:
     out: list[Path] = []
     for root in roots:
-        base = map_dir(root)
-        out.extend(sorted(base.rglob("*.tests.yaml")))
+        base = map_dir(root, kind)
+        if base.is_dir():
+            out.extend(sorted(base.rglob("*.tests.yaml")))
     return out
 
 
-def collect_mapping_tests(roots: list[Path]) -> list[MappingTestCase]:
-    """Every case of every ``*.tests.yaml`` under the mapping folders (base, then overlays)."""
+def collect_mapping_tests(roots: list[Path], kinds: Sequence[str] = ("hl7v2",)) -> list[MappingTestCase]:
+    """Every case of every ``*.tests.yaml`` under the mapping folders of these input kinds (base, then
+    overlays; :data:`ALL_KINDS` for every kind)."""
     cases: list[MappingTestCase] = []
-    for path in sibling_test_files(roots):
-        try:
-            doc = yamlfile.load(path)
-            spec: CasesFile = doc.validate(CasesFile)
-        except ConfigError as exc:
-            cases.append(MappingTestCase(path.name, str(path), exc.line or 1, None, path.parent, str(exc)))
-            continue
-        for i, case in enumerate(spec.tests):
-            line = doc.line(("tests", i)) or 1
-            cases.append(MappingTestCase(case.name, str(path), line, case, path.parent))
+    for kind in kinds:
+        model = _CASES_FILES.get(kind, CasesFile)
+        for path in sibling_test_files(roots, kind):
+            try:
+                doc = yamlfile.load(path)
+                spec: CasesFile = doc.validate(model)
+            except ConfigError as exc:
+                cases.append(MappingTestCase(path.name, str(path), exc.line or 1, None, path.parent, str(exc), kind))
+                continue
+            for i, case in enumerate(spec.tests):
+                line = doc.line(("tests", i)) or 1
+                cases.append(MappingTestCase(case.name, str(path), line, case, path.parent, kind=kind))
     return cases
 
 
 def run_mapping_tests(
     mappings: MappingSet | Path, *, overlays: list[Path] | None = None, identifiers: Identifiers | None = None
 ) -> list[MappingTestResult]:
-    """Run every sibling test of a mapping set (or of the mapping folder given).
+    """Run every sibling test of a mapping set (or of the mapping folder given), of every input kind.
 
     ``identifiers``: the default assigning authority of cases that declare none (a channel's).
     """
     ms = mappings if isinstance(mappings, MappingSet) else load_mappings(mappings, overlays=overlays or [])
-    return [run_case(ms, c, identifiers) for c in collect_mapping_tests(ms.roots)]
+    return [run_case(ms, c, identifiers) for c in collect_mapping_tests(ms.roots, ALL_KINDS)]
 
 
 def load_message(case: CaseSpec, base: Path) -> str:
+    """The HL7 message of a case: inline, or read from the file it names."""
     text = case.message
     if "\n" in text.strip() or text.lstrip().startswith("MSH"):
         return text
@@ -118,6 +170,8 @@ def run_case(ms: MappingSet, tc: MappingTestCase, identifiers: Identifiers | Non
     if case is None:
         result.failures.append(tc.problem)
         return result
+    if tc.kind != "hl7v2":
+        return _run_kind_case(ms, case, tc, identifiers, result)
     try:
         message = hl7v2.Message.parse(load_message(case, tc.base))
         bundle = ms.transform(
@@ -141,16 +195,75 @@ def run_case(ms: MappingSet, tc: MappingTestCase, identifiers: Identifiers | Non
     return result
 
 
-def _check_error(case: CaseSpec, exc: TransformError | HL7Error) -> list[str]:
+def dicom_study(case: DicomCaseSpec, base: Path) -> bytes:
+    """The study message of a DICOM case (its instances, read and assembled as the source does).
+
+    Raises ConfigError when a path cannot be read, InboundError for an instance the source would refuse."""
+    from engine.sources.dicom_files import instance_files, study_from_files
+
+    names = [case.message] if isinstance(case.message, str) else case.message
+    missing = [n for n in names if not (base / n).exists()]
+    if missing:
+        raise ConfigError(f"cannot read test instances {', '.join(missing)} (no such file or folder)")
+    files, _ = instance_files(base / n for n in names)
+    try:
+        return study_from_files(files, case.calling_ae, assembled_at=0.0)
+    except OSError as exc:
+        raise ConfigError(f"cannot read test instances ({exc.strerror})") from None
+
+
+def _raw_message(case: CaseSpec, base: Path) -> bytes:
+    """The input of a case of another kind (a JSON event…): inline, or the bytes of the file it names."""
+    text = case.message
+    assert isinstance(text, str)
+    if "\n" in text.strip() or text.lstrip()[:1] in ("{", "["):
+        return text.encode("utf-8")
+    try:
+        return (base / text).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read test message {text} ({exc.strerror})") from None
+
+
+def _run_kind_case(
+    ms: MappingSet, case: CaseSpec, tc: MappingTestCase, identifiers: Identifiers | None, result: MappingTestResult
+) -> MappingTestResult:
+    """A case of an input kind other than HL7 v2, through the worker's own path (``pool.map_one``)."""
+    from engine.transform.pool import Job, map_one
+
+    try:
+        raw = dicom_study(case, tc.base) if isinstance(case, DicomCaseSpec) else _raw_message(case, tc.base)
+    except ConfigError as exc:
+        result.failures.append(str(exc))
+        return result
+    except InboundError as exc:  # an instance the DICOM source would refuse
+        result.failures.extend(_check_error(case, exc))
+        result.passed = not result.failures
+        return result
+    job = Job(raw, "utf-8", case.mapping, "full", case.timezone,
+              identifiers if case.identifiers is None else case.identifiers, kind=tc.kind)  # fmt: skip
+    mapped = map_one(ms, job)
+    if mapped.error is not None:
+        result.failures.extend(_check_error(case, mapped.error))
+    else:
+        if case.error is not None:
+            result.failures.append("expected the message to be rejected, but it was mapped")
+        result.failures.extend(_check_bundle(case, orjson.loads(mapped.bundle) if mapped.bundle else {}))
+    result.passed = not result.failures
+    return result
+
+
+def _check_error(case: CaseSpec, exc: TransformError | InboundError) -> list[str]:
     if case.error is None:
         return [f"rejected: {exc}" + (f" (rule {exc.rule})" if isinstance(exc, TransformError) else "")]
     want = case.error
     field_ = exc.field if isinstance(exc, TransformError) else exc.location
+    # an HL7 error's code is its table 0357 condition; a source's refusal says what is wrong (its kind)
+    code = exc.code if isinstance(exc, TransformError | HL7Error) else exc.kind
     out = []
     if want.field is not None and field_ != want.field:
         out.append(f"error field: expected {want.field}, got {field_ or '(none)'} ({exc})")
-    if want.code is not None and exc.code != want.code:
-        out.append(f"error code: expected {want.code}, got {exc.code} ({exc})")
+    if want.code is not None and code != want.code:
+        out.append(f"error code: expected {want.code}, got {code} ({exc})")
     if want.contains is not None and want.contains not in str(exc):
         out.append(f"error message does not contain {want.contains!r}: {exc}")
     return out
