@@ -134,13 +134,15 @@ def check(
 
 @app.command()
 def convert(
-    file: Annotated[Path, typer.Argument(help="A file holding one HL7 v2 message.")],
+    file: Annotated[Path, typer.Argument(help="A file holding one HL7 v2 message, or one JSON event (.json).")],
     channel: Annotated[
         str | None, typer.Option(help="Use this channel's mapping, charset, time zone and default authority.")
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Print the FHIR Bundle (JSON) a message becomes, without delivering it."""
+    from dataclasses import replace
+
     from engine.config.channel import load_channels
     from engine.transform import load_mappings
     from engine.transform.pool import Job, map_one
@@ -164,6 +166,9 @@ def convert(
         job = Job(raw, getattr(ch.source, "charset", "utf-8"), ch.mapping, ch.validation, ch.timezone, ch.identifiers)
     else:
         job = Job(raw, "utf-8", None, "full")
+    if file.suffix.lower() == ".json":  # a JSON event (its JSON map by its type), or FHIR when it names a resourceType
+        kind = "fhir" if b'"resourceType"' in raw[:4096] else "json"
+        job = replace(job, kind=kind, event_type=getattr(ch.source, "event_type", "type") if ch else "type")
     mapped = map_one(mappings, job)
     if mapped.error is not None:
         _fail(f"{file}: {explain(mapped.error)}")
