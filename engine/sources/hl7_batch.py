@@ -108,13 +108,14 @@ def _first(line: bytes, d: Delimiters) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-def _delimiters(line: bytes) -> Delimiters:
-    name = line[:3].decode("ascii")
+def _delimiters(line: bytes, batch: Batch) -> Delimiters:
+    """FHS/BHS-1 and -2, read as MSH-1 and MSH-2 are; BatchError (102) when malformed."""
     try:
-        return hl7v2._delimiters("MSH" + line[3:].decode("latin-1"))  # FHS/BHS-1/2 read like MSH-1/2
-    except HL7Error as exc:
-        where = exc.location.replace("MSH", name) or name
-        raise HL7Error(exc.message.replace("MSH", name), code=exc.code, location=where, reject=True) from None
+        return hl7v2._delimiters("MSH" + line[3:].decode("latin-1"))
+    except HL7Error:
+        name = line[:3].decode("ascii")
+        raise BatchError(f"{name}-1/{name}-2 (the delimiters) are malformed", code="102", location=f"{name}^1^2",
+                         batch=batch) from None  # fmt: skip
 
 
 def head(raw: bytes) -> Batch:
@@ -124,11 +125,11 @@ def head(raw: bytes) -> Batch:
         for m in _LINE.finditer(raw, _start(raw)):
             line = m.group()
             if line[:3] == b"FHS" and batch.file_header is None and not batch.parts:
-                batch.delimiters = _delimiters(line)
+                batch.delimiters = _delimiters(line, batch)
                 batch.file_header = _fields(line, batch.delimiters)
             elif line[:3] == b"BHS" and not batch.parts:
                 if batch.file_header is None:
-                    batch.delimiters = _delimiters(line)
+                    batch.delimiters = _delimiters(line, batch)
                 batch.parts.append(Part(_fields(line, batch.delimiters)))
             else:
                 break
@@ -203,11 +204,11 @@ def split(raw: bytes, max_messages: int) -> Batch:
             if name == b"FHS":
                 if batch.file_header is not None or batch.parts:
                     raise refuse("FHS is not the first segment of the file", "FHS")
-                d = batch.delimiters = _delimiters(line)
+                d = batch.delimiters = _delimiters(line, batch)
                 batch.file_header = _fields(line, d)
             elif name == b"BHS":
                 if batch.file_header is None and not batch.parts:
-                    d = batch.delimiters = _delimiters(line)
+                    d = batch.delimiters = _delimiters(line, batch)
                 part = Part(_fields(line, d))
                 batch.parts.append(part)
                 closed = False
