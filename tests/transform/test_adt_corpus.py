@@ -30,13 +30,11 @@ CHANNEL = Identifiers(facility_as_authority=True, authority="CORPUS")
 
 #: Refused messages → the field named (and why).
 REFUSED = {
-    f"{MS}/ADT01-28.hl7": "PV1-19",  # no visit number: the Encounter cannot be identified
-    f"{MS}/ADT04-251.hl7": "PV1-19",
     f"{MS}/ADT-A41-02.hl7": "PV1-19",  # two patients' PV1 carry the same visit number
     f"{MS}/BAR-P02-02.hl7": "PV1-19",  # idem
     f"{MS}/BAR-P01-02.hl7": "NK1",  # the same NK1 repeated in both visit groups: two RelatedPersons, one identity
     f"{MS}/BAR-P12-01.hl7": "OBX-5",  # repeated NM values (OBX-Observation)
-    f"{LFH}/extracted-from-tests/FHIRConverterTest.test_patient_encounter.hl7": "PV1-2",  # class "ff"
+    # a visit group with neither visit number nor admit time: its charges and coverage hang on the visit
     f"{LFH}/extracted-from-tests/Hl7DFTMessageTest.testResourceCreationFromDFT.hl7": "PV1-19",
 }
 UNREADABLE = {f"{LFH}/sample_unix.hl7", f"{LFH}/sample_win.hl7"}  # MSH-2 written as ^~\\&
