@@ -1,5 +1,6 @@
 """Webhooks against a real ``interlink run`` process: the events channel's generated secret and
-``interlink send``, and a kill -9 while a load client posts (every 202 at the FHIR server exactly once)."""
+``interlink send``, its JSON events mapped by the JSON maps (an unknown type ends in error naming $.type),
+and a kill -9 while a load client posts (every 202 at the FHIR server exactly once)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import pytest
 import yaml
 
 from engine.signing import parse_secret, signed_headers
+from engine.store.schema import ContentKind
 from tests.integration.harness import EngineProcess, wait_until
 from tests.integration.test_end_to_end import all_final
 
 ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "mappings" / "json" / "samples"
+UNKNOWN_EVENT = b'{"type": "invoice.paid", "source": "sunrise-booking", "patient": {"id": "SECRET-7"}}'
 
 
 def add_events_channel(eng: EngineProcess, destination: dict) -> None:
@@ -54,6 +58,28 @@ def test_events_secret_generated_once_and_send_signs_with_it(tmp_path: Path) -> 
                               headers={"content-type": "application/fhir+json"})  # fmt: skip
         assert unsigned.status_code == 401
         wait_until(lambda: (tmp_path / "out.ndjson").exists(), 20, "the delivery")
+        key = parse_secret(secret.read_text().strip())
+        url = f"http://127.0.0.1:{eng.http_port}/webhooks/events"
+        ids = {}
+        for name in ("appointment_booked", "observation_recorded", "unknown"):
+            body = (SAMPLES / f"{name}.json").read_bytes() if name != "unknown" else UNKNOWN_EVENT
+            answer = httpx.post(url, content=body, headers={"content-type": "application/json",
+                                                            **signed_headers([key], body)})  # fmt: skip
+            assert answer.status_code == 202, answer.text
+            ids[name] = answer.json()["message_id"]
+        out = tmp_path / "out.ndjson"
+        wait_until(lambda: out.read_text().count('"Observation"') >= 5 and '"Appointment"' in out.read_text(), 20,
+                   "the mapped JSON events")  # fmt: skip
+        types = [e["resource"]["resourceType"] for line in out.read_text().splitlines()
+                 for e in orjson.loads(line).get("entry", [])]  # fmt: skip
+        assert types.count("Appointment") == 1 and types.count("Observation") == 1 + 4  # the FHIR one sent first
+        store = eng.store()
+        try:
+            wait_until(lambda: store.message(ids["unknown"]).status == "error", 20, "the unknown event's error")
+            error = (store.content(ids["unknown"], ContentKind.error) or b"").decode()
+            assert "$.type" in error and "invoice" not in error and "SECRET" not in error
+        finally:
+            store.close()
     first = secret.read_text()
     with eng:
         assert secret.read_text() == first  # kept, not regenerated
