@@ -59,7 +59,11 @@ _ESCAPE = re.compile(
 class Limits(Model):
     """Caps on one message (see the module docstring); over a cap the message is refused, naming the cap."""
 
-    max_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Longest message text (characters).")
+    max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Longest message: bytes as received at the source, characters at the worker.",
+    )
     max_segments: int = Field(10_000, ge=1, description="Most segments in one message.")
     max_repetitions: int = Field(1_000, ge=1, description="Most repetitions of one field.")
     max_components: int = Field(
