@@ -3,20 +3,20 @@
 Checked before any rule runs, so a message over a cap is refused in time linear in its size (milliseconds
 for megabytes), never half-mapped, and the error names the cap and where it was exceeded — never a value:
 
-=====================  =======================================================================  ==========
-cap (``Limits``)       refused when                                                             HL7 code
-=====================  =======================================================================  ==========
-``max_bytes``          the message text is longer (characters after decoding)                   207
-``max_segments``       it has more segments                                                     207
-``max_repetitions``    one field has more repetitions                                           207
-``max_components``     one field repetition has more components, or one component more          207
-                       sub-components
-``max_batch_messages``  an HL7 batch (FHS/BHS) holds more messages: the whole batch is refused   207
-=====================  =======================================================================  ==========
+======================  =====================================================================  ==========
+cap (``Limits``)        refused when                                                           HL7 code
+======================  =====================================================================  ==========
+``max_bytes``           the message is longer (bytes at the source, characters once decoded)   207
+``max_segments``        it has more segments                                                   207
+``max_repetitions``     one field has more repetitions                                         207
+``max_components``      one field repetition has more components, or one component more        207
+                        sub-components
+``max_batch_messages``  an HL7 batch (FHS/BHS) holds more messages: it is refused whole      207
+======================  =====================================================================  ==========
 
-Where they are enforced. The caps are settable: ``limits:`` in ``config/engine.yaml`` (the engine's caps,
-:class:`Limits`) and ``limits:`` in a channel file (:class:`LimitsOverride`, any subset of the fields, which
-may only lower the engine's: the worker holds every message to the engine's caps, whatever its channel).
+The caps are settable: ``limits:`` in ``config/engine.yaml`` (the engine's, :class:`Limits`) and ``limits:``
+in a channel file (:class:`LimitsOverride`: any of them, each at most the engine's, since the worker holds
+every message to the engine's caps whatever its channel). They are enforced twice:
 
 * at the source, with the channel's caps (:func:`check_caps`, called by the HL7 acceptor before the
   commit): an over-cap message is stored with its error and answered AR naming the cap. ``max_bytes`` is
