@@ -13,6 +13,9 @@ Two guards stand before every send (see ``engine.ordering`` and ``docs/architect
 - the stale-write guard: a resource the target already holds from a message with a newer source time is
   not overwritten (the destination turns that entry into a create-if-absent), and what a successful
   delivery wrote is recorded with its source time.
+
+A destination that sends what was received rather than the bundle (``engine.destinations.stored``:
+DICOM forward, STOW-RS) is handed the files of the message's stored objects instead; the rest is the same.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import orjson
 
 from engine.config.channel import Channel, OnDead
 from engine.destinations import ConditionalWrites, Destination, Outcome, RetryPolicy, make_destination, target_key
+from engine.destinations.stored import SendsObjects, StoredFile, object_store, stored_files
 from engine.errors import HL7Error, TransformError, explain
 from engine.metrics import Metrics
 from engine.ordering import Gate
-from engine.store import AttemptRecord, DeliveryStatus, MessageStatus, ProcessResult, Store
+from engine.store import AttemptRecord, ContentKind, DeliveryStatus, MessageStatus, ProcessResult, Store
 from engine.store.repository import Written
 from engine.transform.pool import InThreadMapper, Job, Mapped
 
@@ -289,7 +293,10 @@ class Pipeline:
         number = attempts_so_far + 1
         started = time.time()
         t0 = time.perf_counter()
-        result = dest.send(bundle, message_id=message_id)
+        if isinstance(dest, SendsObjects):  # DICOM forward, STOW-RS: what was received, not the bundle
+            result = dest.send_objects(self._stored_files(channel_name, message_id), message_id=message_id)
+        else:
+            result = dest.send(bundle, message_id=message_id)
         seconds = time.perf_counter() - t0
         self.metrics.attempted(channel_name, destination, result.outcome, seconds)
         record = AttemptRecord(
@@ -312,6 +319,14 @@ class Pipeline:
         why = "retries exhausted" if result.outcome == Outcome.RETRY else "permanent failure"
         reason = f"{why} after {number} attempt(s): {result.error or result.status_code}"
         return Attempted(record, DeliveryStatus.dead, started, gave_up=reason)
+
+    def _stored_files(self, channel_name: str, message_id: str) -> list[StoredFile]:
+        """The files of the objects a message refers to (its raw content), in the channel source's object store."""
+        channel = self.channels.get(channel_name)
+        store = object_store(channel.source) if channel is not None else None
+        if store is None:
+            return []
+        return stored_files(self.store.content(message_id, ContentKind.raw), store)
 
     def _guard(
         self, key: tuple[str, str], dest: Destination, bundle: dict, source_time: float | None

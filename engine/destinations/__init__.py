@@ -3,7 +3,9 @@
 Each kind is one module: a typed config (``type: Literal[...]``, and ``target()``, the system it writes to)
 and one small class with ``send(bundle, *, message_id) -> Result``, ``healthcheck() -> Health`` and
 ``close()``, registered in :data:`REGISTRY` with one line. The channel's ``destinations`` union is built
-from the registry; ``make_destination`` looks the class up; ``classify`` decides every outcome.
+from the registry; ``make_destination`` looks the class up; ``classify`` decides every outcome. A kind that
+sends the message's stored objects instead of the bundle (DICOM forward, STOW-RS) also has ``send_objects``
+(``engine.destinations.stored``).
 """
 
 from __future__ import annotations
@@ -28,15 +30,20 @@ from engine.destinations.base import (
     classify,
     parse_retry_after,
 )
+from engine.destinations.dicom_forward import DicomForwardConfig, DicomForwardDestination
 from engine.destinations.fhir import FhirConfig, FhirDestination
 from engine.destinations.file import FileConfig, FileDestination
 from engine.destinations.http import HttpConfig, HttpDestination
+from engine.destinations.stored import SendsObjects, StoredFile
+from engine.destinations.stow import StowConfig, StowDestination
 
 #: Every destination kind: its ``type`` → (config model, class). A new kind is one module and one line here.
 REGISTRY: dict[str, tuple[type[Any], Callable[..., Destination]]] = {
     "fhir": (FhirConfig, FhirDestination),
     "http": (HttpConfig, HttpDestination),
     "file": (FileConfig, FileDestination),
+    "dicom": (DicomForwardConfig, DicomForwardDestination),
+    "stow": (StowConfig, StowDestination),
 }
 
 if TYPE_CHECKING:
@@ -51,6 +58,8 @@ __all__ = [
     "Destination",
     "DestinationConfig",
     "DestinationError",
+    "DicomForwardConfig",
+    "DicomForwardDestination",
     "FhirConfig",
     "FhirDestination",
     "FileConfig",
@@ -62,6 +71,10 @@ __all__ = [
     "Outcome",
     "Result",
     "RetryPolicy",
+    "SendsObjects",
+    "StoredFile",
+    "StowConfig",
+    "StowDestination",
     "classify",
     "make_destination",
     "parse_retry_after",
