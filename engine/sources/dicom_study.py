@@ -13,8 +13,11 @@ Contract:
   restart after a crash loses nothing). Assembly commits, through the accept path, ONE message of kind
   ``dicom`` and type ``study`` holding every instance of the study received so far (held and already
   grouped: a study that grows is mapped whole again and updates the same ImagingStudy), newest copy per
-  SOP Instance UID, then marks the held instances ``grouped``. Its duplicate key names the study and the
-  exact set of instances, so re-assembling after a crash between the two steps creates nothing new.
+  SOP Instance UID, then marks the held instances ``grouped``. Its duplicate key names the study and what
+  the map can read of it (:func:`study_digest`: the calling AE title and each instance's header, not how
+  it was encoded), so re-assembling after a crash between the two steps creates nothing new, and neither
+  does the same study sent again in another transfer syntax (another sender, or the same one negotiating
+  differently: the instance bytes differ, so the instances are not duplicates, but the study is).
 - The study document: ``{"assembled_at": epoch s, "calling_ae": …, "instances": [instance documents]}``.
 """
 
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
     from engine.config.channel import Channel
     from engine.store.objects import StoredObject
 
-__all__ = ["Instance", "StudyAssembler", "read_instance", "study_document"]
+__all__ = ["Instance", "StudyAssembler", "read_instance", "study_digest", "study_document"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,24 @@ def study_document(members: list[bytes], assembled_at: float) -> tuple[bytes, st
     body = b",".join(by_sop.values())
     head = orjson.dumps({"assembled_at": assembled_at, "calling_ae": calling})[:-1]
     return head + b',"instances":[' + body + b"]}", patient, calling, len(by_sop)
+
+
+def study_digest(members: list[bytes]) -> str:
+    """What the study message says, independent of encoding: the calling AE title (it keys a Patient sent
+    without an issuer) and the header of each instance's newest copy, by SOP Instance UID; not the objects,
+    sizes or transfer syntaxes (dcmtk's storescu resends an explicit-VR file in implicit VR: other bytes,
+    the same header)."""
+    headers: dict[str, bytes] = {}
+    calling = ""
+    for raw in members:
+        doc = orjson.loads(raw)
+        header = doc.get("header", {})
+        headers[_value(header, "00080018")] = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
+        calling = doc.get("calling_ae", "") or calling
+    h = hashlib.sha256(calling.encode())
+    for sop in sorted(headers):
+        h.update(b"\0" + sop.encode() + b"\0" + headers[sop])
+    return h.hexdigest()[:32]
 
 
 @dataclass
@@ -241,9 +262,9 @@ class StudyAssembler:
         held = [mid for mid, status, _ in members if status == "held"]
         if not held:
             return None
-        ids = ",".join(mid for mid, _, _ in members)
-        digest = hashlib.sha256(ids.encode()).hexdigest()[:32]
-        document, patient, calling, count = study_document([raw for _, _, raw in members], time.time())
+        raws = [raw for _, _, raw in members]
+        digest = study_digest(raws)
+        document, patient, calling, count = study_document(raws, time.time())
         error = None
         if count > self.max_instances:
             error = InboundError("the study has more instances than max_instances_per_study", kind="too_large")

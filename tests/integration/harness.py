@@ -46,12 +46,15 @@ class EngineProcess:
         lab_response: str = "on_commit",
         retry: dict | None = None,
         extra_settings: dict | None = None,
+        imaging: dict | None = None,
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.lab_port = free_port()
         self.adt_port = free_port()
         self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.imaging = imaging is not None
         self.database_url = database_url or f"sqlite:///{workdir}/data/interlink.db"
         self.settings = {
             "data_dir": str(workdir / "data"),
@@ -89,6 +92,13 @@ class EngineProcess:
                 "destinations": [d],
             }
             (workdir / "channels" / f"{name}.yaml").write_text(yaml.safe_dump(channel))
+        if imaging is not None:  # the DICOM channel `imaging` on dicom_port; ``imaging`` adds source options
+            d = {**dest, "path": str(workdir / "out" / "imaging.ndjson")} if "path" in dest else {**dest}
+            source = {"type": "dicom", "host": "127.0.0.1", "port": self.dicom_port,
+                      "objects_dir": str(workdir / "data" / "objects"), **imaging}  # fmt: skip
+            channel = {"name": "imaging", "source": source, "identifiers": {"by_application": {"MODALITY": "GENHOSP"}},
+                       "destinations": [d]}  # fmt: skip
+            (workdir / "channels" / "imaging.yaml").write_text(yaml.safe_dump(channel))
         self.config = workdir / "engine.yaml"
         self.config.write_text(yaml.safe_dump(self.settings))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -112,8 +122,10 @@ class EngineProcess:
         if self.proc and self.proc.poll() is not None:
             raise AssertionError(f"engine exited with {self.proc.returncode}: {self.tail()}")
         try:
-            with socket.create_connection(("127.0.0.1", self.lab_port), timeout=0.2):
-                return True
+            for port in (self.lab_port, self.dicom_port) if self.imaging else (self.lab_port,):
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    pass
+            return True
         except OSError:
             return False
 

@@ -15,7 +15,6 @@ import orjson
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -28,9 +27,9 @@ from engine.store.schema import ContentKind
 from engine.transform import load_mappings
 from engine.transform.authority import Identifiers
 from engine.transform.pool import Job, map_one
+from tests.integration.dicom_data import make_study
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
-SOURCES = ("CT_small.dcm", "MR_small.dcm")
 
 
 def need(tool: str) -> str:
@@ -40,31 +39,6 @@ def need(tool: str) -> str:
             pytest.fail(f"{tool} (Debian dcmtk) is not installed")
         pytest.skip(f"{tool} (Debian dcmtk) is not installed")
     return path
-
-
-def make_study(folder: Path, series: int, per_series: int, *, patient: str = "P-1", issuer: str = "HOSP") -> list[Path]:
-    """A study of ``series`` x ``per_series`` instances from pydicom's bundled files, with new UIDs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study = generate_uid()
-    out = []
-    for s in range(series):
-        template = pydicom.dcmread(get_testdata_file(SOURCES[s % len(SOURCES)]))
-        series_uid = generate_uid()
-        for i in range(per_series):
-            ds = template.copy()
-            ds.StudyInstanceUID = study
-            ds.SeriesInstanceUID = series_uid
-            ds.SeriesNumber = s + 1
-            ds.InstanceNumber = i + 1
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.PatientID = patient
-            ds.IssuerOfPatientID = issuer
-            ds.AccessionNumber = "ACC-1"
-            path = folder / f"s{s}-i{i}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            out.append(path)
-    return out
 
 
 class Rig:
