@@ -19,6 +19,7 @@ from engine.api.webhooks import WebhookRoutes
 from engine.config.channel import Channel, load_channels
 from engine.destinations import Destination
 from engine.errors import ConfigError, HL7Error, ListenError, TransformError
+from engine.events_feed import EventFeed
 from engine.ingest import GroupCommitter, Ingest
 from engine.metrics import Metrics
 from engine.pipeline import Pipeline
@@ -41,11 +42,24 @@ def load_config(settings: Settings, channel_paths: Sequence[Path] | None = None)
     problems = [
         f"channel {c.name}: mapping {c.mapping!r} does not exist"
         for c in channels
-        if c.mapping is not None and not mappings.has_mapping(c.mapping)
+        if c.mapping is not None and not _has_mapping(mappings, input_kind(c), c.mapping)
     ]
     if problems:
         raise ConfigError("\n".join(problems))
     return channels, mappings
+
+
+def input_kind(channel: Channel) -> str:
+    """The input kind (mapping library) of what a channel receives: a DICOM source's studies are ``dicom``;
+    the other sources bring HL7 v2 (a webhook's JSON and FHIR bodies are told apart per message)."""
+    return "dicom" if channel.source.type == "dicom" else "hl7v2"
+
+
+def _has_mapping(mappings: MappingSet, kind: str, mapping: str) -> bool:
+    try:
+        return mappings.for_kind(kind).has_mapping(mapping)
+    except TransformError:  # no maps of that kind at all
+        return False
 
 
 class Engine:
@@ -87,6 +101,7 @@ class Engine:
         self.sources: dict[str, Source] = {}
         self.sweeper: Sweeper | None = None
         self.http: HttpServer | None = None
+        self.feeds: list[EventFeed] = []
 
     @property
     def in_process_queue(self) -> bool:
@@ -146,6 +161,10 @@ class Engine:
             # the HTTP server carries sources (webhooks) and the listener's probes: `interlink worker`
             # processes, often beside a listener on the same host, do not bind it
             await self._start_http(routes)
+            for ch in self.channels:  # event feeds run beside their channel's source (engine/events_feed.py)
+                if ch.enabled and ch.events is not None:
+                    self.feeds.append(EventFeed(self.store, ch.name, ch.events))
+                    self.feeds[-1].start()
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -153,6 +172,9 @@ class Engine:
             self.http = None
         for src in self.sources.values():
             await src.stop()
+        for feed in self.feeds:
+            await asyncio.to_thread(feed.stop)
+        self.feeds = []
         if self.committer:
             await asyncio.to_thread(self.committer.close)
         if self.sweeper:

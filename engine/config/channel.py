@@ -19,6 +19,7 @@ from engine.config import yamlfile
 from engine.config.model import Model
 from engine.destinations import DestinationConfig
 from engine.errors import ConfigError
+from engine.events_feed import EventsConfig
 from engine.sources import SourceConfig
 from engine.transform.authority import Identifiers
 from engine.transform.limits import LimitsOverride
@@ -126,6 +127,11 @@ class Channel(Model):
         description="Delivery order per destination; `ordering: per_patient` is short for `{mode: per_patient}`.",
     )
     destinations: list[DestinationConfig] = Field(description="Where bundles are delivered.", min_length=1)
+    events: EventsConfig | None = Field(
+        None,
+        description="An event feed: this channel's lifecycle events (received, error, sent, dead; ids and "
+        "statuses only) POSTed in signed batches to an http destination (engine/events_feed.py).",
+    )
 
     @field_validator("ordering", mode="before")
     @classmethod

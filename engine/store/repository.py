@@ -31,6 +31,7 @@ from engine.store.schema import (
     attempts,
     contents,
     deliveries,
+    feed_cursors,
     install,
     messages,
 )
@@ -282,6 +283,21 @@ class Store:
             else:
                 first_in_batch[m.dedupe_key] = m.id
         return found
+
+    # -- the event feed's position (engine/events_feed.py) -------------------------------------------
+
+    def feed_cursor(self, channel: str) -> str | None:
+        """How far a channel's event feed has delivered (its own JSON), None before its first batch."""
+        with self.work.connect() as conn:
+            return conn.execute(select(feed_cursors.c.cursor).where(feed_cursors.c.channel == channel)).scalar()
+
+    def save_feed_cursor(self, channel: str, cursor: str) -> None:
+        """Record the feed's new position, after its receiver took the batch."""
+        now = time.time()
+        with self._writing(self.work) as conn:
+            row = feed_cursors.c.channel == channel
+            if not conn.execute(update(feed_cursors).where(row).values(cursor=cursor, updated_at=now)).rowcount:
+                conn.execute(insert(feed_cursors).values(channel=channel, cursor=cursor, updated_at=now))
 
     # -- reads ----------------------------------------------------------------------------------------
 

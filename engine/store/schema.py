@@ -6,6 +6,7 @@ deliveries  one row per (message, destination), with its status (see DeliverySta
 attempts    one row per delivery attempt: outcome, HTTP status, error, duration
 writes      per target system and resource, the newest source time written there (stale-write guard)
 install     per-installation values (the key of the keyed hashes in non-content columns)
+feed_cursors  per channel with an event feed, how far the feed has delivered (engine/events_feed.py)
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ deliveries = Table(
     Column("last_status_code", Integer, nullable=True),
     Column("last_error", Text, nullable=True),
     Index("ix_deliveries_status", "status", "next_attempt_at"),
+    Index("ix_deliveries_changed", "status", "updated_at"),  # the event feed: sent/dead since t (0006)
 )
 
 attempts = Table(
@@ -164,4 +166,12 @@ install = Table(
     metadata,
     Column("name", String(40), primary_key=True),
     Column("value", LargeBinary, nullable=False),
+)
+
+feed_cursors = Table(
+    "feed_cursors",
+    metadata,
+    Column("channel", String(100), primary_key=True),
+    Column("cursor", Text, nullable=False),  # JSON: the positions delivered up to (engine/events_feed.py)
+    Column("updated_at", Float, nullable=False),
 )
