@@ -129,7 +129,8 @@ def collect(
             .limit(limit)
         )
         for mid, at in conn.execute(q):
-            found.append((at, 0, _event("message.received", channel, mid, at), ("m", mid)))
+            # ordered by the time in the id (the cursor's order), so what is kept is always a prefix
+            found.append((int(mid[:14], 16) / 1e6, 0, _event("message.received", channel, mid, at), ("m", mid)))
     if "message.error" in types:
         t, mid = cursor.error
         q = (
@@ -162,7 +163,7 @@ def collect(
         )
         for mid2, dest2, status, at in conn.execute(q):
             found.append((at, 2, _event(f"delivery.{status}", channel, mid2, at, dest2), ("d", (at, mid2, dest2))))
-    found.sort(key=lambda f: (f[0], f[1]))
+    found.sort(key=lambda f: (f[0], f[1]))  # stable: each kind keeps its own (cursor) order
     kept = found[:limit]
     nxt = Cursor(cursor.message_id, cursor.delivery, cursor.error)
     for _, _, _, (kind, pos) in kept:  # each kind's rows were read in its own cursor order
