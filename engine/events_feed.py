@@ -59,7 +59,8 @@ class EventsConfig(Model):
     """A channel's event feed: which lifecycle events go to which HTTP destination (see engine/events_feed.py)."""
 
     destination: HttpConfig = Field(
-        description="The subscriber: an `http` destination (url, signing, retry, timeout_s, headers, auth)."
+        description="The subscriber: an `http` destination (url, signing, timeout_s, headers, auth); its `retry` "
+        "sets the backoff only: a batch is retried until it is taken, never dead-lettered or skipped."
     )
     types: list[EventType] = Field(
         default_factory=lambda: list(EVENT_TYPES),
