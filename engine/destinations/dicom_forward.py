@@ -136,9 +136,16 @@ class DicomForwardConfig(Model):
     name: str = Field(description="Destination name, unique in the channel.")
     host: str = Field(description="The PACS's host name or address.")
     port: int = Field(description="The PACS's DICOM port.", ge=1, le=65535)
-    called_ae_title: str = Field(description="The PACS's AE title.", pattern=AE_TITLE, max_length=16)
+    called_ae_title: str = Field(
+        description="The PACS's AE title (1-16 printable ASCII characters, no backslash).",
+        pattern=AE_TITLE,
+        max_length=16,
+    )
     calling_ae_title: str = Field(
-        "INTERLINK", description="This engine's AE title towards the PACS.", pattern=AE_TITLE, max_length=16
+        "INTERLINK",
+        description="This engine's AE title towards the PACS (1-16 printable ASCII characters).",
+        pattern=AE_TITLE,
+        max_length=16,
     )
     connect_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the TCP connection.")
     acse_timeout_s: float = Field(30.0, gt=0, description="Longest wait for association accept/reject and release.")
