@@ -214,6 +214,25 @@ def test_batch_ack_all_acknowledges_every_message_and_one_transaction(
         rig.close()
 
 
+def test_several_batches_in_one_file_are_answered_batch_by_batch(tmp_path: Path) -> None:
+    raw = (
+        b"FHS|^~\\&|ADM|HOSP|EHR|CLINIC|||||F2\r"
+        + batch(msg("P1"), msg("P2", "ZZZ^Z01"), fts=None, bid="B1")
+        + batch(msg("P3"), fts=None, bid="B2")
+        + b"FTS|2\r"
+    )
+    replies: list[bytes] = []
+
+    async def test(rig: Rig) -> None:
+        replies.extend(await rig.send(raw))
+
+    run(tmp_path, test).close()
+    names = [s[0] for s in segments(replies[0])]
+    assert names == ["FHS", "BHS", "MSH", "MSA", "ERR", "BTS", "BHS", "BTS", "FTS"]
+    assert [b[11] for b in named(replies[0], "BHS")] == ["B1", "B2"]
+    assert [b[1] for b in named(replies[0], "BTS")] == ["1", "0"] and named(replies[0], "FTS")[0][1] == "2"
+
+
 def test_store_failure_refuses_the_whole_batch_and_keeps_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed commit keeps none of the batch (one transaction): the sender gets one AE for the batch."""
     replies: list[bytes] = []
