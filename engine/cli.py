@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from engine.runtime import Engine
     from engine.store import Store
     from engine.transform import MappingSet
+    from engine.transform.pool import Job
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Interlink healthcare integration engine.")
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay dead letters.")
@@ -113,37 +114,65 @@ def check(
     paths: Annotated[list[Path] | None, typer.Argument(help="Channel files or folders (default: channels/).")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Validate channel files and compile their mappings; exit 1 on any error (warnings do not fail)."""
-    from engine.runtime import load_config
+    """Validate channel files and compile their mappings (every input kind); exit 1 on any error (warnings do
+    not fail)."""
+    from engine.runtime import input_kind, load_config
 
     settings = _settings(config)
     try:
         channels, mappings = load_config(settings, paths)
     except ConfigError as exc:
         _fail(str(exc))
+    problems = []
     for c in channels:
+        kind = input_kind(c)
+        if kind != "hl7v2" and kind not in mappings.kinds:
+            problems.append(f"channel {c.name}: no {kind} maps (mappings/{kind}/)")
+            continue
         typer.echo(f"ok  channel {c.name} ({c.source.type} → {', '.join(d.name for d in c.destinations)})")
         if not c.identifiers.declares_default:
             typer.echo(
                 f"warning: channel {c.name} declares no default assigning authority (identifiers:): "
-                "messages whose PID-3, PV1-19 or order numbers come without one will be refused",
+                f"{_WITHOUT_AUTHORITY.get(kind, _WITHOUT_AUTHORITY['hl7v2'])} will be refused",
                 err=True,
             )
+    if problems:
+        _fail("\n".join(problems))
     typer.echo(f"ok  {len(mappings.message_types)} message type(s) mapped: {', '.join(sorted(mappings.message_types))}")
+    for kind, maps in sorted(mappings.kinds.items()):
+        typer.echo(f"ok  {kind}: {len(maps.message_types)} type(s) mapped: {', '.join(sorted(maps.message_types))}")
+
+
+#: what a channel of each input kind refuses when it declares no default assigning authority
+_WITHOUT_AUTHORITY = {
+    "hl7v2": "messages whose PID-3, PV1-19 or order numbers come without one",
+    "dicom": "studies whose PatientID (0010,0020) comes without an Issuer of Patient ID",
+}
 
 
 @app.command()
 def convert(
-    file: Annotated[Path, typer.Argument(help="A file holding one HL7 v2 message, or one JSON event (.json).")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A file holding one HL7 v2 message, or one JSON event (.json); or DICOM files and folders "
+            "forming one study."
+        ),
+    ],
     channel: Annotated[
         str | None, typer.Option(help="Use this channel's mapping, charset, time zone and default authority.")
     ] = None,
+    calling_ae: Annotated[
+        str, typer.Option(help="DICOM: the calling AE title the study comes from (the channel's default keys on it).")
+    ] = "",
     config: ConfigOpt = None,
 ) -> None:
-    """Print the FHIR Bundle (JSON) a message becomes, without delivering it."""
+    """Print the FHIR Bundle (JSON) a message, or a DICOM study, becomes, without delivering it."""
     from dataclasses import replace
 
     from engine.config.channel import load_channels
+    from engine.runtime import input_kind
+    from engine.sources.dicom_files import is_dicom_file
     from engine.transform import load_mappings
     from engine.transform.pool import Job, map_one
 
@@ -158,23 +187,52 @@ def convert(
             ch = found[0]
     except ConfigError as exc:
         _fail(str(exc))
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        _fail(f"{file}: cannot read ({exc.strerror})")
-    if ch:
-        job = Job(raw, getattr(ch.source, "charset", "utf-8"), ch.mapping, ch.validation, ch.timezone, ch.identifiers)
+    if (ch is not None and input_kind(ch) == "dicom") or any(f.is_dir() or is_dicom_file(f) for f in files):
+        job = _dicom_job(files, ch, calling_ae)
+        file = files[0] if len(files) == 1 else Path("study")
     else:
-        job = Job(raw, "utf-8", None, "full")
-    if file.suffix.lower() == ".json":  # a JSON event (its JSON map by its type), or FHIR when it names a resourceType
-        kind = "fhir" if b'"resourceType"' in raw[:4096] else "json"
-        job = replace(job, kind=kind, event_type=getattr(ch.source, "event_type", "type") if ch else "type")
+        if len(files) != 1:
+            _fail("a message is one file (several files convert together as one DICOM study)")
+        file = files[0]
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            _fail(f"{file}: cannot read ({exc.strerror})")
+        if ch:
+            job = Job(raw, getattr(ch.source, "charset", "utf-8"), ch.mapping, ch.validation, ch.timezone,
+                      ch.identifiers)  # fmt: skip
+        else:
+            job = Job(raw, "utf-8", None, "full")
+        if (
+            file.suffix.lower() == ".json"
+        ):  # a JSON event (its JSON map by its type), or FHIR when it names a resourceType
+            kind = "fhir" if b'"resourceType"' in raw[:4096] else "json"
+            job = replace(job, kind=kind, event_type=getattr(ch.source, "event_type", "type") if ch else "type")
     mapped = map_one(mappings, job)
     if mapped.error is not None:
         _fail(f"{file}: {explain(mapped.error)}")
     if mapped.bundle is None:
         _fail(f"{file}: the mapping produced no resources")
     sys.stdout.buffer.write(orjson.dumps(orjson.loads(mapped.bundle), option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def _dicom_job(paths: list[Path], ch: Channel | None, calling_ae: str) -> Job:
+    """The mapping job of DICOM files as one study, read and assembled as the DICOM source does."""
+    from engine.sources.dicom_files import FileRefused, instance_files, study_from_files
+    from engine.transform.pool import Job
+
+    files, _ = instance_files(paths)
+    if not files:
+        _fail("no DICOM files found in " + ", ".join(map(str, paths)))
+    try:
+        raw = study_from_files(files, calling_ae)
+    except FileRefused as exc:
+        _fail(f"{files[exc.index]}: {exc.location or 'dataset'}: {exc.message} (the DICOM source answers 0xC000)")
+    except OSError as exc:
+        _fail(f"cannot read ({exc.strerror})")
+    if ch is None:
+        return Job(raw, "", None, "full", kind="dicom")
+    return Job(raw, "", ch.mapping, ch.validation, ch.timezone, ch.identifiers, kind="dicom")
 
 
 @app.command("test")
@@ -246,25 +304,37 @@ def send(
         ),
     ],
     channel: Annotated[
-        str | None, typer.Option(help="Send to this channel: its MLLP port, or its webhook URL (signed).")
+        str | None,
+        typer.Option(help="Send to this channel: its MLLP port, its webhook URL (signed), or its DICOM port and AE."),
     ] = None,
-    host: Annotated[str, typer.Option(help="MLLP host.")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="MLLP port (default: the channel's, else 2575).")] = None,
-    timeout_s: Annotated[float, typer.Option(help="Seconds to wait for each ACK.")] = 30.0,
+    host: Annotated[
+        str | None, typer.Option(help="MLLP or DICOM host (default: 127.0.0.1; DICOM: the channel's address).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="MLLP or DICOM port (default: the channel's, else 2575).")] = None,
+    timeout_s: Annotated[float, typer.Option(help="Seconds to wait for each ACK or C-STORE response.")] = 30.0,
+    associations: Annotated[
+        int, typer.Option(min=1, max=32, help="DICOM: concurrent associations the files are shared among.")
+    ] = 1,
+    calling_ae: Annotated[str, typer.Option(help="DICOM: this sender's AE title.")] = "INTERLINK-SCU",
     config: ConfigOpt = None,
 ) -> None:
     """Send message files over MLLP and print each acknowledgement code; to a webhook channel, sign (Standard
-    Webhooks, with the channel's secret) and POST each file over HTTP and print each answer."""
+    Webhooks, with the channel's secret) and POST each file over HTTP and print each answer; to a DICOM
+    channel, C-STORE each instance (files, or folders walked) as it is on disk and print each response status."""
     from engine.sources.mllp_client import send as mllp_send
 
+    if channel:
+        from engine.config.channel import load_channels
+
+        found = [c for c in load_channels([_settings(config).channels_dir]) if c.name == channel]
+        if not found:
+            _fail(f"no channel named {channel!r}")
+        if found[0].source.type == "dicom":
+            _send_dicom(found[0], files, host, port, timeout_s, associations, calling_ae)
+            return
     if port is None:
         port = 2575
         if channel:
-            from engine.config.channel import load_channels
-
-            found = [c for c in load_channels([_settings(config).channels_dir]) if c.name == channel]
-            if not found:
-                _fail(f"no channel named {channel!r}")
             if found[0].source.type == "webhook":
                 _send_webhook(_settings(config), found[0], files, timeout_s)
                 return
@@ -277,6 +347,7 @@ def send(
             payloads.append(f.read_bytes().lstrip(b"\xef\xbb\xbf").replace(b"\r\n", b"\r").replace(b"\n", b"\r"))
         except OSError as exc:
             _fail(f"{f}: cannot read ({exc.strerror})")
+    host = host or "127.0.0.1"
     try:
         replies = mllp_send(host, port, payloads, timeout_s=timeout_s)
     except OSError as exc:
@@ -286,6 +357,55 @@ def send(
         code, text = _ack_code(reply)
         bad += code not in ("AA", "CA")
         typer.echo(f"{f}: {code}" + (f" {text}" if text else ""))
+    if bad:
+        raise typer.Exit(1)
+
+
+def _send_dicom(
+    channel: Channel,
+    paths: list[Path],
+    host: str | None,
+    port: int | None,
+    timeout_s: float,
+    associations: int,
+    calling_ae: str,
+) -> None:
+    """C-STORE files (folders walked) to a DICOM channel, one line per file as its response arrives, with a
+    progress bar on a terminal; exit 1 when any was not stored."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from engine.sources.dicom_client import StoreResult, send_files
+    from engine.sources.dicom_files import instance_files
+
+    source = channel.source
+    host = host or str(getattr(source, "host", "127.0.0.1"))
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    port = port or int(getattr(source, "port", 0))
+    files, skipped = instance_files(paths)
+    if skipped:
+        typer.echo(f"{skipped} file(s) in the folders are not DICOM files (no DICM preamble): not sent", err=True)
+    if not files:
+        _fail("no DICOM files to send")
+    tls_config = getattr(source, "tls", None)
+    tls = None
+    if tls_config is not None:
+        import ssl
+
+        tls = ssl.create_default_context(cafile=str(tls_config.cert_file))
+    console = Console(stderr=True)
+    columns = (TextColumn("C-STORE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as progress:
+        task = progress.add_task("send", total=len(files))
+
+        def on_result(r: StoreResult) -> None:
+            typer.echo(f"{r.path}: {r.line()}")
+            progress.advance(task)
+
+        results = send_files(host, port, files, called_ae=str(getattr(source, "ae_title", "")), calling_ae=calling_ae,
+                             associations=associations, tls=tls, timeout_s=timeout_s, on_result=on_result)  # fmt: skip
+    bad = sum(not r.stored for r in results)
+    typer.echo(f"{len(results) - bad} stored, {bad} failed ({host}:{port}, AE {getattr(source, 'ae_title', '')})")
     if bad:
         raise typer.Exit(1)
 
