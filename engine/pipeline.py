@@ -176,6 +176,7 @@ class Pipeline:
                         channel.identifiers,
                         stored.kind,
                         channel.strict,
+                        getattr(channel.source, "event_type", "type"),  # JSON events: where their type is
                     )
                 )
         for (message_id, channel, lane), mapped in zip(todo, self.mapper.map_many(jobs) if jobs else [], strict=True):

@@ -227,3 +227,27 @@ def test_event_type_at_another_path(maps: MappingSet) -> None:
     doc["meta"] = {"event": doc.pop("type")}
     b = bundle_of(maps, orjson.dumps(doc), event_type="meta.event")
     assert len(resources(b, "Appointment")) == 1
+
+
+def test_the_pipeline_reads_the_type_at_the_channels_event_type_path(maps: MappingSet, tmp_path: Path) -> None:
+    from engine.config.channel import Channel
+    from engine.pipeline import Pipeline
+    from engine.store import NewMessage, Store
+
+    channel = Channel.model_validate({
+        "name": "hooks",
+        "source": {"type": "webhook", "auth": {"type": "none"}, "event_type": "meta.event"},
+        "identifiers": {"authority": "SUNRISE"},
+        "destinations": [{"name": "out", "type": "file", "path": str(tmp_path / "out.ndjson")}],
+    })  # fmt: skip
+    doc = orjson.loads((SAMPLES / "appointment_booked.json").read_bytes())
+    doc["meta"] = {"event": doc.pop("type")}
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    pipeline = Pipeline(store, maps, [channel])
+    try:
+        [acc] = store.insert_messages([NewMessage("hooks", orjson.dumps(doc), kind="json", charset="utf-8")])
+        pipeline.process(acc.id)
+        assert store.message(acc.id).status == "transformed", store.message(acc.id).error
+    finally:
+        pipeline.close()
+        store.close()
