@@ -1,29 +1,35 @@
 """DICOM forward (C-STORE) and STOW-RS to a real Orthanc, through the pipeline and real Dramatiq actors
-(in-memory broker): a study message built by the DICOM source's own functions (stored objects, instance
-and study documents) is processed and delivered; every instance reaches Orthanc as stored; a PACS that is
-down is retried until it is back; a permanent refusal is dead-lettered and replayed once the PACS takes it.
+(in-memory broker). A study sent to the channel's real DICOM source (or, where the source would refuse
+it, stored with the source's own functions) is processed and delivered: every instance reaches Orthanc as
+stored; a PACS that is down is retried until it is back; a permanent refusal is dead-lettered and
+replayed once the PACS takes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dramatiq
+import orjson
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 
 from engine.config.channel import Channel
+from engine.ingest import GroupCommitter, Ingest
 from engine.pipeline import Pipeline
 from engine.queue.actors import Actors
 from engine.queue.broker import make_broker
+from engine.sources.dicom import DicomSource
 from engine.sources.dicom_study import read_instance, study_document
-from engine.store import NewMessage, Store
+from engine.store import ContentKind, NewMessage, Store
 from engine.store.objects import ObjectStore
 from engine.transform.limits import Limits
 from tests.integration.harness import wait_until
@@ -88,15 +94,56 @@ class Rig:
         channel = Channel.model_validate(
             {
                 "name": "imaging",
-                "source": {"type": "dicom", "port": 0, "objects_dir": str(tmp / "objects")},
+                "source": {
+                    "type": "dicom",
+                    "port": 0,
+                    "objects_dir": str(tmp / "objects"),
+                    "fsync": False,
+                    "quiet_period_s": 0.2,
+                },
                 "destinations": [destination],
             }
         )
+        self.channel = channel
         self.pipeline = Pipeline(self.store, StudyMaps(), [channel])  # type: ignore[arg-type]
         self.broker = make_broker("memory://")
         self.actors = Actors(self.broker, self.pipeline)
         self.worker = dramatiq.Worker(self.broker, worker_threads=1, worker_timeout=50)
         self.worker.start()
+        self.committed: list[str] = []
+        self.committer: GroupCommitter | None = None
+        self.source: DicomSource | None = None
+
+    def receive_over_dicom(self, files: list[Path]) -> tuple[str, dict[str, bytes]]:
+        """Send the files to the channel's DICOM source (a real SCP: what it stores is what pynetdicom wrote
+        while receiving) and wait for its study message, which it queues for processing like the engine does;
+        returns the message id and the stored bytes of each instance by SOP Instance UID."""
+
+        def committed(ids: list[str]) -> None:
+            self.committed.extend(ids)
+            self.actors.enqueue_process(ids)
+
+        self.committer = GroupCommitter(self.store, committed)
+        self.source = DicomSource(self.channel.source, self.channel, Ingest(self.committer), objects=self.objects)  # type: ignore[arg-type]
+        asyncio.run(self.source.start())
+        ae = AE(ae_title="MODALITY")
+        for path in files:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])  # as it is: no conversion
+        assoc = ae.associate("127.0.0.1", self.source.port, ae_title="INTERLINK")
+        assert assoc.is_established
+        try:
+            assert [int(assoc.send_c_store(path).Status) for path in files] == [0] * len(files)
+        finally:
+            assoc.release()
+        wait_until(lambda: bool(self.committed), 30, "the study assembled")
+        [message_id] = self.committed
+        document = orjson.loads(self.store.content(message_id, ContentKind.raw) or b"")
+        stored = {}
+        for instance in document["instances"]:
+            data = self.objects.path(instance["object"]).read_bytes()
+            stored[instance["header"]["00080018"]["Value"][0]] = data
+        return message_id, stored
 
     def receive(self, files: list[Path]) -> tuple[str, dict[str, bytes]]:
         """Store the files as the DICOM source does and commit one study message; returns its id and the
@@ -124,6 +171,10 @@ class Rig:
         return "" if row is None else str(row.status)
 
     def close(self) -> None:
+        if self.source is not None:
+            asyncio.run(self.source.stop())
+        if self.committer is not None:
+            self.committer.close()
         self.worker.stop()
         self.broker.close()
         self.pipeline.close()
@@ -169,7 +220,7 @@ def test_forward_puts_every_instance_in_orthanc_as_stored(
     rig: Callable[..., Rig], pacs: Orthanc, tmp_path: Path
 ) -> None:
     r = rig(forward_to(pacs))
-    message_id, stored = r.receive(make_study(tmp_path / "study"))
+    message_id, stored = r.receive_over_dicom(make_study(tmp_path / "study"))
     wait_until(lambda: r.status(message_id) == "sent", 60, "forwarded")
     got = pacs.files()
     assert sorted(got) == sorted(stored) and len(got) == 8
@@ -191,7 +242,7 @@ def test_stow_puts_every_instance_in_orthanc_byte_identical(
     rig: Callable[..., Rig], pacs: Orthanc, tmp_path: Path
 ) -> None:
     r = rig({"type": "stow", "base_url": pacs.dicomweb, "timeout_s": 30})
-    message_id, stored = r.receive(make_study(tmp_path / "study"))
+    message_id, stored = r.receive_over_dicom(make_study(tmp_path / "study"))
     wait_until(lambda: r.status(message_id) == "sent", 60, "stored with STOW-RS")
     assert pacs.files() == stored  # every file byte for byte, file meta included
 
