@@ -21,7 +21,9 @@ of theirs" (the peer merges those of NK1/IN1/GT1 into the Patient); systems are 
 writes placeholder URLs for names it cannot map).
 
 A disagreement the peer causes by departing from the IG is listed as a *departure* (message glob, fact
-glob, the IG rule): it is reported apart and left out of the agreement figure. The list lives in
+glob, the IG rule): it is reported apart and left out of the agreement figure. The fact glob may name the
+pairing key of the resources it explains (``Observation(autopsy).*``: the peer's Observation coded
+``autopsy``), so that a departure does not hide other disagreements of that type in the same message. The list lives in
 ``docs/conformance.md`` between ``<!-- departures:start -->`` and ``<!-- departures:end -->`` (a
 Markdown table, so people read and extend the same list the tool applies).
 
@@ -320,22 +322,37 @@ def _of(bundle: Res | None, rtype: str) -> list[Res]:
 
 def compare(ours: Res | None, theirs: Res) -> list[tuple[str, Any, Any, bool]]:
     """The facts of two bundles: (fact, ours, theirs, agree). ``ours`` None: we refused the message."""
-    out: list[tuple[str, Any, Any, bool]] = []
+    return [(fact, x, y, ok) for fact, _keyed, x, y, ok in compare_keyed(ours, theirs)]
+
+
+def compare_keyed(ours: Res | None, theirs: Res) -> list[tuple[str, tuple[str, ...], Any, Any, bool]]:
+    """As :func:`compare`, each fact also named with the pairing key of its resource
+    (``Observation(death-certificate).value``: the code of ours, else of theirs), so that a departure can
+    name the resources it explains rather than every fact of a type in a message. A count is named by
+    the resources one side lacks (``Observation(autopsy).count``, one name each): a departure that names
+    all of them explains the count too."""
+    out: list[tuple[str, tuple[str, ...], Any, Any, bool]] = []
     for rtype, (key, facts) in FACTS.items():
         mine, peer = _of(ours, rtype), _of(theirs, rtype)
         if not mine and not peer:
             continue
-        out.append((f"count.{rtype}", len(mine), len(peer), len(mine) == len(peer)))
-        for a, b in _pair(mine, peer, key):
+        pairs = _pair(mine, peer, key)
+        keys = [key(a) if a is not None else key(b) if b is not None else None for a, b in pairs]
+        lone = tuple(
+            f"{rtype}({k or ''}).count" for (a, b), k in zip(pairs, keys, strict=True) if a is None or b is None
+        )
+        out.append((f"count.{rtype}", lone, len(mine), len(peer), len(mine) == len(peer)))
+        for (a, b), k in zip(pairs, keys, strict=True):
             for name, how, read in facts:
                 x = read(a) if a is not None else None
                 y = read(b) if b is not None else None
                 if x in (None, set()) and y in (None, set()):
                     continue
+                fact, keyed = f"{rtype}.{name}", (f"{rtype}({k or ''}).{name}",)
                 if a is None or b is None:
-                    out.append((f"{rtype}.{name}", x, y, False))
+                    out.append((fact, keyed, x, y, False))
                 else:
-                    out.append((f"{rtype}.{name}", x, y, _agree(how, x, y)))
+                    out.append((fact, keyed, x, y, _agree(how, x, y)))
     return out
 
 
@@ -502,10 +519,21 @@ def compare_corpus(
             continue
         outcome.compared = True
         theirs = json.loads(expected.read_text(encoding="utf-8"))
-        for fact, x, y, ok in compare(ours, theirs):
-            why = "" if ok else next((d.rule for d in departures if _matches(d, name, fact)), "")
-            report.facts.append(Fact(name, mt, fact, x, y, ok, why))
+        for fact, keyed, x, y, ok in compare_keyed(ours, theirs):
+            report.facts.append(Fact(name, mt, fact, x, y, ok, "" if ok else _why(departures, name, fact, keyed)))
     return report
+
+
+def _why(departures: Sequence[Departure], message: str, fact: str, keyed: tuple[str, ...]) -> str:
+    """The IG rule of the departure that explains a disagreement, else "". A departure's fact glob names the
+    fact (``Observation.value``) or, to single out resources, the fact with their pairing key in parentheses
+    (``Observation(autopsy).*``; brackets would be glob classes); a keyed fact is explained when each of its
+    names is (a count: every resource one side lacks)."""
+    for d in departures:
+        if _matches(d, message, fact):
+            return d.rule
+    rules = [next((d.rule for d in departures if _matches(d, message, k)), "") for k in keyed]
+    return rules[0] if rules and all(rules) else ""
 
 
 def _matches(d: Departure, message: str, fact: str) -> bool:

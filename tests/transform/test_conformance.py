@@ -136,6 +136,34 @@ def test_compare_corpus_counts_each_disagreement(tmp_path: Path, mappings: Mappi
     assert again.overall() == pytest.approx(1 - 1 / (len(again.facts) - 1))
 
 
+def test_a_departure_may_name_the_resources_it_explains_by_their_pairing_key(
+    tmp_path: Path, mappings: MappingSet
+) -> None:
+    folder = _corpus(tmp_path, mappings)
+    theirs = json.loads((folder / "cbc.expected.json").read_text())
+    code = next(e["resource"] for e in theirs["entry"] if e["resource"]["resourceType"] == "Observation")["code"]
+    key = code["coding"][0]["code"]
+    other = [Departure("*cbc.hl7", "Observation(not-this-code).*", "a rule")]
+    assert not any(f.departure for f in compare_corpus(folder, mappings, departures=other).facts)
+    named = [Departure("*cbc.hl7", f"Observation({key}).*", "a rule")]
+    explained = [f.fact for f in compare_corpus(folder, mappings, departures=named).facts if f.departure]
+    assert explained == ["Observation.value"]
+    # A resource only the peer makes: its facts and the count are explained by a row naming it.
+    theirs["entry"].append({"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "extra"}}})
+    (folder / "cbc.expected.json").write_text(json.dumps(theirs))
+    extra = [Departure("*cbc.hl7", "Observation(extra).*", "a rule")]
+    report = compare_corpus(folder, mappings, departures=extra)
+    assert sorted(f.fact for f in report.facts if f.departure) == [
+        "Observation.code",
+        "Observation.status",
+        "count.Observation",
+    ]
+    assert [f.fact for f in report.facts if not f.agree and not f.departure] == [
+        "Patient.birthDate",
+        "Observation.value",
+    ]
+
+
 def test_command_prints_counts_only_and_writes_values_to_the_report(tmp_path: Path, mappings: MappingSet) -> None:
     folder = _corpus(tmp_path, mappings)
     cfg = tmp_path / "engine.yaml"
