@@ -92,8 +92,16 @@ class _Loader(yaml.SafeLoader):
     """Safe loader; duplicate keys are errors (a silent overwrite hides mistakes)."""
 
 
+#: Composes the node tree (with line marks); libyaml's parser when PyYAML has it: 20x faster than the pure
+#: Python one on the mapping library (0.09 s against 1.8 s for ~300 files), which every engine start and
+#: every mapping process pays. Both are safe: nodes are only composed here, ``_Loader`` constructs scalars.
+_Composer: type = getattr(yaml, "CSafeLoader", _Loader)
+
+
 def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str, c: _Loader) -> Any:
     lines[loc] = node.start_mark.line + 1
+    if node.tag.startswith("tag:yaml.org,2002:python/"):  # a collection's tag is not constructed below
+        raise ConfigError("YAML python tags are not supported", file=path, line=node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for knode, vnode in node.value:
@@ -131,15 +139,15 @@ def _interpolate(value: str, path: str, line: int) -> str:
 
 def parse(text: str, path: str = "<string>") -> YamlDoc:
     """Parse YAML text; syntax errors become ConfigError at their line."""
+    doc = YamlDoc(path=path, data=None)
     try:
-        node = yaml.compose(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as exc:
+        node = yaml.compose(text, Loader=_Composer)
+        if node is not None:
+            doc.data = _walk(node, (), doc.lines, path, _Loader(""))
+    except yaml.MarkedYAMLError as exc:  # syntax, or a tag no safe constructor knows (!!python/object …)
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         raise ConfigError(f"YAML syntax error: {exc.problem or exc.context}", file=path, line=line) from None
-    doc = YamlDoc(path=path, data=None)
-    if node is not None:
-        doc.data = _walk(node, (), doc.lines, path, _Loader(""))
     return doc
 
 
