@@ -18,6 +18,7 @@ Warnings (0xB000-0xBFFF: stored, with coercion) count as stored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -181,6 +182,12 @@ def _send_batch(
         for f in batch:
             report(f.index, StoreResult(f.path, None, why or f"no association with {host}:{port}"))
         return
+    # pynetdicom leaves Nagle on: an instance's last, short P-DATA then waits for the receiver's delayed ACK.
+    # Measured, 50 CT instances of 38 KB to dcmtk's storescp over loopback: 3.47 s with it, 0.33 s without.
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
     try:
         for f in batch:

@@ -1,0 +1,276 @@
+"""DICOM receive benchmark: the engine's storage SCP as shipped beside dcmtk's own ``storescp``, same files,
+same sender, same run; then the engine's peak memory for a small and a large study.
+
+    python bench/dicom.py [--instances 400] [--template CT_small.dcm] [--sizes 200,2000] [--no-fsync]
+
+Receivers, each on a free port with its own temporary folder:
+- the engine: ``interlink run`` (a separate process, workers on: the engine as shipped) with one DICOM
+  channel: every instance written to the content-addressed object store (fsync'd, unless ``--no-fsync``),
+  its header committed to the SQLite store (synchronous FULL) before the C-STORE response; studies are
+  assembled and mapped after their associations end, to an NDJSON file;
+- dcmtk ``storescp --fork -dhl``: each instance written to a file (no fsync), a process per association;
+- bare pynetdicom: the library the engine's SCP is built on, in a process of its own, answering Success
+  once pynetdicom has written the instance to its temporary file (no store, no commit): the ceiling of a
+  pynetdicom SCP on this machine, as the bare echo is for MLLP.
+
+Sender: dcmtk ``storescu`` for both (C++; ``-nh`` no halting), one process per association; both dcmtk
+tools run with ``TCP_NODELAY=1`` (see ``DCMTK_ENV``). The files are
+copies of a pydicom test file (``--template``) with fresh UIDs, a new study for every run (nothing is a
+duplicate), in ``--associations`` shares. Prints instances/s and MB/s from the first byte to the last
+response, and engine/storescp. Then, for each of ``--sizes``, a fresh engine receives one study of that
+many instances over 4 associations and the peak resident memory (VmHWM) of the engine and of its mapping
+processes is read once the study has been mapped and written out (target: not growing with the study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.harness import free_port, wait_until  # noqa: E402
+from tests.integration.procfs import mapping_processes  # noqa: E402
+
+MB = 1024 * 1024
+# Debian's dcmtk leaves Nagle on unless told: each instance's last short PDU then waits for the peer's
+# delayed ACK (measured: 50 CT instances, storescu -> storescp over loopback, 4.9 s without, 0.29 s with)
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def make_study(folder: Path, instances: int, template: str, per_series: int = 100) -> list[Path]:
+    """``instances`` copies of a pydicom test file as one study with new UIDs, ``per_series`` per series."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    base = pydicom.dcmread(get_testdata_file(template))
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), ""
+    out = []
+    for i in range(instances):
+        if i % per_series == 0:
+            series = generate_uid()
+        ds = base.copy()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SeriesNumber, ds.InstanceNumber = i // per_series + 1, i % per_series + 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID, ds.IssuerOfPatientID = "BENCH-1", "BENCHHOSP"
+        path = folder / f"i{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
+def storescu(port: int, files: list[Path], associations: int) -> float:
+    """Send ``files`` in ``associations`` concurrent storescu processes; seconds until the last one ends."""
+    shares = [files[k::associations] for k in range(associations)]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-nh", "-aet", "MODALITY", "-aec", "INTERLINK", "127.0.0.1", str(port), *map(str, share)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=DCMTK_ENV,
+        )
+        for share in shares
+        if share
+    ]
+    errors = [p.communicate()[1] for p in procs]
+    elapsed = time.perf_counter() - t0
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"storescu failed: {b''.join(errors)[-400:].decode(errors='replace')}")
+    return elapsed
+
+
+def bare_pynetdicom(port_q: Any) -> None:
+    """A pynetdicom storage SCP that only lets pynetdicom write each instance to its temporary file."""
+    import socket
+
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+    from pynetdicom import _config as pyn_config
+
+    pyn_config.STORE_RECV_CHUNKED_DATASET = True
+    ae = AE(ae_title="INTERLINK")
+    for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def on_store(event: Any) -> int:
+        event.dataset_path  # noqa: B018  (the received file; nothing else is done with it)
+        return 0x0000
+
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    port_q.put(port)
+    server.serve_forever()
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    import socket
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    wait_until(up, 60, what)
+
+
+class EngineRun:
+    """``interlink run`` with one DICOM channel in its own folder (SQLite, memory:// queue, NDJSON out)."""
+
+    def __init__(self, workdir: Path, *, fsync: bool) -> None:
+        import yaml
+
+        self.port = free_port()
+        self.out = workdir / "out.ndjson"
+        (workdir / "channels").mkdir(parents=True)
+        channel = {
+            "name": "imaging",
+            "source": {"type": "dicom", "host": "127.0.0.1", "port": self.port, "fsync": fsync,
+                       "objects_dir": str(workdir / "data" / "objects"), "quiet_period_s": 1},
+            "destinations": [{"name": "out", "type": "file", "path": str(self.out)}],
+        }  # fmt: skip
+        (workdir / "channels" / "imaging.yaml").write_text(yaml.safe_dump(channel))
+        settings = {
+            "data_dir": str(workdir / "data"),
+            "database_url": f"sqlite:///{workdir}/data/interlink.db",
+            "channels_dir": str(workdir / "channels"),
+            "mappings_dir": str(ROOT / "mappings"),
+            "http_port": free_port(),
+            "metrics_port": 0,
+        }
+        (workdir / "engine.yaml").write_text(yaml.safe_dump(settings))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INTERLINK_")}
+        self.log = open(workdir / "engine.log", "wb")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "run", "--config", str(workdir / "engine.yaml")],
+            cwd=workdir,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, self.proc, "the engine's DICOM port")
+
+    def mapped(self, instances: int) -> bool:
+        """An ImagingStudy of ``instances`` instances has been written out."""
+        if not self.out.exists():
+            return False
+        for line in self.out.read_text().splitlines():
+            for e in json.loads(line)["entry"]:
+                r = e["resource"]
+                if r["resourceType"] == "ImagingStudy" and r.get("numberOfInstances") == instances:
+                    return True
+        return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def peak_rss(pid: int) -> int:
+    """The highest resident memory a process has had (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--instances", type=int, default=400, help="instances per throughput run")
+    ap.add_argument("--template", default="CT_small.dcm", help="pydicom test file the instances are copied from")
+    ap.add_argument("--sizes", default="200,2000", help="study sizes of the peak memory runs")
+    ap.add_argument("--no-fsync", action="store_true", help="the engine's object store without fsync")
+    args = ap.parse_args()
+    if shutil.which("storescp") is None or shutil.which("storescu") is None:
+        raise SystemExit("dcmtk (storescp, storescu) is not installed: apt-get install dcmtk")
+    fsync = not args.no_fsync
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        size = os.path.getsize(make_study(work / "probe", 1, args.template)[0])
+        print(f"{args.template} copies, {size / 1024:.1f} KB each, {args.instances} instances per run, sender dcmtk "
+              f"storescu; engine: interlink run, object store fsync {fsync}, SQLite FULL\n")  # fmt: skip
+        print(f"{'receiver':<24}{'assocs':>7}{'inst/s':>9}{'MB/s':>8}{'vs storescp':>13}{'vs pynetdicom':>15}")
+        engine = EngineRun(work / "engine", fsync=fsync)
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        port_q = ctx.Queue()
+        bare = ctx.Process(target=bare_pynetdicom, args=(port_q,), daemon=True)
+        bare.start()
+        bare_port = port_q.get(timeout=120)
+        (work / "storescp").mkdir()
+        scp_port = free_port()
+        scp = subprocess.Popen(
+            ["storescp", "--fork", "-dhl", "-aet", "INTERLINK", "-od", str(work / "storescp"), str(scp_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=DCMTK_ENV,
+        )
+        try:
+            wait_port(scp_port, scp, "storescp")
+            receivers = (("dcmtk storescp", scp_port), ("bare pynetdicom", bare_port),
+                         ("engine (interlink run)", engine.port))  # fmt: skip
+            for _, port in receivers:  # warm-up: a few instances to each
+                storescu(port, make_study(work / f"warm-{port}", 10, args.template), 1)
+            for assocs in (1, 4):
+                rates = {}
+                for name, port in receivers:
+                    files = make_study(work / f"run-{assocs}-{port}", args.instances, args.template)
+                    elapsed = storescu(port, files, assocs)
+                    rates[name] = len(files) / elapsed
+                    mbs = sum(f.stat().st_size for f in files) / MB / elapsed
+                    vs_scp = rates[name] / rates["dcmtk storescp"]
+                    vs_bare = f"{rates[name] / rates['bare pynetdicom']:.2f}" if "bare pynetdicom" in rates else ""
+                    print(f"{name:<24}{assocs:>7}{rates[name]:>9.0f}{mbs:>8.1f}{vs_scp:>13.2f}{vs_bare:>15}")
+                    shutil.rmtree(files[0].parent)
+        finally:
+            scp.terminate()
+            scp.wait()
+            bare.kill()
+            bare.join()
+            engine.stop()
+
+        print("\npeak resident memory (VmHWM) once the study is mapped and written out, a fresh engine per size")
+        print(f"{'instances':>10}{'engine MB':>11}{'mapping MB':>12}{'receive s':>11}{'mapped after s':>16}")
+        for n in map(int, args.sizes.split(",")):
+            files = make_study(work / f"study-{n}", n, args.template)
+            run = EngineRun(work / f"rss-{n}", fsync=fsync)
+            try:
+                t0 = time.perf_counter()
+                received = storescu(run.port, files, 4)
+                wait_until(lambda n=n, run=run: run.mapped(n), 600, f"the {n}-instance study mapped", interval_s=0.5)
+                done = time.perf_counter() - t0
+                children = mapping_processes(run.proc.pid)
+                engine_mb = peak_rss(run.proc.pid) / MB
+                mapping_mb = max((peak_rss(c) for c in children), default=0) / MB
+                print(f"{n:>10}{engine_mb:>11.0f}{mapping_mb:>12.0f}{received:>11.1f}{done:>16.1f}")
+            finally:
+                run.stop()
+            shutil.rmtree(work / f"study-{n}")
+
+
+if __name__ == "__main__":
+    main()
