@@ -4,6 +4,7 @@ sequences included), the outcome of every status, association failures, refused 
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,3 +267,16 @@ def test_generated_instances_keep_their_bytes(scp: Scp, objects: ObjectStore, tm
     files = [put(objects, p) for p in paths]
     assert forward(scp.port).send_objects(files, message_id="m").outcome is Outcome.SENT
     assert [d for _, d in scp.received] == [dataset_bytes(p) for p in paths]
+
+
+def test_pdus_are_sent_at_once(scp: Scp) -> None:
+    """TCP_NODELAY on the association's socket: with Nagle on, each instance's dataset waited for the PACS's
+    delayed ACK (measured to dcmtk's storescp run with TCP_NODELAY=1: 18 instances/s, 92-183 with it set)."""
+    dest = forward(scp.port)
+    ae = dest._ae()
+    ae.add_requested_context(Verification)
+    assoc = dest._associate(ae)
+    try:
+        assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()
