@@ -173,12 +173,12 @@ def convert(
     from engine.config.channel import load_channels
     from engine.runtime import input_kind
     from engine.sources.dicom_files import is_dicom_file
-    from engine.transform import load_mappings
+    from engine.transform.mappingset import load_site_mappings
     from engine.transform.pool import Job, map_one
 
     settings = _settings(config)
     try:
-        mappings = load_mappings(settings.mappings_dir)
+        mappings = load_site_mappings(settings)
         ch = None
         if channel:
             found = [c for c in load_channels([settings.channels_dir]) if c.name == channel]
@@ -251,13 +251,13 @@ def test_mappings(
 ) -> None:
     """Run every mapping's sibling test cases (or, with --unmapped, report what the maps drop)."""
     from engine.config.channel import load_channels
-    from engine.transform import load_mappings
+    from engine.transform.mappingset import load_site_mappings
     from engine.transform.testing import run_mapping_tests
 
     settings = _settings(config)
     identifiers = None
     try:
-        mappings = load_mappings(settings.mappings_dir)
+        mappings = load_site_mappings(settings)
         if channel:
             found = [c for c in load_channels([settings.channels_dir]) if c.name == channel]
             if not found:
@@ -634,14 +634,14 @@ def corpus(
     config: ConfigOpt = None,
 ) -> None:
     """Map every corpus message and compare key facts with the peer's expected bundles (docs/conformance.md)."""
-    from engine.transform import load_mappings
     from engine.transform.conformance import compare_corpus, read_departures
+    from engine.transform.mappingset import load_site_mappings
 
     settings = _settings(config)
     if not folder.is_dir():
         _fail(f"{folder}: not a folder")
     try:
-        mappings = load_mappings(settings.mappings_dir)
+        mappings = load_site_mappings(settings)
     except ConfigError as exc:
         _fail(str(exc))
     result = compare_corpus(folder, mappings, departures=read_departures(departures))

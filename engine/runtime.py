@@ -29,7 +29,8 @@ from engine.queue.sweeper import Sweeper
 from engine.settings import Settings
 from engine.sources import Source, SourceContext, build_source
 from engine.store import Store
-from engine.transform import MappingSet, load_mappings
+from engine.transform import MappingSet
+from engine.transform.mappingset import load_site_mappings
 from engine.transform.pool import ProcessMapper
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def load_config(settings: Settings, channel_paths: Sequence[Path] | None = None) -> tuple[list[Channel], MappingSet]:
     """Load channels and compile mappings; every error names its file and line."""
-    mappings = load_mappings(settings.mappings_dir, limits=settings.limits)
+    mappings = load_site_mappings(settings)
     channels = load_channels(list(channel_paths or [settings.channels_dir]))
     problems = [
         f"channel {c.name}: mapping {c.mapping!r} does not exist"
@@ -79,7 +80,7 @@ class Engine:
         self.store = Store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         mapper = None
         if workers and settings.mapping_process_count() > 0:
-            mapper = ProcessMapper(settings.mappings_dir, processes=settings.mapping_process_count())
+            mapper = ProcessMapper(settings, processes=settings.mapping_process_count())
         self.metrics = Metrics()
         self.pipeline = Pipeline(self.store, self.mappings, self.channels, mapper=mapper, metrics=self.metrics)
         self.broker = make_broker(settings.queue_url, namespace=settings.queue_namespace)

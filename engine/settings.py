@@ -58,6 +58,12 @@ class Settings(Model):
     )
     channels_dir: Path = Field(Path("channels"), description="Folder of channel files.")
     mappings_dir: Path = Field(Path("mappings"), description="Folder of mapping files.")
+    mapping_overlays: list[Path] = Field(
+        default_factory=list,
+        description="Site folders laid out like mappings_dir, applied over it in order: a map of the same name "
+        "replaces the base one (with `merge: true`, only the rules or codes it lists); a new name adds a map "
+        "(a site's Z-segment maps). The base files are never copied or edited.",
+    )
     worker_threads: int = Field(8, ge=1, le=256, description="Worker threads per process.")
     mapping_processes: int | Literal["auto"] = Field(
         "auto",

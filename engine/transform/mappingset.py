@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import hl7v2
 from engine.errors import ConfigError, TransformError
@@ -20,6 +20,9 @@ from engine.transform.limits import Limits, check_message, check_text
 from engine.transform.messages import MessageProgram, compile_message
 from engine.transform.tables import Table
 from engine.transform.validate import validate_bundle
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 VALIDATION = ("full", "sampled", "off")
 SAMPLE_EVERY = 100
@@ -151,6 +154,12 @@ class MappingSet:
         if validation == "full" or (validation == "sampled" and next(self._counter) % SAMPLE_EVERY == 0):
             validate_bundle(bundle)
         return bundle
+
+
+def load_site_mappings(settings: Settings) -> MappingSet:
+    """The engine's mappings as its settings name them: ``mappings_dir``, its overlays and its caps (the one
+    way the runtime, its mapping processes and the CLI load them)."""
+    return load_mappings(settings.mappings_dir, overlays=settings.mapping_overlays, limits=settings.limits)
 
 
 def load_mappings(

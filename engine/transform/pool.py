@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -39,7 +39,10 @@ from engine.errors import HL7Error, InterlinkError, TransformError
 from engine.transform import dates
 from engine.transform.authority import Identifiers
 from engine.transform.limits import check_text
-from engine.transform.mappingset import MappingSet, load_mappings
+from engine.transform.mappingset import MappingSet, load_site_mappings
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 _OK, _EMPTY, _TRANSFORM_ERROR, _HL7_ERROR = 0, 1, 2, 3
 _HEAD = struct.Struct("!BI")
@@ -243,19 +246,21 @@ def _exit_with_parent() -> None:
         os._exit(0)
 
 
-def _child(conn: Connection, mappings_dir: str, timezone: str) -> None:
+def _child(conn: Connection, settings_json: str) -> None:
     """A mapping process: serve batches until the parent closes the pipe or dies; never a traceback for
     that (a broken pipe is the parent dying while a batch was mapped)."""
     _exit_with_parent()
     allocator.configure()
     try:
-        _serve(conn, mappings_dir, timezone)
+        _serve(conn, settings_json)
     except (EOFError, OSError):
         return
 
 
-def _serve(conn: Connection, mappings_dir: str, timezone: str) -> None:
-    mappings = load_mappings(Path(mappings_dir), timezone=timezone)
+def _serve(conn: Connection, settings_json: str) -> None:
+    from engine.settings import Settings
+
+    mappings = load_site_mappings(Settings.model_validate_json(settings_json))
     conn.send_bytes(b"ready")
     while True:
         try:
@@ -307,10 +312,10 @@ def _decode_replies(data: bytes) -> list[Mapped]:
 
 
 class _Child:
-    def __init__(self, ctx: mp.context.SpawnContext, mappings_dir: str, timezone: str) -> None:
+    def __init__(self, ctx: mp.context.SpawnContext, settings_json: str) -> None:
         self.conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(
-            target=_child, args=(child_conn, mappings_dir, timezone), name="interlink-mapper", daemon=True
+            target=_child, args=(child_conn, settings_json), name="interlink-mapper", daemon=True
         )
         self.process.start()
         child_conn.close()
@@ -348,8 +353,8 @@ class _Child:
 class ProcessMapper:
     """Maps in ``processes`` child processes; thread-safe (a calling thread borrows an idle child)."""
 
-    def __init__(self, mappings_dir: Path, *, processes: int = 1, timezone: str = "UTC") -> None:
-        self._args = (str(mappings_dir), timezone)
+    def __init__(self, settings: Settings, *, processes: int = 1) -> None:
+        self._args = (settings.model_dump_json(),)  # the child loads the same maps, overlays and caps
         self._ctx = mp.get_context("spawn")
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
         self._all: list[_Child] = []

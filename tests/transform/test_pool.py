@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import HL7Error, TransformError
+from engine.settings import Settings
 from engine.transform import load_mappings
 from engine.transform.authority import Identifiers
 from engine.transform.pool import InThreadMapper, Job, MapperUnavailable, ProcessMapper
@@ -18,11 +19,12 @@ from tests.integration.messages import adt, oru
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 SAMPLES = sorted((MAPPINGS / "hl7v2" / "samples").glob("*.hl7"))
+SETTINGS = Settings(mappings_dir=MAPPINGS)
 
 
 @pytest.fixture(scope="module")
 def pool():
-    p = ProcessMapper(MAPPINGS, processes=1)
+    p = ProcessMapper(SETTINGS, processes=1)
     yield p
     p.close()
 
@@ -75,7 +77,7 @@ def test_a_dead_child_is_replaced(pool: ProcessMapper) -> None:
 def test_a_child_outlives_the_thread_that_started_it() -> None:
     # Linux's parent-death signal fires when the starting *thread* ends: that must not end the child.
     box: list[ProcessMapper] = []
-    starter = threading.Thread(target=lambda: box.append(ProcessMapper(MAPPINGS, processes=1)))
+    starter = threading.Thread(target=lambda: box.append(ProcessMapper(SETTINGS, processes=1)))
     starter.start()
     starter.join()
     [mapper] = box
@@ -89,7 +91,7 @@ def test_a_child_outlives_the_thread_that_started_it() -> None:
 
 
 def test_a_child_leaves_quietly_when_its_pipe_closes(capfd: pytest.CaptureFixture[str]) -> None:
-    mapper = ProcessMapper(MAPPINGS, processes=1)
+    mapper = ProcessMapper(SETTINGS, processes=1)
     [child] = mapper._all
     child.conn.close()  # what the parent's death looks like from the child's side of the pipe
     child.process.join(timeout=10)
@@ -116,3 +118,24 @@ def test_strict_and_input_checks_travel_with_the_job(pool: ProcessMapper) -> Non
         assert lax.bundle is not None
         assert isinstance(strict.error, TransformError) and (strict.error.field, strict.error.rule) == ("MSA", "strict")
         assert isinstance(bad.error, TransformError) and bad.error.rule == "limits.terminators"
+
+
+def test_a_mapping_process_maps_with_the_sites_overlays_and_caps(tmp_path: Path) -> None:
+    """The settings' overlay folders and caps reach the mapping processes (they compiled the base maps
+    with the default caps before), so a channel maps the same in a worker thread and in a child."""
+    site = tmp_path / "site" / "hl7v2" / "segments"
+    site.mkdir(parents=True)
+    (site / "PID-Patient.yaml").write_text(
+        "segment: PID\ntarget: Patient\ndescription: Site rule replacing the gender rule only.\nmerge: true\n"
+        "rules:\n  gender: {value: unknown}\n"
+    )
+    settings = Settings(mappings_dir=MAPPINGS, mapping_overlays=[tmp_path / "site"], limits={"max_segments": 12})
+    hosp = Identifiers(by_facility={"LAB": "HOSP"}, authority="HOSP")
+    mapper = ProcessMapper(settings, processes=1)
+    try:
+        small, big = mapper.map_many([Job(adt("P7", "A08"), "utf-8", None, "full", None, hosp),
+                                      Job(oru("P8", obx=20), "utf-8", None, "full", None, hosp)])  # fmt: skip
+    finally:
+        mapper.close()
+    assert small.bundle is not None and b'"gender":"unknown"' in small.bundle
+    assert isinstance(big.error, TransformError) and "max_segments" in big.error.message
