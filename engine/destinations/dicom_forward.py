@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -307,16 +306,12 @@ class DicomForwardDestination:
         return int(status.Status)
 
 
-_chunked_lock = threading.Lock()
-
-
 def _chunked_send() -> None:
     """Send datasets given by path from their files, undecoded (a process-wide pynetdicom setting; only
     C-STORE requests made from a path are affected: they go exactly as stored instead of re-encoded)."""
     from pynetdicom import _config as pyn_config
 
-    with _chunked_lock:
-        pyn_config.STORE_SEND_CHUNKED_DATASET = True
+    pyn_config.STORE_SEND_CHUNKED_DATASET = True
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO/DEBUG lines name UIDs
 
 
