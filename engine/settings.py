@@ -64,6 +64,11 @@ class Settings(Model):
         "replaces the base one (with `merge: true`, only the rules or codes it lists); a new name adds a map "
         "(a site's Z-segment maps). The base files are never copied or edited.",
     )
+    site_functions: list[str] = Field(
+        default_factory=list,
+        description="Installed `interlink.functions` entry points whose functions maps may call (a site's own "
+        "conversions, checked like the built-ins); none is loaded unless named here.",
+    )
     worker_threads: int = Field(8, ge=1, le=256, description="Worker threads per process.")
     mapping_processes: int | Literal["auto"] = Field(
         "auto",

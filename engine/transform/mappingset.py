@@ -158,7 +158,10 @@ class MappingSet:
 
 def load_site_mappings(settings: Settings) -> MappingSet:
     """The engine's mappings as its settings name them: ``mappings_dir``, its overlays and its caps (the one
-    way the runtime, its mapping processes and the CLI load them)."""
+    way the runtime, its mapping processes and the CLI load them), with the site functions they may call."""
+    from engine.transform.plugins import load_site_functions
+
+    load_site_functions(settings.site_functions)
     return load_mappings(settings.mappings_dir, overlays=settings.mapping_overlays, limits=settings.limits)
 
 
