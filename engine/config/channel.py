@@ -155,6 +155,13 @@ class Channel(Model):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"destination names must be unique: {sorted(dupes)}")
+        if not hasattr(self.source, "objects_dir"):
+            for d in self.destinations:
+                if getattr(d, "sends_objects", False):
+                    raise ValueError(
+                        f"destination {d.name} ({d.type}) sends the stored DICOM instances: only a DICOM source "
+                        "stores them"
+                    )
         return self
 
     def destination(self, name: str) -> DestinationConfig:

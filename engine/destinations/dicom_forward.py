@@ -40,7 +40,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import orjson
 from pydantic import Field, model_validator
@@ -133,6 +133,8 @@ class DicomForwardConfig(Model):
     """Forward every instance of each study, as received, to a PACS with C-STORE."""
 
     type: Literal["dicom"] = Field(description="Destination kind.")
+    #: sends the message's stored objects (DICOM instances), so only a source that stores them can feed it
+    sends_objects: ClassVar[bool] = True
     name: str = Field(description="Destination name, unique in the channel.")
     host: str = Field(description="The PACS's host name or address.")
     port: int = Field(description="The PACS's DICOM port.", ge=1, le=65535)

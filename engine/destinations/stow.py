@@ -27,7 +27,7 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 import orjson
@@ -57,6 +57,8 @@ class StowConfig(HttpOptions):
     """Store every instance of each study, as received, in a DICOMweb server with STOW-RS."""
 
     type: Literal["stow"] = Field(description="Destination kind.")
+    #: sends the message's stored objects (DICOM instances), so only a source that stores them can feed it
+    sends_objects: ClassVar[bool] = True
     name: str = Field(description="Destination name, unique in the channel.")
     base_url: str = Field(
         description="DICOMweb root URL (e.g. https://pacs.example/dicom-web); studies are POSTed to {base_url}/studies."

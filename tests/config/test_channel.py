@@ -157,3 +157,18 @@ def test_source_kinds_come_from_the_registry(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_channel(write(tmp_path, GOOD.replace("type: mllp", "type: carrier-pigeon")))
     assert "mllp" in str(exc.value)
+
+
+@pytest.mark.parametrize("kind", ["dicom", "stow"])
+def test_a_destination_of_stored_instances_needs_a_source_that_stores_them(tmp_path: Path, kind: str) -> None:
+    extra = (
+        "host: 127.0.0.1\n    port: 4242\n    called_ae_title: PACS"
+        if kind == "dicom"
+        else "base_url: http://x/dicom-web"
+    )
+    p = write(
+        tmp_path,
+        f"name: lab\nsource: {{type: mllp, port: 2575}}\ndestinations:\n  - name: pacs\n    type: {kind}\n    {extra}\n",
+    )
+    with pytest.raises(ConfigError, match=f"destination pacs \\({kind}\\) sends the stored DICOM instances"):
+        load_channel(p)
