@@ -40,6 +40,7 @@ from engine.transform import (
     paths,
 )
 from engine.transform.paths import ALL, EMPTY, Env, Getter, PathError
+from engine.transform.records import enclosing, escape
 
 __all__ = ["LEVELS", "DicomNotation", "Record", "study_message"]
 
@@ -73,18 +74,13 @@ class Record(Segment):
         return f"<Record {self.name}>"
 
 
-def _escape(text: str, *, components: bool) -> str:
-    out = text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("~", "\\R\\").replace("&", "\\T\\")
-    return out if components else out.replace("^", "\\S\\")
-
-
 def _raw(value: Any, vr: str) -> str:
     """One DICOM JSON value as HL7-escaped text."""
     if isinstance(value, dict):  # PN: the alphabetic group (its ^ are components)
-        return _escape(str(value.get("Alphabetic", "")), components=True).strip()
+        return escape(str(value.get("Alphabetic", "")), components=True).strip()
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return _escape(str(value), components=False).strip()
+    return escape(str(value), components=False).strip()
 
 
 def _values(element: dict[str, Any] | None) -> list[Any]:
@@ -127,7 +123,7 @@ def study_message(raw: bytes) -> tuple[Message, float | None]:
     study = Record("STUDY", study_attrs, None)
     calling = str(doc.get("calling_ae", ""))
     institution = _tag(instances[0], "00080080")
-    msh = Segment(f"MSH|^~\\&|{_escape(calling, components=False)}|{_escape(institution, components=False)}"
+    msh = Segment(f"MSH|^~\\&|{escape(calling, components=False)}|{escape(institution, components=False)}"
                   "|||||study", _D)  # fmt: skip
     records: list[Segment] = [msh, study]
     ordered = sorted(series.values(), key=lambda hs: (_number(_tag(hs[0], "00200011")), _tag(hs[0], "0020000E")))
@@ -160,15 +156,9 @@ def _related(rec: Record, level: str) -> list[Record]:
 
 
 def _current(env: Env) -> Record | None:
-    cur = env.cur
-    if isinstance(cur, Record):
-        return cur
-    scope = env.scope
-    while scope is not None and getattr(scope, "entry", None) is not None:
-        segs = scope.own.get(scope.entry.segment)
-        if segs and isinstance(segs[0], Record):
-            return segs[0]
-        scope = scope.parent
+    rec, scope = enclosing(env, Record)
+    if rec is not None:
+        return rec
     found = scope.find("STUDY") if scope is not None and hasattr(scope, "find") else []
     return found[0] if found and isinstance(found[0], Record) else None
 

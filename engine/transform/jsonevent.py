@@ -46,9 +46,9 @@ from typing import Any
 from engine.errors import TransformError
 from engine.hl7v2 import DEFAULT_DELIMITERS, Message, Segment
 from engine.transform import json_functions  # noqa: F401  (registers the JSON functions in the closed registry)
-from engine.transform.dicom import _escape
 from engine.transform.limits import Limits
 from engine.transform.paths import ALL, EMPTY, Env, Getter, PathError
+from engine.transform.records import enclosing, escape
 
 __all__ = ["MAX_DEPTH", "JsonNotation", "Number", "Record", "event_message", "read_event"]
 
@@ -147,7 +147,7 @@ def event_message(raw: bytes, limits: Limits, type_path: str = "type") -> Messag
     event_type = found if isinstance(found, str) and not isinstance(found, Number) else ""
     source = root.get("source")
     app = source if isinstance(source, str) and not isinstance(source, Number) else ""
-    msh = Segment(f"MSH|^~\\&|{_escape(app, components=False)}||||||{_escape(event_type, components=False)}", _D)
+    msh = Segment(f"MSH|^~\\&|{escape(app, components=False)}||||||{escape(event_type, components=False)}", _D)
     return Message([msh, *_records(root, limits)], _D)
 
 
@@ -162,19 +162,13 @@ def _text(value: Any) -> str:
         return "true" if value else "false"
     text = str(value)
     # measured: escaping every value was the largest cost of a 4-reading event; most values have nothing to escape
-    return (_escape(text, components=False) if _HL7_SPECIAL.search(text) else text).strip()
+    return (escape(text, components=False) if _HL7_SPECIAL.search(text) else text).strip()
 
 
 def _current(env: Env) -> Record | None:
-    cur = env.cur
-    if isinstance(cur, Record):
-        return cur
-    scope = env.scope
-    while scope is not None and getattr(scope, "entry", None) is not None:
-        segs = scope.own.get(scope.entry.segment)
-        if segs and isinstance(segs[0], Record):
-            return segs[0]
-        scope = scope.parent
+    rec, _ = enclosing(env, Record)
+    if rec is not None:
+        return rec
     segs = env.run.segments if env.run is not None else []
     return segs[1] if len(segs) > 1 and isinstance(segs[1], Record) else None
 
