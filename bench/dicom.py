@@ -18,8 +18,10 @@ tools run with ``TCP_NODELAY=1`` (see ``DCMTK_ENV``). The files are
 copies of a pydicom test file (``--template``) with fresh UIDs, a new study for every run (nothing is a
 duplicate), in ``--associations`` shares. Prints instances/s and MB/s from the first byte to the last
 response, and engine/storescp. Then, for each of ``--sizes``, a fresh engine receives one study of that
-many instances over 4 associations and the peak resident memory (VmHWM) of the engine and of its mapping
-processes is read once the study has been mapped and written out (target: not growing with the study).
+many instances over 4 associations and the peak resident memory (VmHWM) of the engine is read when the
+last instance is acknowledged (the receive path alone: the study's quiet period has not ended), then,
+with its mapping processes', once the study has been assembled, mapped and written out (target: not
+growing with the study).
 """
 
 from __future__ import annotations
@@ -117,12 +119,13 @@ def bare_pynetdicom(port_q: Any) -> None:
     server.serve_forever()
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path | None = None) -> None:
     import socket
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
+            tail = log.read_text(errors="replace")[-1500:] if log is not None and log.exists() else ""
+            raise SystemExit(f"{what} exited with {proc.returncode}\n{tail}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return True
@@ -166,7 +169,7 @@ class EngineRun:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_port(self.port, self.proc, "the engine's DICOM port")
+        wait_port(self.port, self.proc, "the engine's DICOM port", workdir / "engine.log")
 
     def mapped(self, instances: int) -> bool:
         """An ImagingStudy of ``instances`` instances has been written out."""
@@ -203,6 +206,7 @@ def main() -> None:
     ap.add_argument("--template", default="CT_small.dcm", help="pydicom test file the instances are copied from")
     ap.add_argument("--sizes", default="200,2000", help="study sizes of the peak memory runs")
     ap.add_argument("--no-fsync", action="store_true", help="the engine's object store without fsync")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak memory runs")
     args = ap.parse_args()
     if shutil.which("storescp") is None or shutil.which("storescu") is None:
         raise SystemExit("dcmtk (storescp, storescu) is not installed: apt-get install dcmtk")
@@ -212,64 +216,76 @@ def main() -> None:
         size = os.path.getsize(make_study(work / "probe", 1, args.template)[0])
         print(f"{args.template} copies, {size / 1024:.1f} KB each, {args.instances} instances per run, sender dcmtk "
               f"storescu; engine: interlink run, object store fsync {fsync}, SQLite FULL\n")  # fmt: skip
-        print(f"{'receiver':<24}{'assocs':>7}{'inst/s':>9}{'MB/s':>8}{'vs storescp':>13}{'vs pynetdicom':>15}")
-        engine = EngineRun(work / "engine", fsync=fsync)
-        import multiprocessing as mp
+        if not args.memory_only:
+            throughput(work, args.instances, args.template, fsync)
+        memory(work, [int(n) for n in args.sizes.split(",")], args.template, fsync)
 
-        ctx = mp.get_context("spawn")
-        port_q = ctx.Queue()
-        bare = ctx.Process(target=bare_pynetdicom, args=(port_q,), daemon=True)
-        bare.start()
-        bare_port = port_q.get(timeout=120)
-        (work / "storescp").mkdir()
-        scp_port = free_port()
-        scp = subprocess.Popen(
-            ["storescp", "--fork", "-dhl", "-aet", "INTERLINK", "-od", str(work / "storescp"), str(scp_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=DCMTK_ENV,
-        )
+
+def throughput(work: Path, instances: int, template: str, fsync: bool) -> None:
+    """Instances/s and MB/s of each receiver, 1 and 4 associations, the same storescu sending."""
+    import multiprocessing as mp
+
+    print(f"{'receiver':<24}{'assocs':>7}{'inst/s':>9}{'MB/s':>8}{'vs storescp':>13}{'vs pynetdicom':>15}")
+    engine = EngineRun(work / "engine", fsync=fsync)
+    ctx = mp.get_context("spawn")
+    port_q = ctx.Queue()
+    bare = ctx.Process(target=bare_pynetdicom, args=(port_q,), daemon=True)
+    bare.start()
+    bare_port = port_q.get(timeout=120)
+    (work / "storescp").mkdir()
+    scp_port = free_port()
+    scp = subprocess.Popen(
+        ["storescp", "--fork", "-dhl", "-aet", "INTERLINK", "-od", str(work / "storescp"), str(scp_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=DCMTK_ENV,
+    )
+    try:
+        wait_port(scp_port, scp, "storescp")
+        receivers = (("dcmtk storescp", scp_port), ("bare pynetdicom", bare_port),
+                     ("engine (interlink run)", engine.port))  # fmt: skip
+        for _, port in receivers:  # warm-up: a few instances to each
+            storescu(port, make_study(work / f"warm-{port}", 10, template), 1)
+        for assocs in (1, 4):
+            rates: dict[str, float] = {}
+            for name, port in receivers:
+                files = make_study(work / f"run-{assocs}-{port}", instances, template)
+                elapsed = storescu(port, files, assocs)
+                rates[name] = len(files) / elapsed
+                mbs = sum(f.stat().st_size for f in files) / MB / elapsed
+                vs_scp = rates[name] / rates["dcmtk storescp"]
+                vs_bare = f"{rates[name] / rates['bare pynetdicom']:.2f}" if "bare pynetdicom" in rates else ""
+                print(f"{name:<24}{assocs:>7}{rates[name]:>9.0f}{mbs:>8.1f}{vs_scp:>13.2f}{vs_bare:>15}")
+                shutil.rmtree(files[0].parent)
+    finally:
+        scp.terminate()
+        scp.wait()
+        bare.kill()
+        bare.join()
+        engine.stop()
+
+
+def memory(work: Path, sizes: list[int], template: str, fsync: bool) -> None:
+    """Peak RSS of a fresh engine per study size: at the last acknowledgement, and once mapped."""
+    print("\npeak resident memory (VmHWM), a fresh engine per study: when the last instance is acknowledged;")
+    print("then the engine and its mapping process once the study is assembled, mapped and written out")
+    print(f"{'instances':>10}{'received MB':>13}{'engine MB':>11}{'mapping MB':>12}{'receive s':>11}"
+          f"{'mapped after s':>16}")  # fmt: skip
+    for n in sizes:
+        files = make_study(work / f"study-{n}", n, template)
+        run = EngineRun(work / f"rss-{n}", fsync=fsync)
         try:
-            wait_port(scp_port, scp, "storescp")
-            receivers = (("dcmtk storescp", scp_port), ("bare pynetdicom", bare_port),
-                         ("engine (interlink run)", engine.port))  # fmt: skip
-            for _, port in receivers:  # warm-up: a few instances to each
-                storescu(port, make_study(work / f"warm-{port}", 10, args.template), 1)
-            for assocs in (1, 4):
-                rates = {}
-                for name, port in receivers:
-                    files = make_study(work / f"run-{assocs}-{port}", args.instances, args.template)
-                    elapsed = storescu(port, files, assocs)
-                    rates[name] = len(files) / elapsed
-                    mbs = sum(f.stat().st_size for f in files) / MB / elapsed
-                    vs_scp = rates[name] / rates["dcmtk storescp"]
-                    vs_bare = f"{rates[name] / rates['bare pynetdicom']:.2f}" if "bare pynetdicom" in rates else ""
-                    print(f"{name:<24}{assocs:>7}{rates[name]:>9.0f}{mbs:>8.1f}{vs_scp:>13.2f}{vs_bare:>15}")
-                    shutil.rmtree(files[0].parent)
+            t0 = time.perf_counter()
+            received = storescu(run.port, files, 4)
+            at_receipt = peak_rss(run.proc.pid) / MB  # before the quiet period ends: the receive path alone
+            wait_until(lambda n=n, run=run: run.mapped(n), 600, f"the {n}-instance study mapped", interval_s=0.5)
+            done = time.perf_counter() - t0
+            engine_mb = peak_rss(run.proc.pid) / MB
+            mapping_mb = max((peak_rss(c) for c in mapping_processes(run.proc.pid)), default=0) / MB
+            print(f"{n:>10}{at_receipt:>13.0f}{engine_mb:>11.0f}{mapping_mb:>12.0f}{received:>11.1f}{done:>16.1f}")
         finally:
-            scp.terminate()
-            scp.wait()
-            bare.kill()
-            bare.join()
-            engine.stop()
-
-        print("\npeak resident memory (VmHWM) once the study is mapped and written out, a fresh engine per size")
-        print(f"{'instances':>10}{'engine MB':>11}{'mapping MB':>12}{'receive s':>11}{'mapped after s':>16}")
-        for n in map(int, args.sizes.split(",")):
-            files = make_study(work / f"study-{n}", n, args.template)
-            run = EngineRun(work / f"rss-{n}", fsync=fsync)
-            try:
-                t0 = time.perf_counter()
-                received = storescu(run.port, files, 4)
-                wait_until(lambda n=n, run=run: run.mapped(n), 600, f"the {n}-instance study mapped", interval_s=0.5)
-                done = time.perf_counter() - t0
-                children = mapping_processes(run.proc.pid)
-                engine_mb = peak_rss(run.proc.pid) / MB
-                mapping_mb = max((peak_rss(c) for c in children), default=0) / MB
-                print(f"{n:>10}{engine_mb:>11.0f}{mapping_mb:>12.0f}{received:>11.1f}{done:>16.1f}")
-            finally:
-                run.stop()
-            shutil.rmtree(work / f"study-{n}")
+            run.stop()
+        shutil.rmtree(work / f"study-{n}")
 
 
 if __name__ == "__main__":
