@@ -1,27 +1,27 @@
-"""DICOM receive benchmark: the engine's storage SCP as shipped beside dcmtk's own ``storescp``, same files,
-same sender, same run; then the engine's peak memory for a small and a large study.
+"""DICOM receive benchmark: the engine's storage SCP as shipped beside dcmtk's own ``storescp`` and a bare
+pynetdicom SCP, same files, same sender, same run; then the engine's peak memory for a small and a large study.
 
     python bench/dicom.py [--instances 400] [--template CT_small.dcm] [--sizes 200,2000] [--no-fsync]
 
 Receivers, each on a free port with its own temporary folder:
-- the engine: ``interlink run`` (a separate process, workers on: the engine as shipped) with one DICOM
-  channel: every instance written to the content-addressed object store (fsync'd, unless ``--no-fsync``),
-  its header committed to the SQLite store (synchronous FULL) before the C-STORE response; studies are
-  assembled and mapped after their associations end, to an NDJSON file;
+- the engine: ``interlink run`` in a process of its own (the test harness's engine, its two MLLP channels
+  idle; workers on, as shipped) with the DICOM channel ``imaging``: every instance written to the
+  content-addressed object store (fsync'd, unless ``--no-fsync``), its header committed to the SQLite store
+  (synchronous FULL) before the C-STORE response; studies are assembled and mapped after their
+  associations end, to an NDJSON file;
 - dcmtk ``storescp --fork -dhl``: each instance written to a file (no fsync), a process per association;
 - bare pynetdicom: the library the engine's SCP is built on, in a process of its own, answering Success
   once pynetdicom has written the instance to its temporary file (no store, no commit): the ceiling of a
   pynetdicom SCP on this machine, as the bare echo is for MLLP.
 
-Sender: dcmtk ``storescu`` for both (C++; ``-nh`` no halting), one process per association; both dcmtk
-tools run with ``TCP_NODELAY=1`` (see ``DCMTK_ENV``). The files are
-copies of a pydicom test file (``--template``) with fresh UIDs, a new study for every run (nothing is a
-duplicate), in ``--associations`` shares. Prints instances/s and MB/s from the first byte to the last
-response, and engine/storescp. Then, for each of ``--sizes``, a fresh engine receives one study of that
-many instances over 4 associations and the peak resident memory (VmHWM) of the engine is read when the
-last instance is acknowledged (the receive path alone: the study's quiet period has not ended), then,
-with its mapping processes', once the study has been assembled, mapped and written out (target: not
-growing with the study).
+Sender: dcmtk ``storescu`` for all (C++; ``-nh`` no halting), one process per association, 1 and 4
+associations; both dcmtk tools run with ``TCP_NODELAY=1`` (see ``DCMTK_ENV``). The files are copies of a
+pydicom test file (``--template``) with fresh UIDs, a new study for every run (nothing is a duplicate).
+Prints instances/s and MB/s from the first byte to the last response, and the ratios to storescp and to
+bare pynetdicom. Then, for each of ``--sizes``, a fresh engine receives one study of that many instances
+over 4 associations; the peak resident memory (VmHWM) of the engine is read when the last instance is
+acknowledged (the receive path alone: the study's quiet period has not ended), then, with its mapping
+process's, once the study has been assembled, mapped and written out (target: not growing with the study).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.harness import free_port, wait_until  # noqa: E402
+from tests.integration.harness import EngineProcess, free_port, wait_until  # noqa: E402
 from tests.integration.procfs import mapping_processes  # noqa: E402
 
 MB = 1024 * 1024
@@ -119,57 +119,33 @@ def bare_pynetdicom(port_q: Any) -> None:
     server.serve_forever()
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path | None = None) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     import socket
 
     def up() -> bool:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-1500:] if log is not None and log.exists() else ""
-            raise SystemExit(f"{what} exited with {proc.returncode}\n{tail}")
+            raise SystemExit(f"{what} exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return True
         except OSError:
             return False
 
-    wait_until(up, 60, what)
+    wait_until(up, 180, what)
 
 
-class EngineRun:
-    """``interlink run`` with one DICOM channel in its own folder (SQLite, memory:// queue, NDJSON out)."""
+class EngineRun(EngineProcess):
+    """``interlink run`` with the harness's channels and the DICOM channel ``imaging`` (SQLite, memory://
+    queue, NDJSON out); the HL7 channels stay idle."""
 
     def __init__(self, workdir: Path, *, fsync: bool) -> None:
-        import yaml
-
-        self.port = free_port()
-        self.out = workdir / "out.ndjson"
-        (workdir / "channels").mkdir(parents=True)
-        channel = {
-            "name": "imaging",
-            "source": {"type": "dicom", "host": "127.0.0.1", "port": self.port, "fsync": fsync,
-                       "objects_dir": str(workdir / "data" / "objects"), "quiet_period_s": 1},
-            "destinations": [{"name": "out", "type": "file", "path": str(self.out)}],
-        }  # fmt: skip
-        (workdir / "channels" / "imaging.yaml").write_text(yaml.safe_dump(channel))
-        settings = {
-            "data_dir": str(workdir / "data"),
-            "database_url": f"sqlite:///{workdir}/data/interlink.db",
-            "channels_dir": str(workdir / "channels"),
-            "mappings_dir": str(ROOT / "mappings"),
-            "http_port": free_port(),
-            "metrics_port": 0,
-        }
-        (workdir / "engine.yaml").write_text(yaml.safe_dump(settings))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INTERLINK_")}
-        self.log = open(workdir / "engine.log", "wb")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "run", "--config", str(workdir / "engine.yaml")],
-            cwd=workdir,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_port(self.port, self.proc, "the engine's DICOM port", workdir / "engine.log")
+        super().__init__(workdir, imaging={"fsync": fsync, "quiet_period_s": 1})
+        self.port = self.dicom_port
+        self.out = workdir / "out" / "imaging.ndjson"
+        self.start(wait=False)
+        assert self.proc is not None
+        # compiling every map, in the engine and its mapping processes, takes over 30 s on a loaded box
+        wait_port(self.dicom_port, self.proc, f"the engine's DICOM port (log: {workdir / 'engine.log'})")
 
     def mapped(self, instances: int) -> bool:
         """An ImagingStudy of ``instances`` instances has been written out."""
@@ -181,15 +157,6 @@ class EngineRun:
                 if r["resourceType"] == "ImagingStudy" and r.get("numberOfInstances") == instances:
                     return True
         return False
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 def peak_rss(pid: int) -> int:
@@ -277,6 +244,7 @@ def memory(work: Path, sizes: list[int], template: str, fsync: bool) -> None:
         try:
             t0 = time.perf_counter()
             received = storescu(run.port, files, 4)
+            assert run.proc is not None
             at_receipt = peak_rss(run.proc.pid) / MB  # before the quiet period ends: the receive path alone
             wait_until(lambda n=n, run=run: run.mapped(n), 600, f"the {n}-instance study mapped", interval_s=0.5)
             done = time.perf_counter() - t0

@@ -4,10 +4,7 @@ engine for the module), the bundle a set of instances becomes, and the kind-awar
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,68 +13,24 @@ import yaml
 from typer.testing import CliRunner
 
 from engine.cli import app
-from tests.integration.harness import ROOT, free_port, wait_until
+from tests.integration.harness import ROOT, EngineProcess, free_port, wait_until
 
 SAMPLES = ROOT / "mappings" / "dicom" / "samples"
 CT = sorted((SAMPLES / "ct_chest").glob("*.dcm"))
 PHI = ("MRN-1001", "Doe", "Jane", "LOCAL-77", "Roe", "19700412")  # values of the samples: never printed
 
 
-class Engine:
-    """``interlink run`` with one DICOM channel (``imaging``) on a free port, its output an NDJSON file.
+class Engine(EngineProcess):
+    """``interlink run`` with the DICOM channel ``imaging`` (beside the harness's MLLP channels), NDJSON out.
 
     Its mapping folder holds the DICOM maps alone: compiling every HL7 map costs each command seconds."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        (workdir / "mappings").mkdir()
+        (workdir / "mappings").mkdir(parents=True)
         (workdir / "mappings" / "dicom").symlink_to(ROOT / "mappings" / "dicom", target_is_directory=True)
-        self.dicom_port = free_port()
-        self.out = workdir / "out.ndjson"
-        (workdir / "channels").mkdir(parents=True)
-        channel = {
-            "name": "imaging",
-            "source": {"type": "dicom", "host": "127.0.0.1", "port": self.dicom_port, "fsync": False,
-                       "objects_dir": str(workdir / "data" / "objects"), "quiet_period_s": 0.2},
-            "identifiers": {"by_application": {"MODALITY": "GENHOSP"}},
-            "destinations": [{"name": "out", "type": "file", "path": str(self.out)}],
-        }  # fmt: skip
-        (workdir / "channels" / "imaging.yaml").write_text(yaml.safe_dump(channel))
-        self.config = workdir / "engine.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "data_dir": str(workdir / "data"),
-                    "database_url": f"sqlite:///{workdir}/data/interlink.db",
-                    "queue_url": "memory://",
-                    "channels_dir": str(workdir / "channels"),
-                    "mappings_dir": str(workdir / "mappings"),
-                    "http_port": free_port(),
-                    "metrics_port": 0,
-                    "mapping_processes": 0,
-                }
-            )
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INTERLINK_")}
-        self.log = open(workdir / "engine.log", "wb")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "run", "--config", str(self.config)],
-            cwd=workdir,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self._listening, 60, "the engine's DICOM port")
-
-    def _listening(self) -> bool:
-        assert self.proc.poll() is None, (self.workdir / "engine.log").read_text()
-        import socket
-
-        try:
-            with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        only_dicom = {"mappings_dir": str(workdir / "mappings"), "mapping_processes": 0}
+        super().__init__(workdir, imaging={"fsync": False, "quiet_period_s": 0.2}, extra_settings=only_dicom)
+        self.out = workdir / "out" / "imaging.ndjson"
 
     def studies(self) -> list[dict]:
         if not self.out.exists():
@@ -85,19 +38,10 @@ class Engine:
         bundles = [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
         return [e["resource"] for b in bundles for e in b["entry"] if e["resource"]["resourceType"] == "ImagingStudy"]
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    e = Engine(tmp_path_factory.mktemp("dicom-cli"))
+    e = Engine(tmp_path_factory.mktemp("dicom-cli")).start()
     yield e
     e.stop()
 
@@ -174,7 +118,7 @@ def test_convert_names_the_tag_of_an_instance_the_source_refuses(engine: Engine)
 def test_check_knows_dicom_channels_and_maps(engine: Engine, tmp_path: Path) -> None:
     code, out, err = run("check", "--config", str(engine.config))
     assert code == 0
-    assert "ok  channel imaging (dicom → out)" in out and "ok  dicom: 1 type(s) mapped: study" in out
+    assert "ok  channel imaging (dicom → ndjson)" in out and "ok  dicom: 1 type(s) mapped: study" in out
     assert "warning" not in err
     channel = yaml.safe_load((engine.workdir / "channels" / "imaging.yaml").read_text())
     named = tmp_path / "named.yaml"
