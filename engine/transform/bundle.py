@@ -16,8 +16,10 @@ not already put it there), so the conditional update finds it again next time:
 * references between entries (``subject``, ``result`` …) are those ``urn:uuid:`` fullUrls, which the server
   rewrites to the ids it assigns.
 
-Resources carry no ``id``. Two resources of one type with the same identity in one message are an error
-(HL7 205): a transaction may not hold two entries for one conditional URL.
+Resources carry no ``id``. Two resources of one type with the same identity in one message are one entry
+when their content (references included) is identical — a BAR's NK1 or IN1 repeated in each visit group
+says the same thing twice — and an error otherwise (HL7 205): a transaction may not hold two entries for
+one conditional URL, and which of two different records to keep is not ours to guess (patient safety).
 """
 
 from __future__ import annotations
@@ -100,19 +102,15 @@ def _collect(inst: Instance, up: int, down: tuple[str, ...]) -> Sequence[Instanc
 def assemble(made: list[Instance]) -> dict[str, Any]:
     """The transaction Bundle for the instances of one message."""
     seen: dict[str, Instance] = {}
+    twins: list[Instance] = []
     for inst in made:
         assert inst.entry is not None
-        rtype = inst.entry.resource_type
         system, value = inst.identity
-        inst.full_url = full_url(rtype, system, value)
+        inst.full_url = full_url(inst.entry.resource_type, system, value)
         if inst.full_url in seen:
-            raise TransformError(
-                f"two {rtype} resources have the same business identifier",
-                field=inst.entry.identity_field,
-                rule=inst.entry.rule,
-                code="205",
-            )
-        seen[inst.full_url] = inst
+            twins.append(inst)
+        else:
+            seen[inst.full_url] = inst
         _ensure_identifier(inst.resource, system, value, inst.filled)
     entries = []
     for inst in made:
@@ -130,6 +128,8 @@ def assemble(made: list[Instance]) -> dict[str, Any]:
                     resource[key] = ref_value
                 else:
                     put(resource, plan.keys, ref_value)
+        if seen[inst.full_url] is not inst:
+            continue
         rtype = inst.entry.resource_type
         entries.append(
             {
@@ -138,4 +138,13 @@ def assemble(made: list[Instance]) -> dict[str, Any]:
                 "request": {"method": "PUT", "url": conditional_url(rtype, *inst.identity)},
             }
         )
+    for inst in twins:  # compared once references are in: the same content under other parents differs
+        assert inst.entry is not None
+        if inst.resource != seen[inst.full_url].resource:
+            raise TransformError(
+                f"two {inst.entry.resource_type} resources have the same business identifier",
+                field=inst.entry.identity_field,
+                rule=inst.entry.rule,
+                code="205",
+            )
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

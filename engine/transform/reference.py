@@ -644,21 +644,11 @@ class _Run:
     # -- the bundle ------------------------------------------------------------------------------------
 
     def assemble(self, made: list[Node], entries: dict[str, RefEntry]) -> dict[str, Any]:
-        seen: set[str] = set()
+        first: dict[str, Node] = {}
         for node in made:
             assert node.entry is not None
-            rtype = node.resource["resourceType"]
-            node.url = full_url(rtype, *node.identity)
-            if node.url in seen:
-                ctx = Ctx(node, self.segments[node.start], node.entry.segment, node.entry.segment)
-                field_ = self.identity_field(node.entry, ctx)
-                raise TransformError(
-                    f"two {rtype} resources have the same business identifier",
-                    field=field_,
-                    rule=f"{node.entry.where().label} {node.entry.name}",
-                    code="205",
-                )
-            seen.add(node.url)
+            node.url = full_url(node.resource["resourceType"], *node.identity)
+            first.setdefault(node.url, node)
             _ensure_identifier(node.resource, node.identity[0], node.identity[1], node.filled)
         for node in made:
             assert node.entry is not None
@@ -670,6 +660,18 @@ class _Run:
                 refs = [{"reference": t.url} for n in names for t in self._related(node, entries[n])]
                 if refs:
                     _put(node.resource, keys, refs if el.is_list else refs[0])
+        for node in made:
+            # One identity twice: one entry when the content (references in) is identical, else refused.
+            assert node.entry is not None
+            if first[node.url] is not node and first[node.url].resource != node.resource:
+                ctx = Ctx(node, self.segments[node.start], node.entry.segment, node.entry.segment)
+                raise TransformError(
+                    f"two {node.resource['resourceType']} resources have the same business identifier",
+                    field=self.identity_field(node.entry, ctx),
+                    rule=f"{node.entry.where().label} {node.entry.name}",
+                    code="205",
+                )
+        made = [n for n in made if first[n.url] is n]
         return {
             "resourceType": "Bundle",
             "type": "transaction",

@@ -89,8 +89,14 @@ def test_one_pv1_per_patient(ms: MappingSet) -> None:
 
 def test_two_reports_with_one_identity_are_refused(ms: MappingSet) -> None:
     with pytest.raises(TransformError) as exc:
-        run(ms, "PID|1||P1^^^H^MR||DOE^JOHN||19700101|M", obr(1, "F1"), obr(2, "F1"))
+        run(ms, "PID|1||P1^^^H^MR||DOE^JOHN||19700101|M", obr(1, "F1"), obr(2, "F1", status="P"))
     assert (exc.value.field, exc.value.code) == ("OBR-3", "205")
+
+
+def test_one_report_sent_twice_identically_is_one_entry(ms: MappingSet) -> None:
+    b = run(ms, "PID|1||P1^^^H^MR||DOE^JOHN||19700101|M", obr(1, "F1"), obr(1, "F1"))
+    kinds = [e["resource"]["resourceType"] for e in b["entry"]]
+    assert kinds.count("DiagnosticReport") == 1 and len(kinds) == len({e["fullUrl"] for e in b["entry"]})
 
 
 def test_placer_number_identifies_a_report_without_filler(ms: MappingSet) -> None:
