@@ -13,6 +13,9 @@ not already put it there), so the conditional update finds it again next time:
   refuses to build one;
 * when the identity's system was the channel's default, the identifier the rules made from the same value
   without a system gets that system (rather than a second, system-less copy staying beside it);
+* an entry written ``write: create`` is ``POST <Type>`` with ``ifNoneExist: identifier=<system>|<value>``
+  instead: the server keeps the resource it already holds under that identity (a result message's
+  ServiceRequest never replaces the richer one its order message made), and references still resolve to it;
 * references between entries (``subject``, ``result`` …) are those ``urn:uuid:`` fullUrls, which the server
   rewrites to the ids it assigns.
 
@@ -67,6 +70,16 @@ def full_url(resource_type: str, system: str, value: str) -> str:
     x = hashlib.sha1(_NS + f"{resource_type}|{system}|{value}".encode()).hexdigest()
     # Version 5 in the 13th hex digit, the RFC 4122 variant (10xx) in the 17th: set on the text directly.
     return f"urn:uuid:{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
+def request(inst: Instance) -> dict[str, str]:
+    """The entry's request: a conditional update, or for a ``write: create`` entry a conditional create."""
+    assert inst.entry is not None
+    rtype = inst.entry.resource_type
+    url = conditional_url(rtype, *inst.identity)
+    if inst.entry.create_only:
+        return {"method": "POST", "url": rtype, "ifNoneExist": url.partition("?")[2]}
+    return {"method": "PUT", "url": url}
 
 
 def _ensure_identifier(resource: dict[str, Any], system: str, value: str, filled: bool) -> None:
@@ -128,16 +141,8 @@ def assemble(made: list[Instance]) -> dict[str, Any]:
                     resource[key] = ref_value
                 else:
                     put(resource, plan.keys, ref_value)
-        if seen[inst.full_url] is not inst:
-            continue
-        rtype = inst.entry.resource_type
-        entries.append(
-            {
-                "fullUrl": inst.full_url,
-                "resource": inst.resource,
-                "request": {"method": "PUT", "url": conditional_url(rtype, *inst.identity)},
-            }
-        )
+        if seen[inst.full_url] is inst:
+            entries.append({"fullUrl": inst.full_url, "resource": inst.resource, "request": request(inst)})
     for inst in twins:  # compared once references are in: the same content under other parents differs
         assert inst.entry is not None
         if inst.resource != seen[inst.full_url].resource:

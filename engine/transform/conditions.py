@@ -2,7 +2,9 @@
 
 ``present``/``absent`` test that a path has content (a value of only separators such as ``^^^`` is
 absent); ``equals`` and ``in`` compare the first value's first component, unescaped and trimmed, with the
-given text (exactly, case included); ``not``, ``all`` and ``any`` combine conditions.
+given text (exactly, case included); ``unique`` holds when a field of the current segment has a value that
+no other segment of that name in the message repeats (an OBX-21 two OBX share identifies neither);
+``not``, ``all`` and ``any`` combine conditions.
 """
 
 from __future__ import annotations
@@ -141,6 +143,33 @@ def _present(get: Getter, level: int, neg: bool = False) -> Cond:
     return present
 
 
+def _unique(get: Getter, segment: str | None) -> Cond:
+    """``unique``: the current segment's field has a value and no other ``segment`` of the message repeats it.
+
+    The values of every such segment are counted once per message (run.memo), so n OBX cost n reads.
+    """
+    own = get.own if isinstance(get, OwnRead) else None
+    if own is None or segment is None:
+        raise ValueError("`unique` takes a field of the current segment (OBX-21)")
+    key = ("unique", segment, own)
+
+    def unique(env: Env) -> bool:
+        raw = _own_raw(env, *own)
+        if not raw.strip(env.run.blank):
+            return False
+        counts = env.run.memo.get(key)
+        if counts is None:
+            counts = {}
+            d = env.run.d
+            for s in env.run.all(segment):
+                v = own_value(s.fields, *own, d)
+                counts[v] = counts.get(v, 0) + 1
+            env.run.memo[key] = counts
+        return bool(counts.get(raw, 0) == 1)
+
+    return unique
+
+
 def _text(v: Any) -> str:
     if isinstance(v, bool):
         raise ValueError("a condition value must be text (quote yes/no/on/off)")
@@ -252,6 +281,8 @@ def compile_condition(spec: Condition, resolver: Resolver) -> Cond:
     leaf = _leaf(spec, resolver, False)
     if leaf is not None:
         return leaf
+    if spec.unique is not None:
+        return _unique(resolver.resolve(spec.unique)[0], resolver.segment)
     if spec.equals is not None:
         return _and([_in(*resolver.resolve(p)[:2], frozenset([_text(v)])) for p, v in spec.equals.items()])
     if spec.in_ is not None:

@@ -124,6 +124,8 @@ def run_program(
 
 def _positions(entry: CompiledEntry, parent: Instance) -> list[int]:
     run = parent.run
+    if parent.entry is not None and parent.entry.segment == entry.segment:
+        return [parent.start]  # a second resource from the parent's own segment (OBR → its ServiceRequest)
     pos = [i for i in run.index.get(entry.segment, ()) if parent.start <= i < parent.end]
     if entry.before:
         stop = min(

@@ -522,3 +522,8 @@ REGISTRY: dict[str, Function] = {
         ),
     )
 }
+
+# The DICOM value functions join the one registry whatever is compiled first: an HL7 document names its
+# DICOM study by UID (MDM OBX-5 of value type HD → ``oid_urn``, OBX-StudyReference), and a registry that
+# depended on import order would accept a map in one process and refuse it in another.
+from engine.transform import dicom_functions  # noqa: E402, F401

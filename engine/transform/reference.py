@@ -261,7 +261,8 @@ class _Run:
             if stops:
                 pos = [i for i in pos if i < stops[0]]
         if parent.entry is not None and pos and pos[0] == parent.start:
-            pos = pos[1:]
+            # the parent's own segment: only an entry of the same segment reads it (a second resource of it)
+            pos = [parent.start] if parent.entry.segment == segment else pos[1:]
         if not pos:
             if e.get("required"):
                 raise TransformError(f"required segment {segment} is missing", field=segment, rule=label, code="100")
@@ -472,6 +473,13 @@ class _Run:
                 blank = self.d.component + self.d.subcomponent + self.d.repetition + " "
                 found = any(v.strip(blank) for v in vals)
             return found if c.present is not None else not found
+        if c.unique is not None:
+            sp = parse_segment_path(c.unique)
+            mine = self.get(c.unique, ctx)
+            if sp.segment != ctx.segment or not mine or not mine[0].strip(self.d.component + self.d.subcomponent + " "):
+                return False
+            others = [s for s in self.segments if s.name == sp.segment and s is not ctx.cur]
+            return all(self.get(c.unique, Ctx(ctx.node, s, ctx.segment, ctx.segment))[:1] != mine[:1] for s in others)
         if c.equals is not None:
             return all(self.first_text(p, ctx) == str(v) for p, v in c.equals.items())
         if c.in_ is not None:
@@ -496,8 +504,9 @@ class _Run:
     ) -> dict[str, Any]:
         """Run a map's rules, element by element, into ``out``."""
         for target, items in rules.items():
-            if any(r.ref is not None for r, _w in items):
-                continue  # references are filled when the bundle is assembled
+            items = [(r, w) for r, w in items if r.ref is None]  # `ref`s are filled when the bundle is assembled
+            if not items:
+                continue
             keys, el = _target(model, target)
             label = items[0][1].rule(target)
             produced: list[list[Any]] = [self.rule(r, w, target, el, ctx) for r, w in items] if el.is_list else []
@@ -643,6 +652,17 @@ class _Run:
 
     # -- the bundle ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _request(n: Node) -> dict[str, str]:
+        """A conditional update; for a ``write: create`` entry a POST with ifNoneExist on the same search."""
+        assert n.entry is not None
+        rtype = n.resource["resourceType"]
+        url = conditional_url(rtype, *n.identity)
+        if n.entry.get("write") == "create":
+            kind, _, query = url.partition("?")
+            return {"method": "POST", "url": kind, "ifNoneExist": query}
+        return {"method": "PUT", "url": url}
+
     def assemble(self, made: list[Node], entries: dict[str, RefEntry]) -> dict[str, Any]:
         first: dict[str, Node] = {}
         for node in made:
@@ -675,14 +695,7 @@ class _Run:
         return {
             "resourceType": "Bundle",
             "type": "transaction",
-            "entry": [
-                {
-                    "fullUrl": n.url,
-                    "resource": n.resource,
-                    "request": {"method": "PUT", "url": conditional_url(n.resource["resourceType"], *n.identity)},
-                }
-                for n in made
-            ],
+            "entry": [{"fullUrl": n.url, "resource": n.resource, "request": self._request(n)} for n in made],
         }
 
     def _related(self, node: Node, target: RefEntry) -> list[Node]:

@@ -78,10 +78,15 @@ def compile_steps(rules: dict[str, list[tuple[Rule, Where]]], ctx: Context) -> t
         keys, el = resolve_target(ctx.model, target, w0, resource=ctx.resource)
         ref_names = [(r.ref, w) for r, w in items if r.ref is not None]
         if ref_names:
-            if len(ref_names) != len(items) or el.type != "Reference":
-                raise w0.error(f"{target}: `ref` rules fill a Reference element and cannot mix with other rules")
+            if el.type != "Reference" or (len(ref_names) != len(items) and not el.is_list):
+                raise w0.error(
+                    f"{target}: `ref` rules fill a Reference element and mix with other rules only when it repeats"
+                )
             refs.append(RefTarget(keys, el, ref_names))
-            continue
+            items = [(r, w) for r, w in items if r.ref is None]  # the others add their references first
+            if not items:
+                continue
+            w0 = items[0][1]
         compiled = [compile_rule(r, w, target, el, ctx) for r, w in items]
         required = next((_label(r, ctx) for r, _w in items if r.required), None)
         merge_all = not el.primitive and not el.is_list

@@ -30,6 +30,11 @@ class Condition(Model):
 
     present: str | None = Field(None, description="True when the path has a value.")
     absent: str | None = Field(None, description="True when the path has no value.")
+    unique: str | None = Field(
+        None,
+        description="A field of the current segment (OBX-21): true when it has a value that no other segment of "
+        "the same name in the message repeats.",
+    )
     equals: dict[str, Scalar] | None = Field(None, description="Path → value; true when every path equals its value.")
     in_: dict[str, list[Scalar]] | None = Field(
         None, alias="in", description="Path → list of values; true when every path holds one of its values."
@@ -42,7 +47,7 @@ class Condition(Model):
     def _one_key(self) -> Condition:
         keys = [k for k, v in self if v is not None]
         if len(keys) != 1:
-            raise ValueError("a condition has exactly one of: present, absent, equals, in, not, all, any")
+            raise ValueError("a condition has exactly one of: present, absent, unique, equals, in, not, all, any")
         return self
 
 
@@ -169,6 +174,12 @@ class Entry(Model):
     )
     omit: list[str] = Field(default_factory=list, description="Segment-map elements not produced here.")
     reject: list[Reject] = Field(default_factory=list, description="Conditions that reject the message.")
+    write: Literal["update", "create"] | None = Field(
+        None,
+        description="How the resource is written (default update): `update` is a conditional PUT on its identity "
+        "(the server's copy is replaced); `create` is a POST with ifNoneExist on its identity, made only when "
+        "the server holds none (a result message's ServiceRequest never overwrites the order's).",
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> Entry:

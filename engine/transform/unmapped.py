@@ -87,7 +87,7 @@ class _Walker:
     def condition(self, c: Condition | None, here: Loc, datatype: str | None) -> None:
         if c is None:
             return
-        for p in filter(None, [c.present, c.absent]):
+        for p in filter(None, [c.present, c.absent, c.unique]):
             self.reads.add(self.path(p, here, datatype), whole=False)
         for d in (c.equals or {}, c.in_ or {}):
             for p in d:

@@ -59,6 +59,18 @@ def broken(tmp_path: Path, rel: str, old: str, new: str, *, here: bool = True) -
         ),
         ("segments/PID-Patient.yaml", "{from: PID-7, fn: date}", "{from: PID-7.x, fn: date}", "not an HL7 path"),
         (
+            "segments/OBX-Observation.yaml",
+            "when: {unique: OBX-21}}",
+            "when: {unique: OBR-3}}",
+            "`unique` takes a field of the current segment",
+        ),
+        (
+            "messages/ORU_R01.yaml",
+            "      subject: {ref: patient}\n      note:",
+            "      subject: [{ref: patient}, {value: {display: x}}]\n      note:",
+            "`ref` rules fill a Reference element and mix with other rules only when it repeats",
+        ),
+        (
             "segments/PID-Patient.yaml",
             "birthDate: {from: PID-7, fn: date}",
             "birthDate: PID-7",

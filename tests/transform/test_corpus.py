@@ -121,9 +121,15 @@ def check_shape(bundle: dict[str, Any]) -> None:
     for e in bundle["entry"]:
         r = e["resource"]
         assert e["fullUrl"].startswith("urn:uuid:") and len(e["fullUrl"]) == 45
-        assert e["request"]["method"] == "PUT"
-        assert e["request"]["url"].startswith(f"{r['resourceType']}?identifier=")
-        system, _, value = e["request"]["url"].split("=", 1)[1].partition("|")
+        request = e["request"]
+        if request["method"] == "POST":  # `write: create`: a conditional create on the same search
+            assert request["url"] == r["resourceType"] and request["ifNoneExist"].startswith("identifier=")
+            search = f"{r['resourceType']}?{request['ifNoneExist']}"
+        else:
+            assert request["method"] == "PUT"
+            search = request["url"]
+        assert search.startswith(f"{r['resourceType']}?identifier=")
+        system, _, value = search.split("=", 1)[1].partition("|")
         assert system and value, "a conditional update keyed on an identifier without a system"
         assert any(i.get("system") for i in r["identifier"])
         assert "id" not in r

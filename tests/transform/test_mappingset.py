@@ -111,8 +111,15 @@ def test_bundle_contract(ms: MappingSet) -> None:
         r = e["resource"]
         assert set(e) == {"fullUrl", "resource", "request"}
         assert e["fullUrl"].startswith("urn:uuid:") and "id" not in r
-        assert e["request"]["method"] == "PUT" and e["request"]["url"].startswith(f"{r['resourceType']}?identifier=")
-        system, value = e["request"]["url"].split("=", 1)[1].split("|")
+        request = e["request"]
+        if request["method"] == "POST":  # the report's ServiceRequest, written create-only (`write: create`)
+            assert r["resourceType"] == "ServiceRequest" and request["url"] == "ServiceRequest"
+            search = f"ServiceRequest?{request['ifNoneExist']}"
+        else:
+            assert request["method"] == "PUT"
+            search = request["url"]
+        assert search.startswith(f"{r['resourceType']}?identifier=")
+        system, value = search.split("=", 1)[1].split("|")
         assert any(i.get("system") == system and i["value"] == value for i in r["identifier"])
 
 
