@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine import ordering
 from engine.errors import InboundError, StoreUnavailable
@@ -193,9 +193,8 @@ class Meta:
     group: str = ""
 
 
-@dataclass(slots=True, frozen=True)
-class Receipt:
-    """The commit of one inbound message."""
+class Receipt(NamedTuple):
+    """The commit of one inbound message (a named tuple: one is made per message, see ``Accepted``)."""
 
     message_id: str
     status: MessageStatus  # received, duplicate or error

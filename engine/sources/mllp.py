@@ -515,7 +515,8 @@ class MLLPSource:
                     payload = bytes(kept)
                     kept = None
                     error = self._oversize(conn, limit + dropped + end, limit)
-                elif end > (limit := self._cap(buf)):
+                # a frame within the message cap is within every cap: no look at its first segment
+                elif end > self._message_cap and end > (limit := self._cap(buf)):
                     payload = bytes(buf[:limit])
                     error = self._oversize(conn, end, limit)
                 else:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
@@ -39,6 +38,15 @@ from engine.store.sql import Statements
 
 #: Earlier messages with these statuses do not make a resend a duplicate.
 _NOT_ORIGINALS = frozenset({MessageStatus.error, MessageStatus.duplicate})
+
+
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states that have absorbed ``key`` XOR the HMAC inner and outer pads (RFC 2104)."""
+    block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+    )
 
 
 def new_id() -> str:
@@ -80,9 +88,9 @@ class NewMessage:
         return f"{self.channel}\x1f{self.dedupe}"[:512]
 
 
-@dataclass(slots=True, frozen=True)
-class Accepted:
-    """What the commit of one inbound message produced."""
+class Accepted(NamedTuple):
+    """What the commit of one inbound message produced. A named tuple, not a frozen dataclass: one is made
+    per message, and a frozen dataclass's ``__init__`` costs 7.4k instructions to its 2.3k (callgrind)."""
 
     id: str
     status: MessageStatus
@@ -170,6 +178,7 @@ class Store:
         self._write_lock = threading.Lock() if self.ingest.dialect.name == "sqlite" else contextlib.nullcontext()
         self._local = threading.local()
         self._key = self._install_key() if migrate_schema else None
+        self._pads: tuple[Any, Any] | None = None  # the key's HMAC pads, hashed once (see pseudonym)
 
     def _install_key(self) -> bytes:
         """The installation's secret key, made at the first start (every process then reads the same one)."""
@@ -189,9 +198,18 @@ class Store:
     def pseudonym(self, value: str) -> str:
         """A keyed hash of ``value`` (24 hex digits) for the non-content columns: the same value gives the
         same pseudonym in every process of this installation; nobody without the key can test a guess."""
-        if self._key is None:
-            self._key = self._install_key()
-        return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:24]
+        pads = self._pads
+        if pads is None:
+            if self._key is None:
+                self._key = self._install_key()
+            pads = self._pads = _hmac_pads(self._key)
+        # HMAC-SHA256 (RFC 2104) from the key's inner and outer pads hashed once: the digest hmac.new gives,
+        # for half the instructions (a lane per accepted message; callgrind: 26k -> 13k)
+        inner = pads[0].copy()
+        inner.update(value.encode())
+        outer = pads[1].copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()[:24]
 
     @contextlib.contextmanager
     def _writing(self, engine: Engine) -> Iterator[Connection]:
