@@ -32,8 +32,7 @@ CHANNEL = Identifiers(facility_as_authority=True, authority="CORPUS")
 REFUSED = {
     f"{MS}/ADT-A41-02.hl7": "PV1-19",  # two patients' PV1 carry the same visit number
     f"{MS}/BAR-P02-02.hl7": "PV1-19",  # idem
-    f"{MS}/BAR-P01-02.hl7": "NK1",  # the same NK1 repeated in both visit groups: two RelatedPersons, one identity
-    f"{MS}/BAR-P12-01.hl7": "OBX-5",  # repeated NM values (OBX-Observation)
+    f"{MS}/BAR-P12-01.hl7": "OBX-5",  # repeated RP values (OBX-Observation: one OBX, one value of that type)
     # a visit group with neither visit number nor admit time: its charges and coverage hang on the visit
     f"{LFH}/extracted-from-tests/Hl7DFTMessageTest.testResourceCreationFromDFT.hl7": "PV1-19",
 }
