@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from pynetdicom import AE, StoragePresentationContexts
@@ -25,7 +27,9 @@ from engine.store.schema import FINAL_MESSAGE_STATUSES
 from tests.fhir_server.launch import FhirTestServer
 from tests.integration.dicom_data import make_study, make_tiny_study
 from tests.integration.harness import EngineProcess, wait_until
+from tests.integration.orthanc import Orthanc, orthanc
 
+__all__ = ["orthanc"]  # the module-scoped fixture, imported to be used here
 pytestmark = pytest.mark.integration
 
 QUIET_S = 0.5  # the channel's quiet period: a study is assembled this long after its last association ends
@@ -55,9 +59,11 @@ def engine(tmp_path_factory: pytest.TempPathFactory, fhir: FhirTestServer) -> It
         retry={"min_backoff_ms": 100, "max_backoff_ms": 500, "max_attempts": 1000},
         imaging={"quiet_period_s": QUIET_S},
     )
-    eng.start()
-    yield eng
-    eng.stop()
+    try:
+        eng.start()
+        yield eng
+    finally:
+        eng.kill()  # its data is thrown away; a graceful stop took 7-12 s on the 2-core box
 
 
 # -- senders ----------------------------------------------------------------------------------------------
@@ -75,14 +81,18 @@ def storescu(port: int, *files: Path, calling: str = "MODALITY") -> None:
 
 
 def pynetdicom_send(
-    port: int, files: list[Path], calling: str = "MODALITY", acked: list[Path] | None = None
+    port: int, files: list[Path], calling: str = "MODALITY", acked: list[Path] | None = None, timeout_s: float = 30
 ) -> list[int | None]:
     """pynetdicom over one association: each file's C-STORE status (None: no response, the peer went away).
-    Files answered Success are appended to ``acked`` as they are (another thread may watch it)."""
+    Files answered Success are appended to ``acked`` as they are (another thread may watch it). pynetdicom
+    waits ``timeout_s`` for a response even when the peer's socket is closed (measured: 30 s after a kill)."""
     ae = AE(ae_title=calling)
+    ae.dimse_timeout = timeout_s
     ae.requested_contexts = StoragePresentationContexts[:120]
     assoc = ae.associate("127.0.0.1", port, ae_title="INTERLINK")
     assert assoc.is_established
+    # pynetdicom skips close() when shutdown() fails (a peer already gone): close the socket ourselves
+    raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
     out: list[int | None] = []
     try:
         for f in files:
@@ -99,6 +109,8 @@ def pynetdicom_send(
     finally:
         if assoc.is_established:
             assoc.release()
+        if raw is not None:
+            raw.close()
     return out
 
 
@@ -247,3 +259,46 @@ def test_fhir_server_503_then_back_delivers_the_study_once(
     finally:
         store.close()
     assert codes[-1] is not None and codes[-1] < 300 and set(codes[:-1]) == {503}, codes
+
+
+@pytest.fixture
+def pacs(orthanc: Orthanc) -> Orthanc:
+    orthanc.clear()
+    return orthanc
+
+
+def test_orthanc_pushes_a_study_it_holds_to_the_engine(
+    engine: EngineProcess, fhir: FhirTestServer, pacs: Orthanc, tmp_path: Path
+) -> None:
+    files = make_tiny_study(tmp_path, 2, 2, patient="P-ORTHANC")
+    for f in files:
+        httpx.post(f"{pacs.url}/instances", content=f.read_bytes(), timeout=30).raise_for_status()
+    modality = {"AET": "INTERLINK", "Host": "127.0.0.1", "Port": engine.dicom_port}
+    httpx.put(f"{pacs.url}/modalities/interlink", json=modality, timeout=30).raise_for_status()
+    [held] = pacs.get("/studies")
+    pushed = httpx.post(f"{pacs.url}/modalities/interlink/store", json={"Resources": [held], "Synchronous": True},
+                        timeout=60)  # fmt: skip
+    pushed.raise_for_status()
+    assert pushed.json().get("InstancesCount") == 4, pushed.text
+    study = delivered(engine, fhir, study_uid(files), 4)
+    check_study(fhir, study, files, "P-ORTHANC")
+
+
+def test_kill_9_during_a_200_instance_study_then_resend_what_was_not_acknowledged(
+    engine: EngineProcess, fhir: FhirTestServer, tmp_path: Path
+) -> None:
+    files = make_tiny_study(tmp_path, 4, 50, patient="P-KILL")
+    acked: list[Path] = []
+    sender = threading.Thread(
+        target=pynetdicom_send, args=(engine.dicom_port, files), kwargs={"acked": acked, "timeout_s": 2}
+    )
+    sender.start()
+    wait_until(lambda: len(acked) >= 60, 30, "60 instances acknowledged", 0.002)
+    engine.kill()
+    sender.join(30)
+    assert 60 <= len(acked) < len(files), "killed mid-study"
+    engine.start()
+    rest = [f for f in files if f not in set(acked)]
+    assert pynetdicom_send(engine.dicom_port, rest) == [0] * len(rest)
+    study = delivered(engine, fhir, study_uid(files), 200, timeout_s=60)
+    check_study(fhir, study, files, "P-KILL")
