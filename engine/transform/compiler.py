@@ -90,8 +90,13 @@ class CompiledMap:
             if hit is not _MISS:
                 return orjson.loads(hit) if hit is not None else None
         out: dict[str, Any] | None = self.steps.run(Env(scope, cur, field, run), {})
-        if not out or any(k not in out for k in self.requires):
+        if not out:
             out = None
+        else:
+            for k in self.requires:  # a loop, not any(): no generator per call (~30 calls per 8-OBX ORU)
+                if k not in out:
+                    out = None
+                    break
         if cache is not None:
             if len(cache) >= CACHE_LIMIT:
                 cache.clear()

@@ -192,6 +192,7 @@ def compile_rule(rule: Rule, w: Where, target: str, el: fhirmodel.Element, ctx: 
     if first_only and keep is None and defaults is None and isinstance(get, paths.OwnRead):
         return _fused_own(get.own, level, when, convert, plain, fail)
 
+    get = paths.plain(get)
     if first_only and keep is None and defaults is None:
 
         def run_first(env: Env) -> list[Any]:
@@ -449,6 +450,8 @@ def _const(value: Any) -> Callable[[Env], Any]:
 
 
 def _first_primitive(get: paths.Getter, level: int) -> Callable[[Env], str | None]:
+    get = paths.plain(get)
+
     def first(env: Env) -> str | None:
         vals = get(env)
         return (primitive(vals[0], level, env.run.d) or None) if vals else None

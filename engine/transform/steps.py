@@ -74,6 +74,20 @@ def _filler(step: Step) -> Fill:
     keys, required = step.keys, step.required
     rules = tuple(step.rules)
     single = keys[0][0] if len(keys) == 1 else None
+    if step.is_list and len(rules) == 1:
+        (one,) = rules
+
+        def fill_list_one(env: Env, out: dict[str, Any]) -> None:
+            vals = one(env)  # a fresh list, or the shared empty one (never stored: it is falsy)
+            if vals:
+                if single is not None and out.get(single) is None:
+                    out[single] = vals
+                else:
+                    put(out, keys, vals)
+            elif required:
+                raise _missing(step)
+
+        return fill_list_one
     if step.is_list:
 
         def fill_list(env: Env, out: dict[str, Any]) -> None:
