@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,3 +165,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db"
     return request.getfixturevalue("pg_fresh")
+
+
+@pytest.fixture(autouse=True)
+def _pynetdicom_defaults() -> Iterator[None]:
+    """pynetdicom's send-from-file switch is process-wide and the engine's DICOM senders turn it on (then a
+    path is sent only in a context of its own transfer syntax); each test's SCU starts from the default."""
+    yield
+    config = sys.modules.get("pynetdicom._config")
+    if config is not None:
+        config.STORE_SEND_CHUNKED_DATASET = False

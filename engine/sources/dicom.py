@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import Field, field_validator
 
+from engine import dicomnet
 from engine.config.model import Model
 from engine.config.tls import server_context
 from engine.errors import ListenError, StoreUnavailable
@@ -170,15 +171,14 @@ class DicomSource:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from pynetdicom import _config as pyn_config
         from pynetdicom import evt
 
-        # Received datasets are written to a temporary file as they arrive, never held in memory whole
-        # (a process-wide pynetdicom setting; only C-STORE receipt is affected).
-        pyn_config.STORE_RECV_CHUNKED_DATASET = True
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO/DEBUG lines name UIDs
+        dicomnet.configure(
+            receive=True
+        )  # received datasets go to a temporary file as they arrive, never whole in memory
         ae = self._application_entity()
         handlers = [
+            (evt.EVT_CONN_OPEN, dicomnet.no_delay),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_end),

@@ -18,8 +18,6 @@ Warnings (0xB000-0xBFFF: stored, with coercion) count as stored.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import socket
 import ssl
@@ -27,6 +25,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine import dicomnet
 
 __all__ = ["MAX_CONTEXTS", "StoreResult", "send_files"]
 
@@ -112,11 +112,7 @@ def send_files(
     on_result: Callable[[StoreResult], None] | None = None,
 ) -> list[StoreResult]:
     """Send every file (see the module contract); the results in the order of ``files``."""
-    from pynetdicom import _config as pyn_config
-
-    # stream each instance from its file: never decoded, never transcoded, never whole in memory
-    pyn_config.STORE_SEND_CHUNKED_DATASET = True
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines name UIDs
+    dicomnet.configure(send=True)  # each instance streamed from its file: never decoded, transcoded or whole in memory
 
     results: list[StoreResult | None] = [None] * len(files)
     lock = threading.Lock()
@@ -161,7 +157,7 @@ def _send_batch(
     report: Callable[[int, StoreResult], None],
 ) -> None:
     """One association: propose the batch's contexts, C-STORE each file, release."""
-    from pynetdicom import AE
+    from pynetdicom import AE, evt
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -171,7 +167,8 @@ def _send_batch(
         # pynetdicom leaks the socket of a refused connection (its shutdown of an unconnected socket raises
         # before the close): find out first, on a socket of our own
         socket.create_connection((host, port), timeout=timeout_s).close()
-        assoc = ae.associate(host, port, ae_title=called_ae, tls_args=(tls, host) if tls is not None else None)
+        assoc = ae.associate(host, port, ae_title=called_ae, tls_args=(tls, host) if tls is not None else None,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, dicomnet.no_delay)])  # fmt: skip
     except (OSError, RuntimeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
         for f in batch:
@@ -182,12 +179,6 @@ def _send_batch(
         for f in batch:
             report(f.index, StoreResult(f.path, None, why or f"no association with {host}:{port}"))
         return
-    # pynetdicom leaves Nagle on: an instance's last, short P-DATA then waits for the receiver's delayed ACK.
-    # Measured, 50 CT instances of 38 KB to dcmtk's storescp over loopback: 3.47 s with it, 0.33 s without.
-    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
     try:
         for f in batch:

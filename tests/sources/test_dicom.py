@@ -248,3 +248,46 @@ def test_storescu_folder_mode_gives_one_study(rig: Rig, dcmtk_folder: Path) -> N
     assert done.returncode == 0, done.stderr
     [study] = rig.wait_studies(1)
     assert len(orjson.loads(rig.store.content(study.id, ContentKind.raw))["instances"]) == 8
+
+
+def test_private_elements_stay_in_the_object_only(tmp_path: Path) -> None:
+    """The instance document leaves private elements out, at the top and inside sequence items; the stored
+    object keeps them (it is stored as received)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from engine.sources.dicom_study import read_instance
+    from engine.store.objects import ObjectStore
+
+    [path] = make_study(tmp_path / "in", 1, 1)
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00091010, "LO", "TOP-SECRET")
+    item = Dataset()
+    item.CodeValue = "T-D1100"
+    item.add_new(0x00111010, "LO", "NESTED-SECRET")
+    ds.AnatomicRegionSequence = Sequence([item])
+    ds.save_as(path)
+    stored = ObjectStore(tmp_path / "objects", fsync=False).put_file(path)
+    instance, error = read_instance(path, stored, "MODALITY")
+    assert error is None and instance is not None
+    header = orjson.loads(instance.document)["header"]
+    assert "00091010" not in header
+    assert header["00082218"]["Value"][0] == {"00080100": {"vr": "SH", "Value": ["T-D1100"]}}
+    assert b"SECRET" not in instance.document and b"NESTED-SECRET" in path.read_bytes()
+
+
+def test_the_receivers_sockets_send_without_delay(rig: Rig) -> None:
+    """pynetdicom leaves Nagle on; the source turns it off on each association (a response waited for the
+    sender's delayed ACK)."""
+    import socket
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", rig.port, ae_title="INTERLINK")
+    assert assoc.is_established
+    try:
+        [server_side] = rig.source._server.active_associations
+        sock = server_side.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        assoc.release()
