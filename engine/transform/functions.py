@@ -245,19 +245,38 @@ def _xcn_display(run: Any, parts: list[str]) -> str | None:
     return " ".join(n for n in names if n) or None
 
 
-def _pl_display(run: Any, parts: list[str]) -> str | None:
-    # PL: 9 description; else 1 point of care, 2 room, 3 bed, 4 facility, 7 building, 8 floor.
-    if desc := _part(parts, 9):
+def _pl_display(run: Any, parts: list[str], levels: tuple[int, ...] = (1, 2, 3)) -> str | None:
+    # PL: 9 description (of the most specific level); else 1 point of care, 2 room, 3 bed, 4 facility,
+    # 7 building, 8 floor. A level above the bed (``levels``) is named by its parts alone, as a PL that
+    # stops there would be: the room "ICU, 2, GENHOSP" whether sent alone or above a bed.
+    if len(levels) == 3 and (desc := _part(parts, 9)):
         return desc
-    return ", ".join(p for p in (_part(parts, i) for i in (1, 2, 3, 7, 8, 4)) if p) or None
+    return ", ".join(p for p in (_part(parts, i) for i in (1, 2, 3, 7, 8, 4) if i in levels or i > 3) if p) or None
 
 
-def _pl_key(run: Any, parts: list[str]) -> str | None:
+def _pl_key(run: Any, parts: list[str], levels: tuple[int, ...] = (1, 2, 3)) -> str | None:
     # PL: 1 point of care, 2 room, 3 bed, 7 building, 8 floor; the facility (4) is the identifier's system.
-    keys = [_part(parts, i) for i in (1, 2, 3, 7, 8)]
+    # A level above the bed keeps the positions, its lower levels empty: room "ICU^2^^MAIN", unit "ICU^^^MAIN".
+    keys = [_part(parts, i) if i in levels or i > 3 else "" for i in (1, 2, 3, 7, 8)]
     while keys and not keys[-1]:
         keys.pop()
     return "^".join(keys) or None
+
+
+def _pl_room_key(run: Any, parts: list[str]) -> str | None:
+    return _pl_key(run, parts, (1, 2)) if _part(parts, 2) else None
+
+
+def _pl_point_of_care_key(run: Any, parts: list[str]) -> str | None:
+    return _pl_key(run, parts, (1,)) if _part(parts, 1) else None
+
+
+def _pl_room_display(run: Any, parts: list[str]) -> str | None:
+    return _pl_display(run, parts, (1, 2)) if _part(parts, 2) else None
+
+
+def _pl_point_of_care_display(run: Any, parts: list[str]) -> str | None:
+    return _pl_display(run, parts, (1,)) if _part(parts, 1) else None
 
 
 def _xtn_value(run: Any, parts: list[str]) -> str | None:
@@ -477,6 +496,28 @@ REGISTRY: dict[str, Function] = {
             "parts",
             "string",
             "PL location → a stable key 'point of care^room^bed[^building^floor]' (a Location's identity value).",
+        ),
+        Function(
+            "pl_room_key",
+            _pl_room_key,
+            "parts",
+            "string",
+            "PL location → the key of its room 'point of care^room^^building^floor' (the room's Location).",
+        ),
+        Function(
+            "pl_point_of_care_key",
+            _pl_point_of_care_key,
+            "parts",
+            "string",
+            "PL location → the key of its point of care 'point of care^^^building^floor' (the unit's Location).",
+        ),
+        Function("pl_room_display", _pl_room_display, "parts", "string", "PL location → its room's display text."),
+        Function(
+            "pl_point_of_care_display",
+            _pl_point_of_care_display,
+            "parts",
+            "string",
+            "PL location → its point of care's display text.",
         ),
         Function(
             "ed_attachment",
