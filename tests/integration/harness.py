@@ -115,7 +115,11 @@ class EngineProcess:
                 stderr=subprocess.STDOUT,
             )
         if wait and command == "run":
-            wait_until(self._listening, 30, f"engine to listen (log: {self.tail()})")
+            try:
+                wait_until(self._listening, 60, "engine to listen")
+            except AssertionError as exc:  # never leave an engine behind for the rest of the session
+                self.kill()
+                raise AssertionError(f"{exc} (log: {self.tail()})") from None
         return self
 
     def _listening(self) -> bool:
