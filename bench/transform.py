@@ -11,7 +11,8 @@ Prints messages/s (and µs per message) for: a naive split on CR, | and ^ (the f
 with its identities' assigning authorities removed, mapped with a channel default (``identifiers:``); and
 the ratios.
 Each measurement runs for about ``--seconds`` (hl7apy for at most that, and at least 3 messages), so the
-whole run stays well under a minute.
+whole run stays well under a minute. Wall-clock rates swing with the machine's load: for before/after
+comparisons count instructions with ``bench/transform_instructions.py`` (same cases).
 """
 
 from __future__ import annotations

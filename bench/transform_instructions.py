@@ -58,7 +58,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
     VALIDATION_ONLY: dict[str, Callable[[Any], None]] = {"now": validate_bundle, "before": validate_as_before}
 
     cg = _helper(tmp)
-    ms = load_mappings(ROOT / "mappings")
+    ms = load_mappings(args.mappings)
     cases = [c.strip() for c in args.case.split(",")]
     cg.cg_start()
     for short in cases:
@@ -95,6 +95,7 @@ def main() -> None:
         "the mapped bundle alone, today's and as before the vocabulary cache: bench/transform.py's ratio).",
     )
     ap.add_argument("--case", default="ORU,ADT,VXU,SIU", help=f"Comma-separated: {', '.join(SHORT)}.")
+    ap.add_argument("--mappings", type=Path, default=ROOT / "mappings", help="The mapping folder to compile.")
     ap.add_argument("--message", type=Path, default=ROOT / "mappings" / "hl7v2" / "samples" / "oru_r01_cbc.hl7")
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus" / "hl7v2")
     args = ap.parse_args()
