@@ -164,6 +164,10 @@ def _instantiate(entry: CompiledEntry, parent: Instance, made: list[Instance]) -
         while i < end and segs[i].name in entry.members:
             own.setdefault(segs[i].name, []).append(segs[i])
             i += 1
+        i = p - 1
+        while i >= 0 and segs[i].name in entry.leading:  # ORU_R01: the ORC just before its OBR
+            own.setdefault(segs[i].name, []).insert(0, segs[i])
+            i -= 1
         env = Env(inst, segs[p], entry.segment, run)
         if entry.when is not None and not entry.when(env):
             continue

@@ -73,6 +73,7 @@ class CompiledEntry:
     refs: list[RefPlan] = field(default_factory=list)
     identity: list[IdentityAlt] = field(default_factory=list)
     identity_field: str = ""
+    leading: frozenset[str] = frozenset()  # segments directly before the entry's segment that belong to it
     create_only: bool = False  # `write: create`: POST + ifNoneExist instead of the conditional PUT
     rejects: list[RejectRule] = field(default_factory=list)
     children: list[CompiledEntry] = field(default_factory=list)
@@ -198,6 +199,8 @@ def _entry(name: str, layered: _Layered, done: dict[str, CompiledEntry], library
         for t, more in inc.rules().items():
             rules[t] = rules.get(t, []) + more  # after the `use` map's: those win for single values
     ce.create_only = layered.get("write")[0] == "create"
+    ce.leading = frozenset(layered.get("leading")[0])
+    ce.claims = ce.claims | ce.leading
     ce.steps, ce.pending_refs = compile_steps(rules, Context(library, resolver, target, resource=True))
     ident, w_ident = layered.get("identity")
     if ident is None:

@@ -98,7 +98,7 @@ class RefEntry:
         return self.get("segment") or self.get("each")
 
     def claims(self) -> set[str]:
-        return {self.segment, *self.get("members")}
+        return {self.segment, *self.get("members"), *self.get("leading")}
 
     def chain(self) -> list[RefEntry | None]:
         out: list[RefEntry | None] = []
@@ -281,6 +281,10 @@ class _Run:
             while i < end and self.segments[i].name in members:
                 node.own.setdefault(self.segments[i].name, []).append(self.segments[i])
                 i += 1
+            i = p - 1
+            while i >= 0 and self.segments[i].name in set(e.get("leading")):
+                node.own.setdefault(self.segments[i].name, []).insert(0, self.segments[i])
+                i -= 1
             ctx = Ctx(node, self.segments[p], segment, segment)
             when = e.get("when")
             if when is not None and not self.holds(when, ctx):

@@ -157,6 +157,10 @@ class Entry(Model):
     members: list[str] = Field(
         default_factory=list, description="Segments that follow and belong to this segment's group (NTE, PV2)."
     )
+    leading: list[str] = Field(
+        default_factory=list,
+        description="Segments directly before this segment that belong to its group (ORU_R01: the ORC before its OBR).",
+    )
     before: list[str] = Field(
         default_factory=list, description="Only segments before the first of these in the parent group."
     )
