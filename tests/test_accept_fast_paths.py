@@ -2,7 +2,7 @@
 
 - an ACK from its template (``response.hl7_ack`` without text or error) is the ACK built field by field;
 - the store's pseudonym (HMAC-SHA256 from pads hashed once) is ``hmac.new``'s;
-- the metrics' cached label children count into the same series as ``labels()``.
+- the received counter and reply histogram, counted in plain numbers, expose what prometheus_client's would.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import hmac
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from engine import hl7v2, response
+from engine import hl7v2, metrics, response
 from engine.metrics import Metrics
 from engine.store import Store
 
@@ -69,14 +70,32 @@ def test_pseudonym_is_hmac_sha256_of_the_installation_key(tmp_path) -> None:  # 
         store.close()
 
 
-def test_received_metrics_count_per_channel_and_status() -> None:
+def _samples(registry: CollectorRegistry) -> list[tuple[str, list[tuple[str, str]], float]]:
+    """Every sample of the received counter and reply histogram (creation times left out)."""
+    return sorted(
+        (s.name, sorted(s.labels.items()), s.value)
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name.startswith(("interlink_messages_received", "interlink_reply_seconds"))
+        and not s.name.endswith("_created")
+    )
+
+
+def test_received_metrics_are_prometheus_clients_counter_and_histogram() -> None:
+    observed = [("a", "received", 0.002), ("a", "received", 0.0005), ("a", "error", 0.3), ("b", "received", 42.0)]
+    observed += [("b", "duplicate", b) for b in metrics._LATENCY_BUCKETS]  # on each bound: counted in its bucket
     m = Metrics()
-    for channel, status in [("a", "received"), ("a", "received"), ("a", "error"), ("b", "received")]:
-        m.received(channel, status, 0.002)
-    r = m.registry
-    assert r.get_sample_value("interlink_messages_received_total", {"channel": "a", "status": "received"}) == 2
-    assert r.get_sample_value("interlink_messages_received_total", {"channel": "a", "status": "error"}) == 1
-    assert r.get_sample_value("interlink_messages_received_total", {"channel": "b", "status": "received"}) == 1
-    assert r.get_sample_value("interlink_reply_seconds_count", {"channel": "a"}) == 3
-    assert r.get_sample_value("interlink_reply_seconds_bucket", {"channel": "b", "le": "0.0025"}) == 1
-    assert r.get_sample_value("interlink_reply_seconds_bucket", {"channel": "b", "le": "0.001"}) == 0
+    reference = CollectorRegistry()
+    counter = Counter("interlink_messages_received", "", ["channel", "status"], registry=reference)
+    histogram = Histogram("interlink_reply_seconds", "", ["channel"], buckets=metrics._LATENCY_BUCKETS,
+                          registry=reference)  # fmt: skip
+    for channel, status, seconds in observed:
+        m.received(channel, status, seconds)
+        counter.labels(channel, status).inc()
+        histogram.labels(channel).observe(seconds)
+    assert _samples(m.registry) == _samples(reference)
+    created = {s.name for metric in m.registry.collect() for s in metric.samples if s.name.endswith("_created")}
+    assert created == {"interlink_messages_received_created", "interlink_reply_seconds_created"}
+    text = generate_latest(m.registry).decode()
+    assert 'interlink_reply_seconds_bucket{channel="a",le="+Inf"} 3.0' in text
+    assert "# TYPE interlink_messages_received_total counter" in text

@@ -146,6 +146,7 @@ class HL7Acceptor:
         self._ingest = ingest
         self._has_mapping = has_mapping
         self._transform_now = transform_now
+        self._per_patient = channel.ordering.mode == "per_patient"
 
     async def reply_bytes(self, raw: bytes, peer: str, error: InboundError | None = None) -> bytes:
         """Accept one message and return the encoded reply (empty: send nothing)."""
@@ -166,6 +167,8 @@ class HL7Acceptor:
             receipt = await self._ingest.accept(self.channel, raw, meta, enqueue=not wait)
         except StoreUnavailable as exc:
             return Decision(header, text, "AE", HL7Error(exc.args[0], code="207"), None, "unavailable")
+        if meta.error is None and not wait:  # accepted, nothing to run before the reply: no coroutine for it
+            return Decision(header, text, "AA", None, receipt.message_id, receipt.status, receipt.duplicate_of)
         return await self._decided(header, text, meta, receipt, wait)
 
     async def decide_batch(self, raw: bytes, peer: str, error: InboundError | None = None) -> BatchDecision:
@@ -223,7 +226,8 @@ class HL7Acceptor:
             control_id=header.control_id if header else "",
             dedupe=f"{header.sender}\x1f{header.control_id}" if header and header.control_id else "",
             dedupe_window_s=opts.dedupe.window_s if opts.dedupe.enabled else None,
-            patient=hl7v2.patient_key(text, header.delimiters) if ok else "",  # type: ignore[arg-type, union-attr]
+            # PID-3 is read only when the channel orders per patient (the lane is all it is for)
+            patient=hl7v2.patient_key(text, header.delimiters) if ok and self._per_patient else "",  # type: ignore[arg-type, union-attr]
             error=error,
         )
         return header, text, meta

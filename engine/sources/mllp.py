@@ -76,6 +76,8 @@ _MSH_SCAN_BYTES = 4096  # MSH is read from the first 4 KiB, as ingest does
 _WIDE_CHARSET_NAMES = tuple(
     name.encode("ascii") for name, codec in hl7v2.CHARSETS.items() if not response.byte_compatible(codec)
 )
+#: b"UNICODE UTF-": what they all begin with (a byte prefix, not a path)
+_WIDE_CHARSET_PREFIX = os.path.commonprefix(_WIDE_CHARSET_NAMES)  # noqa: RUF071
 
 
 def frame(payload: bytes) -> bytes:
@@ -584,11 +586,8 @@ class MLLPSource:
             return None  # no MSH: ingest NAKs it in ASCII anyway
         end = payload.find(CR, start, start + _MSH_SCAN_BYTES)
         line = payload[start : end if end != -1 else start + _MSH_SCAN_BYTES].upper()
-        for name in _WIDE_CHARSET_NAMES:
-            if name in line:
-                break
-        else:
-            return None  # the common case: a search in the MSH line, no parse
+        if _WIDE_CHARSET_PREFIX not in line or not any(name in line for name in _WIDE_CHARSET_NAMES):
+            return None  # the common case: one search in the MSH line, no parse
         try:
             declared = hl7v2.read_header(line.decode("latin-1")).charset.strip().upper()
         except HL7Error:
