@@ -71,7 +71,13 @@ def test_convert_prints_a_transaction_bundle(config: Path) -> None:
     assert bundle["type"] == "transaction"
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
     assert types.count("Observation") >= 8 and "DiagnosticReport" in types and "Patient" in types
-    assert all(e["request"]["method"] == "PUT" and "?identifier=" in e["request"]["url"] for e in bundle["entry"])
+    # every write is conditional on an identity: an update, or (the ServiceRequest an ORU only ensures) a create
+    for e in bundle["entry"]:
+        request = e["request"]
+        if e["resource"]["resourceType"] == "ServiceRequest":
+            assert request["method"] == "POST" and request["ifNoneExist"].startswith("identifier=")
+        else:
+            assert request["method"] == "PUT" and "?identifier=" in request["url"]
 
 
 def test_convert_with_a_channel_uses_its_mapping(config: Path) -> None:
