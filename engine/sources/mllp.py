@@ -77,7 +77,7 @@ _WIDE_CHARSET_NAMES = tuple(
     name.encode("ascii") for name, codec in hl7v2.CHARSETS.items() if not response.byte_compatible(codec)
 )
 #: b"UNICODE UTF-": what they all begin with (a byte prefix, not a path)
-_WIDE_CHARSET_PREFIX = os.path.commonprefix(_WIDE_CHARSET_NAMES)  # noqa: RUF071
+_WIDE_CHARSET_PREFIX = os.path.commonprefix(_WIDE_CHARSET_NAMES) or b""  # noqa: RUF071
 
 
 def frame(payload: bytes) -> bytes:
