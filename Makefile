@@ -20,7 +20,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check engine tests bench
 	$(VENV)/bin/ruff format --check engine tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 ## Static checks: ruff (lint and format), mypy, and hadolint on the Dockerfile (all run under `make test` too).
 lint: $(VENV)/.installed
