@@ -17,6 +17,7 @@ class Statements:
 
     def __init__(self, paramstyle: str) -> None:
         self.mark = "?" if paramstyle == "qmark" else "%s"
+        self._expanded: dict[tuple[str, int], str] = {}
         s = self._sql
         self.insert_message = s(
             "INSERT INTO messages (id, channel, status, received_at, updated_at, peer, message_type, sender,"
@@ -106,7 +107,15 @@ class Statements:
         return text.replace("?", self.mark)
 
     def _in(self, sql: str, n: int) -> str:
-        return sql.replace(f"IN ({self.mark})", "IN (" + ", ".join([self.mark] * n) + ")")
+        # kept per statement and count: the ingest writer asks for one per group commit (5k instructions to
+        # build, callgrind), and batches come in a few sizes
+        key = (sql, n)
+        text = self._expanded.get(key)
+        if text is None:
+            if len(self._expanded) >= 1024:
+                self._expanded.clear()
+            text = self._expanded[key] = sql.replace(f"IN ({self.mark})", "IN (" + ", ".join([self.mark] * n) + ")")
+        return text
 
     def find_duplicates(self, n: int) -> str:
         """The duplicate lookup for ``n`` control ids."""
