@@ -218,6 +218,9 @@ def _encode_reply(m: Mapped) -> bytes:
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PR_SET_NAME = 15
+#: A mapping process's name (Linux ``comm``, at most 15 bytes)
+PROCESS_NAME = b"interlink-map"
 _PARENT_DEATH_SIGNAL = signal.SIGUSR1
 
 
@@ -240,6 +243,7 @@ def _exit_with_parent() -> None:
 
     signal.signal(_PARENT_DEATH_SIGNAL, on_parent_death)
     libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_NAME, PROCESS_NAME, 0, 0, 0)  # what ps, top and /proc/<pid>/comm show, forked or spawned
     if libc.prctl(_PR_SET_PDEATHSIG, int(_PARENT_DEATH_SIGNAL), 0, 0, 0) != 0:
         return
     if os.getppid() != parent_pid:  # the parent died before the signal was armed

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from engine.transform.pool import PROCESS_NAME
+
 
 def rss(pid: int) -> int:
     """Resident memory of a process, in bytes (0 when it is gone)."""
@@ -34,11 +36,12 @@ def children(pid: int) -> list[int]:
 
 
 def mapping_processes(pid: int) -> list[int]:
-    """The engine's mapping processes (multiprocessing spawn children; not its resource tracker)."""
+    """The engine's mapping processes (forked or spawned; not multiprocessing's resource tracker), by the
+    name they give themselves."""
     found = []
     for child in children(pid):
         try:
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if Path(f"/proc/{child}/comm").read_bytes().strip() == PROCESS_NAME:
                 found.append(child)
         except OSError:
             continue

@@ -95,13 +95,13 @@ def oru(control_id: str, *, nm_value: str = "5.5", charset: str = "", message_ty
     )
 
 
-def adt(control_id: str, *, trigger: str = "A01", birth: str = BIRTH_HL7, patient_class: str = "I") -> bytes:
+def adt(control_id: str, *, trigger: str = "A01", birth: str = BIRTH_HL7, admit: str = "20240301100000+0000") -> bytes:
     return _segments(
         _msh(control_id, f"ADT^{trigger}^ADT_A01"),
         f"EVN|{trigger}|20240301101500+0000",
         _pid(control_id.replace("-", ""), birth),
         _nk1(),
-        _pv1(patient_class) + "|" * 25 + "20240301100000+0000",
+        _pv1("I") + "|" * 25 + admit,
     )
 
 
@@ -235,7 +235,7 @@ def run_scenario(s: Scenario, fhir: Any) -> None:
     assert s.send(lab, broken, "invalid UTF-8") == "AE"
     # mapping errors: replied after transform (ADT), or found by the worker (ORU, replied on commit)
     assert s.send(adt_port, adt("CAN-BIRTH", birth=BAD_BIRTH), "invalid PID-7") == "AE"
-    assert s.send(adt_port, adt("CAN-CLASS", patient_class=MARK), "PV1-2 not in its table") == "AE"
+    assert s.send(adt_port, adt("CAN-ADMIT", admit=MARK), "PV1-44 not a date/time") == "AE"
     assert s.send(lab, oru("CAN-NM", nm_value=MARK), "OBX-5 NM not a number") == "AA"
     # and the good path
     assert s.send(adt_port, adt("CAN-OK"), "good ADT") == "AA"
@@ -246,7 +246,7 @@ def run_scenario(s: Scenario, fhir: Any) -> None:
             "CAN-CHARSET": "error",
             "CAN-BYTES": "error",
             "CAN-BIRTH": "error",
-            "CAN-CLASS": "error",
+            "CAN-ADMIT": "error",
             "CAN-NM": "error",
             "CAN-OK": "sent",
         }
