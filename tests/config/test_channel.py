@@ -168,7 +168,8 @@ def test_a_destination_of_stored_instances_needs_a_source_that_stores_them(tmp_p
     )
     p = write(
         tmp_path,
-        f"name: lab\nsource: {{type: mllp, port: 2575}}\ndestinations:\n  - name: pacs\n    type: {kind}\n    {extra}\n",
+        "name: lab\nsource: {type: mllp, port: 2575}\ndestinations:\n"
+        f"  - name: pacs\n    type: {kind}\n    {extra}\n",
     )
     with pytest.raises(ConfigError, match=f"destination pacs \\({kind}\\) sends the stored DICOM instances"):
         load_channel(p)
