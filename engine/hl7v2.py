@@ -121,8 +121,8 @@ def _first_component(value: str, d: Delimiters) -> str:
     return value.split(d.repetition, 1)[0].split(d.component, 1)[0]
 
 
-def read_header(text: str) -> Header:
-    """Read MSH from message text. Raises :class:`HL7Error` when MSH is missing or malformed."""
+def _first_line(text: str) -> str:
+    """The message's first segment (its MSH), past a BOM and leading blank lines, up to CR or LF."""
     if text.startswith(BOM):
         text = text[1:]
     text = text.lstrip("\r\n \t")
@@ -131,7 +131,12 @@ def read_header(text: str) -> Header:
         i = text.find(sep)
         if i != -1 and i < end:
             end = i
-    msh = text[:end]
+    return text[:end]
+
+
+def read_header(text: str) -> Header:
+    """Read MSH from message text. Raises :class:`HL7Error` when MSH is missing or malformed."""
+    msh = _first_line(text)
     d = _delimiters(msh)
     parts = msh.split(d.field)
     # parts[0]="MSH", parts[1]=encoding chars (MSH-2). Re-index so fields[i] == MSH-i.
@@ -219,15 +224,7 @@ def decode(raw: bytes, default_charset: str = "utf-8") -> str:
 def _declared_charset(text: str) -> str:
     """MSH-18 as :func:`read_header` reads it, ``""`` when it would refuse the MSH: the charset alone,
     without building a :class:`Header` (a fifth of an 8-OBX ORU's parse)."""
-    if text.startswith(BOM):
-        text = text[1:]
-    text = text.lstrip("\r\n \t")
-    end = len(text)
-    for sep in ("\r", "\n"):
-        i = text.find(sep)
-        if i != -1 and i < end:
-            end = i
-    msh = text[:end]
+    msh = _first_line(text)
     try:
         d = _delimiters(msh)
     except HL7Error:
