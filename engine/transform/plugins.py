@@ -30,10 +30,11 @@ _loaded: dict[str, tuple[str, ...]] = {}  # entry point → the function names i
 
 def load_site_functions(names: Iterable[str]) -> None:
     """Register the functions of the named ``interlink.functions`` entry points (once per process)."""
+    wanted = [n for n in names if n not in _loaded]
+    if not wanted:
+        return  # no scan of the installed packages' metadata at every start-up
     found = {ep.name: ep for ep in entry_points(group=GROUP)}
-    for name in names:
-        if name in _loaded:
-            continue
+    for name in wanted:
         ep = found.get(name)
         if ep is None:
             raise ConfigError(f"site_functions: no installed package declares {name!r} in the {GROUP} entry points")
