@@ -30,9 +30,7 @@ import asyncio
 import cProfile
 import os
 import pstats
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,9 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import ORU  # noqa: E402  (the benchmark's own message)
-from bench.transform_instructions import _helper  # noqa: E402
+from bench.transform_instructions import _MARK, _helper, instructions, rerun_under_callgrind  # noqa: E402
 
-_MARK = "INTERLINK_UNDER_CALLGRIND"
 _WARMUP = 100
 
 
@@ -185,15 +182,10 @@ def main() -> None:
         measure(args, Path(os.environ[_MARK]))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        env = {**os.environ, _MARK: tmp, "PYTHONHASHSEED": "0"}
-        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", "-q"]
-        subprocess.run([*cmd, sys.executable, *sys.argv], env=env, check=True)
-        for dump in sorted(Path(tmp).glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:])):
-            text = dump.read_text(errors="replace")
-            total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-            if total:
-                per = int(total[1]) / args.messages
+        for dump, text in rerun_under_callgrind(Path(tmp)):
+            total = instructions(text)
+            if total is not None:
+                per = total / args.messages
                 print(
                     f"accept path, {args.conns} conn(s): {per / 1e6:.3f} M instructions per message ({args.root.name})"
                 )
