@@ -80,7 +80,7 @@ class Engine:
         self.store = Store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         mapper = None
         if workers and settings.mapping_process_count() > 0:
-            mapper = ProcessMapper(settings, processes=settings.mapping_process_count(), mappings=self.mappings)
+            mapper = ProcessMapper(settings, processes=settings.mapping_process_count())
         self.metrics = Metrics()
         self.pipeline = Pipeline(self.store, self.mappings, self.channels, mapper=mapper, metrics=self.metrics)
         self.broker = make_broker(settings.queue_url, namespace=settings.queue_namespace)

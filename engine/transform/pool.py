@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -250,23 +250,21 @@ def _exit_with_parent() -> None:
         os._exit(0)
 
 
-def _child(conn: Connection, settings_json: str, mappings: MappingSet | None) -> None:
+def _child(conn: Connection, settings_json: str) -> None:
     """A mapping process: serve batches until the parent closes the pipe or dies; never a traceback for
-    that (a broken pipe is the parent dying while a batch was mapped). ``mappings``: the parent's compiled
-    maps, when forked; else the child compiles them from the settings."""
+    that (a broken pipe is the parent dying while a batch was mapped)."""
     _exit_with_parent()
     allocator.configure()
     try:
-        _serve(conn, settings_json, mappings)
+        _serve(conn, settings_json)
     except (EOFError, OSError):
         return
 
 
-def _serve(conn: Connection, settings_json: str, mappings: MappingSet | None) -> None:
-    if mappings is None:
-        from engine.settings import Settings
+def _serve(conn: Connection, settings_json: str) -> None:
+    from engine.settings import Settings
 
-        mappings = load_site_mappings(Settings.model_validate_json(settings_json))
+    mappings = load_site_mappings(Settings.model_validate_json(settings_json))
     conn.send_bytes(b"ready")
     while True:
         try:
@@ -318,10 +316,10 @@ def _decode_replies(data: bytes) -> list[Mapped]:
 
 
 class _Child:
-    def __init__(self, ctx: Any, settings_json: str, mappings: MappingSet | None) -> None:
+    def __init__(self, ctx: mp.context.SpawnContext, settings_json: str) -> None:
         self.conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(
-            target=_child, args=(child_conn, settings_json, mappings), name="interlink-mapper", daemon=True
+            target=_child, args=(child_conn, settings_json), name="interlink-mapper", daemon=True
         )
         self.process.start()
         child_conn.close()
@@ -359,23 +357,17 @@ class _Child:
 class ProcessMapper:
     """Maps in ``processes`` child processes; thread-safe (a calling thread borrows an idle child)."""
 
-    def __init__(self, settings: Settings, *, processes: int = 1, mappings: MappingSet | None = None) -> None:
-        self._settings = settings.model_dump_json()  # a spawned child loads the same maps, overlays and caps
+    def __init__(self, settings: Settings, *, processes: int = 1) -> None:
+        self._args = (settings.model_dump_json(),)  # the child loads the same maps, overlays and caps
+        self._ctx = mp.get_context("spawn")
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
         self._all: list[_Child] = []
         self._lock = threading.Lock()
-        # The first children are forked with the parent's compiled ``mappings`` when the parent has no other
-        # thread yet (a fork copies only the calling thread: a lock another thread held would stay held in
-        # the child): they start at once instead of importing and compiling the library again (measured at
-        # start-up, load average 5: Engine() 7.7-13.6 s spawned). A child that replaces a dead one later,
-        # when worker threads exist, is spawned and compiles.
-        forked = mappings is not None and sys.platform == "linux" and threading.active_count() == 1
         for _ in range(processes):
-            self._add(mappings if forked else None)
+            self._add()
 
-    def _add(self, mappings: MappingSet | None = None) -> None:
-        ctx = mp.get_context("fork" if mappings is not None else "spawn")
-        child = _Child(ctx, self._settings, mappings)
+    def _add(self) -> None:
+        child = _Child(self._ctx, *self._args)
         with self._lock:
             self._all.append(child)
         self._idle.put(child)

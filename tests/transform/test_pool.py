@@ -22,10 +22,9 @@ SAMPLES = sorted((MAPPINGS / "hl7v2" / "samples").glob("*.hl7"))
 SETTINGS = Settings(mappings_dir=MAPPINGS)
 
 
-@pytest.fixture(scope="module", params=["spawned", "forked"])
-def pool(request: pytest.FixtureRequest):
-    """A spawned child compiles the maps itself; a forked one (the engine's first children) has the parent's."""
-    p = ProcessMapper(SETTINGS, processes=1, mappings=load_mappings(MAPPINGS) if request.param == "forked" else None)
+@pytest.fixture(scope="module")
+def pool():
+    p = ProcessMapper(SETTINGS, processes=1)
     yield p
     p.close()
 
