@@ -154,7 +154,7 @@ def pg_fresh(pg_url: str) -> str:
     eng = create_engine(pg_url)
     with eng.begin() as c:
         if c.execute(text("select to_regclass('public.messages')")).scalar():
-            c.execute(text("TRUNCATE attempts, deliveries, contents, messages"))
+            c.execute(text("TRUNCATE attempts, deliveries, contents, message_keys, messages"))
     eng.dispose()
     return pg_url
 

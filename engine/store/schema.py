@@ -7,6 +7,9 @@ attempts    one row per delivery attempt: outcome, HTTP status, error, duration
 writes      per target system and resource, the newest source time written there (stale-write guard)
 install     per-installation values (the key of the keyed hashes in non-content columns)
 feed_cursors  per channel with an event feed, how far the feed has delivered (engine/events_feed.py)
+api_tokens  admin API tokens: role and a hash of the secret (migration 0007)
+audit       append-only trail of content reads and actions through the admin API and CLI (0007)
+message_keys  keyed hashes of what a message is searched by (MRN, accession number) (0007)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -106,6 +110,8 @@ messages = Table(
     Index("ix_messages_status", "status", "updated_at"),
     Index("ix_messages_channel_received", "channel", "received_at"),
     Index("ix_messages_group", "channel", "group_key", "status"),
+    Index("ix_messages_control_id", "control_id", "received_at"),
+    Index("ix_messages_received", "received_at"),
 )
 
 contents = Table(
@@ -174,4 +180,48 @@ feed_cursors = Table(
     Column("channel", String(100), primary_key=True),
     Column("cursor", Text, nullable=False),  # JSON: the positions delivered up to (engine/events_feed.py)
     Column("updated_at", Float, nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("role", String(16), nullable=False),  # viewer | operator | admin
+    Column("secret_hash", String(64), nullable=False, unique=True),  # SHA-256 hex of the secret
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("token_id", String(16), nullable=False),  # '' = the local CLI
+    Column("actor", String(100), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("action", String(60), nullable=False),  # e.g. message.read, deadletter.replay, channel.stop
+    Column("target", String(200), nullable=False, server_default=""),  # channel, destination or filter
+    Column("message_ids", Text, nullable=False, server_default=""),  # space-separated ids, no content
+    Column("peer", String(100), nullable=False, server_default=""),  # client address
+    Column("outcome", String(16), nullable=False, server_default="ok"),
+    Index("ix_audit_at", "at"),
+)
+
+
+class KeyKind(StrEnum):
+    mrn = "mrn"  # a patient identifier (PID-3, Patient.identifier)
+    accession = "accession"  # an order's accession / filler number
+
+
+message_keys = Table(
+    "message_keys",
+    metadata,
+    Column("message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("value", String(24), nullable=False),  # Store.pseudonym(value): never the value itself
+    PrimaryKeyConstraint("message_id", "kind", "value"),
+    Index("ix_message_keys_value", "kind", "value", "message_id"),
 )
