@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,12 @@ if TYPE_CHECKING:
     from engine.transform import MappingSet
     from engine.transform.pool import Job
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Interlink healthcare integration engine.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Interlink healthcare integration engine.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay dead letters.")
 messages_app = typer.Typer(no_args_is_help=True, help="Inspect stored messages.")
 app.add_typer(dlq_app, name="dlq")
@@ -45,9 +51,38 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _store(config: Path | None) -> Store:
+    """The configured store. Outside a project folder (no settings file found) an SQLite store that does
+    not exist yet is not created: the command says which settings file it looked for instead."""
+    from engine.settings import DEFAULT_CONFIG
     from engine.store import Store
 
-    return Store(_settings(config).database_url)
+    settings = _settings(config)
+    found = config is not None or bool(os.environ.get("INTERLINK_CONFIG")) or DEFAULT_CONFIG.exists()
+    url = settings.database_url
+    if not found and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        _fail(
+            f"no settings file found (looked for {DEFAULT_CONFIG} in this folder, --config, INTERLINK_CONFIG)"
+            f" and no message store at {url.removeprefix('sqlite:///')}: run this in the project folder or pass"
+            " --config"
+        )
+    return Store(url)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"interlink {version('interlink')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Interlink healthcare integration engine."""
 
 
 @app.command()
