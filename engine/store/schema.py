@@ -10,6 +10,7 @@ feed_cursors  per channel with an event feed, how far the feed has delivered (en
 api_tokens  admin API tokens: role and a hash of the secret (migration 0007)
 audit       append-only trail of content reads and actions through the admin API and CLI (0007)
 message_keys  keyed hashes of what a message is searched by (MRN, accession number) (0007)
+alerts      channel-rule and critical-result alerts, their state and notification outbox (0008)
 """
 
 from __future__ import annotations
@@ -224,4 +225,43 @@ message_keys = Table(
     Column("value", String(24), nullable=False),  # Store.pseudonym(value): never the value itself
     PrimaryKeyConstraint("message_id", "kind", "value"),
     Index("ix_message_keys_value", "kind", "value", "message_id"),
+)
+
+
+class AlertState(StrEnum):
+    open = "open"  # raised, not yet acknowledged
+    acknowledged = "acknowledged"  # an operator took it (no reminder, no escalation)
+    escalated = "escalated"  # not acknowledged in time: the escalation target was told
+    resolved = "resolved"  # the condition cleared (channel rules): final
+
+
+#: Alerts someone still has to look at (listed first, reminded, escalated).
+ACTIVE_ALERT_STATES = (AlertState.open, AlertState.acknowledged, AlertState.escalated)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("channel", String(100), nullable=False),
+    Column("kind", String(16), nullable=False),  # silence | error_rate | dead_letters | queue_age | critical
+    Column("rule", String(100), nullable=False),
+    Column("dedupe", String(64), nullable=False),  # one condition, one alert (engine/alerts/state.py)
+    Column("state", String(16), nullable=False),
+    Column("raised_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("acked_at", Float, nullable=True),
+    Column("acked_by", String(100), nullable=False, server_default=""),
+    Column("escalated_at", Float, nullable=True),
+    Column("resolved_at", Float, nullable=True),
+    Column("message_id", String(32), nullable=True),
+    Column("detail", Text, nullable=False, server_default="{}"),  # JSON: codes, ids, figures; never PHI
+    Column("notice", String(16), nullable=False, server_default=""),  # notification to send ('' none)
+    Column("notice_due", Float, nullable=True),
+    Column("notices", Integer, nullable=False, server_default="0"),
+    Column("notified_at", Float, nullable=True),
+    Column("notice_error", String(200), nullable=True),
+    Index("ux_alerts_dedupe", "dedupe", unique=True),
+    Index("ix_alerts_state", "state", "raised_at"),
+    Index("ix_alerts_notice", "notice", "notice_due"),
+    Index("ix_alerts_channel", "channel", "raised_at"),
 )
