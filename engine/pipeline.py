@@ -212,8 +212,10 @@ class Pipeline:
         return decision
 
     def _result(self, message_id: str, channel: Channel, mapped: Mapped, lane: str) -> ProcessResult:
+        # search keys come plain from the mapping (process): only their keyed hashes are stored
+        found = tuple((kind, self.store.pseudonym(value)) for kind, value in mapped.keys)
         if mapped.error is not None:
-            return ProcessResult(message_id, MessageStatus.error, error=explain(mapped.error), lane=lane)
+            return ProcessResult(message_id, MessageStatus.error, error=explain(mapped.error), lane=lane, keys=found)
         if mapped.empty or mapped.bundle is None:
             return ProcessResult(message_id, MessageStatus.filtered, error="mapping produced no resources", lane=lane)
         names = tuple(d.name for d in channel.destinations)
@@ -226,6 +228,7 @@ class Pipeline:
             targets=tuple(self.targets[(channel.name, n)] for n in names),
             source_time=mapped.source_time,
             lane=lane,
+            keys=found,
         )
 
     def _try_inline(self, r: ProcessResult) -> Attempted | None:

@@ -38,6 +38,10 @@ class Statements:
         self.finish_message = s(
             "UPDATE messages SET status = ?, error = ?, updated_at = ?, source_time = ? WHERE id = ? AND status = ?"
         )
+        # a reprocessed message keeps the keys it had (a key is a hash: no harm in one that no longer holds)
+        self.insert_key = s(
+            "INSERT INTO message_keys (message_id, kind, value) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+        )
         self.insert_delivery = s(
             "INSERT INTO deliveries (message_id, destination, target, status, attempts, next_attempt_at, updated_at)"
             " VALUES (?, ?, ?, ?, 0, ?, ?)"
