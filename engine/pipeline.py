@@ -126,10 +126,26 @@ class Pipeline:
             (c.name, d.name): target_key(d) for c in channels for d in c.destinations
         }
         self.gate = Gate(store)
+        self._make = make
+        self._retired: list[Destination] = []
+
+    def use_channel(self, channel: Channel) -> None:
+        """Take a channel's new configuration (a reload): new destinations are built; the ones it replaces
+        are closed only with the pipeline, since a worker may be sending through them right now."""
+        old = {key: d for key, d in self.destinations.items() if key[0] == channel.name}
+        for key in old:
+            del self.destinations[key], self.retry[key], self.targets[key]
+        self._retired.extend(old.values())
+        self.channels[channel.name] = channel
+        for d in channel.destinations:
+            key = (channel.name, d.name)
+            self.destinations[key] = self._make(d)
+            self.retry[key] = d.retry
+            self.targets[key] = target_key(d)
 
     def close(self) -> None:
         self.mapper.close()
-        for d in self.destinations.values():
+        for d in [*self.destinations.values(), *self._retired]:
             d.close()
 
     # -- process ------------------------------------------------------------------------------------

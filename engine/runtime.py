@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dramatiq
 
+from engine.api.admin import Admin, ChannelState
+from engine.api.admin.access import Access
 from engine.api.app import create_app
 from engine.api.health import Check, Readiness
 from engine.api.server import HttpServer
@@ -40,6 +42,12 @@ def load_config(settings: Settings, channel_paths: Sequence[Path] | None = None)
     """Load channels and compile mappings; every error names its file and line."""
     mappings = load_site_mappings(settings)
     channels = load_channels(list(channel_paths or [settings.channels_dir]))
+    check_mappings(channels, mappings)
+    return channels, mappings
+
+
+def check_mappings(channels: Sequence[Channel], mappings: MappingSet) -> None:
+    """ConfigError when a channel names a mapping the compiled set does not have."""
     problems = [
         f"channel {c.name}: mapping {c.mapping!r} does not exist"
         for c in channels
@@ -47,7 +55,6 @@ def load_config(settings: Settings, channel_paths: Sequence[Path] | None = None)
     ]
     if problems:
         raise ConfigError("\n".join(problems))
-    return channels, mappings
 
 
 def input_kind(channel: Channel) -> str:
@@ -76,6 +83,7 @@ class Engine:
         channel_paths: Sequence[Path] | None = None,
     ) -> None:
         self.settings = settings
+        self._channel_paths = list(channel_paths or [settings.channels_dir])
         self.channels, self.mappings = load_config(settings, channel_paths)
         self.store = Store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         mapper = None
@@ -99,6 +107,10 @@ class Engine:
         self._want_sweeper = sweeper
         self.worker: dramatiq.Worker | None = None
         self.committer: GroupCommitter | None = None
+        self.ingest: Ingest | None = None
+        #: channels whose source refuses new messages for now ("try later"; see EngineControl)
+        self.paused: set[str] = set()
+        self._routes: WebhookRoutes | None = None
         self.sources: dict[str, Source] = {}
         self.sweeper: Sweeper | None = None
         self.http: HttpServer | None = None
@@ -134,31 +146,18 @@ class Engine:
                 batch_max=self.settings.ingest_batch_max,
                 batch_wait_ms=self.settings.ingest_batch_wait_ms,
             )
-            routes = self._http_routes()
-            ingest = Ingest(self.committer)
+            routes = self._routes = self._http_routes()
+            self.ingest = Ingest(self.committer)
             for ch in self.channels:
                 if not ch.enabled:
                     continue
                 try:
-                    src = build_source(
-                        SourceContext(
-                            channel=ch,
-                            ingest=ingest,
-                            has_mapping=self.mappings.has_mapping,
-                            transform_now=self._transform_now,
-                            metrics=self.metrics,
-                            http=routes,
-                            limits=self.settings.limits,
-                        )
-                    )
-                    await src.start()
-                except (ListenError, ConfigError) as exc:
+                    await self._start_source(ch)
+                except (ListenError, ConfigError):
                     # Stop what already runs (workers, mapping processes, other channels) so the process
                     # can exit with this one line instead of a traceback.
                     await self.stop()
-                    raise type(exc)(f"channel {ch.name}: {exc}") from None
-                self.sources[ch.name] = src
-                log.info("channel %s started (%s source)", ch.name, ch.source.type)
+                    raise
             # the HTTP server carries sources (webhooks) and the listener's probes: `interlink worker`
             # processes, often beside a listener on the same host, do not bind it
             await self._start_http(routes)
@@ -166,6 +165,27 @@ class Engine:
                 if ch.enabled and ch.events is not None:
                     self.feeds.append(EventFeed(self.store, ch.name, ch.events))
                     self.feeds[-1].start()
+
+    async def _start_source(self, ch: Channel) -> None:
+        """Build and start one channel's source; ListenError/ConfigError name the channel."""
+        assert self.ingest is not None
+        try:
+            src = build_source(
+                SourceContext(
+                    channel=ch,
+                    ingest=self.ingest,
+                    has_mapping=self.mappings.has_mapping,
+                    transform_now=self._transform_now,
+                    metrics=self.metrics,
+                    http=self._routes,
+                    limits=self.settings.limits,
+                )
+            )
+            await src.start()
+        except (ListenError, ConfigError) as exc:
+            raise type(exc)(f"channel {ch.name}: {exc}") from None
+        self.sources[ch.name] = src
+        log.info("channel %s started (%s source)", ch.name, ch.source.type)
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -212,7 +232,8 @@ class Engine:
         if routes is None:
             return
         s = self.settings
-        app = create_app(self._readiness(), routes)
+        access = Access(self.store)
+        app = create_app(self._readiness(), routes, Admin(self.store, access, s, self))
         self.http = HttpServer(
             app,
             host=s.http_host,
@@ -254,6 +275,82 @@ class Engine:
             f"destination:{c}/{d}": destination(dest) for (c, d), dest in self.pipeline.destinations.items()
         }
         return Readiness(required, informational)
+
+    # -- control (engine.api.admin.EngineControl) -------------------------------------------------------
+
+    def channel_states(self) -> list[ChannelState]:
+        paused = self.paused
+        return [
+            ChannelState(c.name, c.source.type,
+                         "stopped" if c.name not in self.sources else "paused" if c.name in paused else "running")
+            for c in self.channels
+        ]  # fmt: skip
+
+    def _channel(self, name: str) -> Channel:
+        for c in self.channels:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    async def start_channel(self, name: str) -> None:
+        ch = self._channel(name)
+        if self.ingest is None:
+            raise ConfigError(f"channel {name}: this process runs no sources")
+        self.paused.discard(name)
+        if name not in self.sources:
+            await self._start_source(ch)
+
+    async def stop_channel(self, name: str) -> None:
+        self._channel(name)
+        src = self.sources.pop(name, None)
+        if src is not None:
+            await src.stop()
+            log.info("channel %s stopped", name)
+        self.paused.discard(name)
+
+    async def pause_channel(self, name: str) -> None:
+        self._channel(name)
+        if name in self.sources:
+            self.paused.add(name)
+            log.info("channel %s paused", name)
+
+    async def resume_channel(self, name: str) -> None:
+        self._channel(name)
+        if name in self.paused:
+            self.paused.discard(name)
+            log.info("channel %s resumed", name)
+
+    async def reload_channels(self) -> list[str]:
+        """Re-read the channel files (mappings stay as compiled at start); changed channels restart their source
+        if it ran, with their new destinations. A removed channel stops; its queued work still goes out."""
+        new = await asyncio.to_thread(load_channels, self._channel_paths)
+        check_mappings(new, self.mappings)
+        old = {c.name: c for c in self.channels}
+        changed = [c for c in new if old.get(c.name) != c]
+        removed = [name for name in old if name not in {c.name for c in new}]
+        for name in removed:
+            await self.stop_channel(name)
+        for ch in changed:
+            running = ch.name in self.sources
+            if running:
+                await self.stop_channel(ch.name)
+            self.pipeline.use_channel(ch)
+            self.channels = [ch if c.name == ch.name else c for c in self.channels]
+            if ch.name not in old:
+                self.channels.append(ch)
+            if (running or ch.name not in old) and ch.enabled and self.ingest is not None:
+                await self._start_source(ch)
+        self.channels = [c for c in self.channels if c.name not in removed]
+        names = [*(c.name for c in changed), *removed]
+        if names:
+            log.info("channels reloaded: %s", ", ".join(names))
+        return names
+
+    def enqueue_process(self, message_ids: list[str]) -> None:
+        self.actors.enqueue_process(message_ids)
+
+    def enqueue_deliver(self, message_id: str, destination: str) -> None:
+        self.actors.enqueue_deliver(message_id, destination)
 
     # -- wiring -----------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The ASGI app of the engine's HTTP server: one Starlette app, one module per concern.
 
-``create_app(readiness, webhooks)`` mounts the probes (``health``), the webhook intake (``webhooks``) and
-the OpenAPI document (``openapi``); the admin API and dashboard (later) are further modules mounted here.
+``create_app(readiness, webhooks, admin)`` mounts the probes (``health``), the webhook intake (``webhooks``),
+the OpenAPI document (``openapi``) and, given an ``Admin``, the admin API (``engine.api.admin``, ``/api/v1``).
 Every error is an RFC 9457 problem (``problems``): Starlette's own 404/405 included, and an unexpected
 exception is a 500 problem that says nothing about it (its type goes to the log, its text nowhere).
 """
@@ -15,9 +15,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from engine.api import health, openapi, webhooks
+from engine.api.admin import Admin
+from engine.api.admin import routes as admin_routes
 from engine.api.health import Readiness
 from engine.api.problems import Problem
 from engine.api.webhooks import WebhookRoutes
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 _SLUGS = {404: "not-found", 405: "method-not-allowed"}
 
 
-def create_app(readiness: Readiness, webhook_routes: WebhookRoutes) -> Starlette:
+def create_app(readiness: Readiness, webhook_routes: WebhookRoutes, admin: Admin | None = None) -> Starlette:
     document = orjson.dumps(openapi.document())
 
     async def openapi_json(request: Request) -> Response:
@@ -48,10 +50,11 @@ def create_app(readiness: Readiness, webhook_routes: WebhookRoutes) -> Starlette
         log.error("HTTP %s %s failed: %s", request.method, request.url.path.split("/", 2)[1][:40], type(exc).__name__)
         return Problem(500, "internal-error").response()
 
-    routes: list[Route] = [
+    routes: list[BaseRoute] = [
         *health.routes(readiness),
         *webhooks.routes(webhook_routes),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        *(admin_routes(admin) if admin is not None else []),
     ]
     return Starlette(
         routes=routes,

@@ -1,0 +1,65 @@
+"""``/api/v1/tokens`` (admin): list tokens, create one (its secret shown once, in that answer only), revoke one.
+
+Revocation keeps the row (the audit trail names token ids); there is no deletion. Listings never carry a
+secret or its hash. Creating and revoking are audited (``token.create``, ``token.revoke``; target = the id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from engine.api.admin import PREFIX, Admin, Role, json, read_json
+from engine.api.problems import Problem
+from engine.store.access import ROLES, Token
+
+__all__ = ["routes", "token_json"]
+
+
+def token_json(t: Token) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name, "role": t.role, "created_at": t.created_at, "last_used_at": t.last_used_at,
+            "revoked_at": t.revoked_at}  # fmt: skip
+
+
+def routes(admin: Admin) -> list[BaseRoute]:
+    access = admin.access
+
+    async def list_tokens(request: Request) -> Response:
+        await access.require(request, Role.admin)
+        return json({"tokens": [token_json(t) for t in await asyncio.to_thread(access.tokens.list)]})
+
+    async def create(request: Request) -> Response:
+        who = await access.require(request, Role.admin)
+        body = await read_json(request)
+        role, name = body.get("role"), body.get("name", "")
+        if role not in ROLES:
+            raise Problem(422, "invalid-role", "role: one of " + ", ".join(ROLES))
+        if not isinstance(name, str) or len(name) > 100:
+            raise Problem(422, "invalid-name", "name: a string of at most 100 characters")
+        token, secret = await asyncio.to_thread(access.tokens.create, role, name)
+        await access.record(who, "token.create", target=token.id)
+        return json({**token_json(token), "token": secret}, status=201,
+                    headers={"Location": f"{PREFIX}/tokens/{token.id}", "Cache-Control": "no-store"})  # fmt: skip
+
+    async def revoke(request: Request) -> Response:
+        who = await access.require(request, Role.admin)
+        token_id = request.path_params["token_id"]
+        if not await asyncio.to_thread(access.tokens.revoke, token_id):
+            found = await asyncio.to_thread(access.tokens.get, token_id)
+            if found is None:
+                raise Problem(404, "unknown-token", "no token of this id")
+            return json(token_json(found))  # already revoked: nothing to do, nothing audited
+        await access.record(who, "token.revoke", target=token_id)
+        revoked = await asyncio.to_thread(access.tokens.get, token_id)
+        assert revoked is not None
+        return json(token_json(revoked))
+
+    return [
+        Route(f"{PREFIX}/tokens", list_tokens, methods=["GET"]),
+        Route(f"{PREFIX}/tokens", create, methods=["POST"]),
+        Route(f"{PREFIX}/tokens/{{token_id}}", revoke, methods=["DELETE"]),
+    ]

@@ -1,0 +1,51 @@
+"""Access to the admin API: bearer tokens with roles, answered before the body is read; the audit trail."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from tests.api.admin.conftest import AdminAPI
+
+
+def test_tokens_route_needs_an_admin_token(admin_api: AdminAPI) -> None:
+    r = admin_api.client(None).get("/api/v1/tokens")
+    assert (r.status_code, r.headers["www-authenticate"]) == (401, "Bearer")
+    assert r.headers["content-type"] == "application/problem+json"
+    r = admin_api.client(None).get("/api/v1/tokens", headers={"Authorization": "Bearer il_nope"})
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer error=")
+    for role in ("viewer", "operator"):
+        assert admin_api.client(role).get("/api/v1/tokens").status_code == 403
+    listed = admin_api.client("admin").get("/api/v1/tokens").json()["tokens"]
+    assert {t["role"] for t in listed} == {"viewer", "operator", "admin"}
+    assert all("token" not in t and "secret_hash" not in t for t in listed)
+
+
+def test_created_token_works_once_shown_and_revoked_is_refused(admin_api: AdminAPI) -> None:
+    admin = admin_api.client("admin")
+    r = admin.post("/api/v1/tokens", json={"role": "viewer", "name": "night shift"})
+    assert r.status_code == 201
+    made = r.json()
+    assert made["token"].startswith("il_") and made["role"] == "viewer"
+    new = admin_api.client(None, headers={"Authorization": f"Bearer {made['token']}"})
+    assert new.get("/api/v1/tokens").status_code == 403  # valid, but a viewer
+    assert admin.delete(f"/api/v1/tokens/{made['id']}").json()["revoked_at"] is not None
+    assert new.get("/api/v1/tokens").status_code == 401
+    listed = {t["id"]: t for t in admin.get("/api/v1/tokens").json()["tokens"]}
+    assert listed[made["id"]]["revoked_at"] is not None
+    assert admin.delete("/api/v1/tokens/nosuchtoken").status_code == 404
+
+
+def test_unauthenticated_post_is_refused_before_its_body_is_read(admin_api: AdminAPI) -> None:
+    host, port = admin_api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(
+            b"POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 10000000\r\n\r\n{"role"'
+        )
+        started = time.monotonic()
+        head = s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 401"), head[:40]
+    assert b"\r\nwww-authenticate: bearer\r\n" in head.lower()
+    assert time.monotonic() - started < 10  # answered without waiting for the 10 MB that never come
