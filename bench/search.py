@@ -36,8 +36,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
 from engine.store import NewMessage, Store  # noqa: E402
-from engine.store.search import MessageQuery, conditions, search  # noqa: E402
 from engine.store.schema import messages  # noqa: E402
+from engine.store.search import MessageQuery, conditions, search  # noqa: E402
 
 CHANNELS = ("lab", "adt", "imaging")
 TYPES = ("ORU^R01", "ADT^A01", "ADT^A08", "ADT^A03", "ORM^O01", "SIU^S12", "study", "MDM^T02")
@@ -117,8 +117,8 @@ def fill(store: Store, n: int, now: float) -> dict[str, Any]:
         indexes = [
             (name, sql)
             for name, sql in cur.execute(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('messages', 'message_keys', 'deliveries')"
-                " AND indexname NOT LIKE '%pkey'"
+                "SELECT indexname, indexdef FROM pg_indexes"
+                " WHERE tablename IN ('messages', 'message_keys', 'deliveries') AND indexname NOT LIKE '%pkey'"
             ).fetchall()
         ]
         for name, _ in indexes:
@@ -184,7 +184,8 @@ def time_queries(store: Store, name: str, queries: list[MessageQuery]) -> tuple[
     took.sort()
     p50, p95 = statistics.median(took), took[int(len(took) * 0.95) - 1]
     print(
-        f"  {name:<12} p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  max {took[-1]:7.2f} ms  ({rows / len(queries):.1f} rows/page)"
+        f"  {name:<14} p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  max {took[-1]:7.2f} ms"
+        f"  ({rows / len(queries):.1f} rows/page)"
     )
     return p50, p95, took[-1]
 
