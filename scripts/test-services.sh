@@ -11,6 +11,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+# the dashboard's browser tests (tests/browser): Playwright drives Debian's chromium
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # DICOM peers: dcmtk (echoscu, storescu, storescp) as the modality and yardstick; Orthanc as the PACS
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc orthanc-dicomweb)

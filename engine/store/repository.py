@@ -15,12 +15,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from engine.errors import StoreUnavailable
-from engine.store import migrate
+from engine.store import migrate, operations
 from engine.store.database import make_engines
 from engine.store.schema import (
     OPEN_DELIVERY_STATUSES,
@@ -112,8 +112,6 @@ class ProcessResult:
     #: When the message's event happened at the source (epoch s), for the stale-write guard.
     source_time: float | None = None
     lane: str = ""
-    #: What it is searched by: (kind, Store.pseudonym(value)) pairs, written with the outcome (message_keys).
-    keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True, frozen=True, order=True)
@@ -386,26 +384,8 @@ class Store:
             ).scalar_one()
 
     def dead_letters(self, *, channel: str | None = None, limit: int = 100) -> list[Row[Any]]:
-        q = (
-            select(
-                deliveries.c.message_id,
-                deliveries.c.destination,
-                deliveries.c.attempts,
-                deliveries.c.last_status_code,
-                deliveries.c.last_error,
-                deliveries.c.updated_at,
-                messages.c.channel,
-                messages.c.message_type,
-            )
-            .join(messages, messages.c.id == deliveries.c.message_id)
-            .where(deliveries.c.status == DeliveryStatus.dead)
-            .order_by(deliveries.c.updated_at)
-            .limit(limit)
-        )
-        if channel:
-            q = q.where(messages.c.channel == channel)
-        with self.work.connect() as conn:
-            return list(conn.execute(q))
+        """Dead deliveries in arrival order (filters and paging: ``operations.dead_letters``)."""
+        return operations.dead_letters(self, operations.Selection(channel=channel), limit=limit)
 
     # -- processing -----------------------------------------------------------------------------------
 
@@ -419,7 +399,7 @@ class Store:
 
     def finish_processing(self, results: Sequence[ProcessResult]) -> set[str]:
         """Move a batch of ``received`` messages on, in one transaction: store each bundle and create its
-        pending deliveries, or record why it stopped (error, filtered); and its search keys.
+        pending deliveries, or record why it stopped (error, filtered).
 
         Returns the ids that were still ``received`` (those another worker finished first are skipped).
         """
@@ -451,9 +431,6 @@ class Store:
             ]
             if new_deliveries:
                 conn.exec_driver_sql(sql.insert_delivery, new_deliveries)
-            search_keys = [(r.message_id, kind, value) for r in won for kind, value in r.keys]
-            if search_keys:
-                conn.exec_driver_sql(sql.insert_key, search_keys)
         return {r.message_id for r in won}
 
     def mark_transformed(self, message_id: str, bundle: bytes, destinations: Iterable[str]) -> bool:
@@ -741,84 +718,17 @@ class Store:
         channel: str | None = None,
         for_sweeper: bool = False,
     ) -> list[tuple[str, str]]:
-        """Dead deliveries → pending again (attempt count restarts). Returns what must be enqueued.
-
-        ``for_sweeper``: the caller cannot enqueue (another process owns an in-process queue), so the
-        rows are marked stale for that process's sweeper to pick up at its next pass.
-        """
-        now = time.time()
-        touched = 0.0 if for_sweeper else now
-        cond = [deliveries.c.status == DeliveryStatus.dead]
-        if message_id:
-            cond.append(deliveries.c.message_id == message_id)
-        if destination:
-            cond.append(deliveries.c.destination == destination)
-        if channel:
-            cond.append(deliveries.c.message_id.in_(select(messages.c.id).where(messages.c.channel == channel)))
-        with self._writing(self.work) as conn:
-            pairs = [
-                (m, d)
-                for m, d in conn.execute(select(deliveries.c.message_id, deliveries.c.destination).where(and_(*cond)))
-            ]
-            for m, d in pairs:
-                conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.message_id == m, deliveries.c.destination == d)
-                    .values(status=DeliveryStatus.pending, attempts=0, next_attempt_at=now, updated_at=touched)
-                )
-                conn.execute(
-                    update(messages)
-                    .where(messages.c.id == m, messages.c.status == MessageStatus.dead)
-                    .values(status=MessageStatus.transformed, updated_at=now)
-                )
-        return pairs
+        """Dead deliveries → pending again; returns what must be enqueued (``operations.replay_dead``)."""
+        selection = operations.Selection(ids=[message_id] if message_id else [], destination=destination,
+                                         channel=channel)  # fmt: skip
+        return [p for batch in operations.replay_dead(self, selection, for_sweeper=for_sweeper) for p in batch]
 
     def discard(self, message_id: str, destination: str, reason: str) -> bool:
-        """An operator gives up on a dead delivery: final, and it no longer holds its lane.
-
-        Later messages of the lane waiting behind it go out at the sweeper's next pass.
-        """
-        now = time.time()
-        with self._writing(self.work) as conn:
-            res = conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.message_id == message_id,
-                    deliveries.c.destination == destination,
-                    deliveries.c.status == DeliveryStatus.dead,
-                )
-                .values(status=DeliveryStatus.discarded, last_error=f"discarded: {reason}"[:500], updated_at=now)
-            )
-            if res.rowcount:
-                # what waits behind it is due now (the sweeper re-checks waiting deliveries untouched for grace_s)
-                conn.execute(
-                    update(deliveries)
-                    .where(
-                        deliveries.c.status == DeliveryStatus.waiting,
-                        deliveries.c.message_id.in_(
-                            select(messages.c.id).where(
-                                messages.c.lane != "",
-                                messages.c.lane
-                                == select(messages.c.lane).where(messages.c.id == message_id).scalar_subquery(),
-                            )
-                        ),
-                    )
-                    .values(updated_at=0.0)
-                )
-            return res.rowcount == 1
+        """An operator gives up on a dead delivery (``operations.discard_dead``)."""
+        selection = operations.Selection(ids=[message_id], destination=destination)
+        return any(operations.discard_dead(self, selection, reason))
 
     def reprocess(self, message_id: str, *, for_sweeper: bool = False) -> bool:
-        """An operator re-runs a message from its raw content (e.g. after fixing a mapping).
-
-        Only messages in error or dead; their deliveries start again. ``for_sweeper``: see replay_dead.
-        """
-        now = time.time()
-        with self._writing(self.work) as conn:
-            res = conn.execute(
-                update(messages)
-                .where(messages.c.id == message_id, messages.c.status.in_([MessageStatus.error, MessageStatus.dead]))
-                .values(status=MessageStatus.received, error=None, updated_at=0.0 if for_sweeper else now)
-            )
-            if res.rowcount == 1:
-                conn.execute(delete(deliveries).where(deliveries.c.message_id == message_id))
-            return res.rowcount == 1
+        """Run a message in error or dead again from raw (``operations.reprocess``)."""
+        selection = operations.Selection(ids=[message_id])
+        return any(operations.reprocess(self, selection, for_sweeper=for_sweeper))

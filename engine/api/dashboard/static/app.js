@@ -1,0 +1,839 @@
+// Interlink dashboard: one page, hash routes, no framework, no build step.
+//
+// Rules this file keeps (the page's Content-Security-Policy enforces the first two):
+// - no inline script or style, no eval;
+// - every value from the server reaches the page as a text node or an attribute set with setAttribute
+//   (h() below); innerHTML is never used, so a "<script>" in a patient name shows as text;
+// - the token lives in sessionStorage only and is sent in the Authorization header, never in a URL.
+//   Live updates are read with fetch() streaming (EventSource cannot send that header).
+
+const TOKEN_KEY = "interlink.token";
+const SAMPLES = 120; // live samples kept per channel (~2 minutes at one a second)
+const COUNTERS = ["received", "filtered", "queued", "sent", "errored", "dead"];
+const STATUSES = ["received", "transformed", "sent", "filtered", "error", "dead", "duplicate", "held", "grouped"];
+const SVG = "http://www.w3.org/2000/svg";
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  live: null, // AbortController of the event stream
+  latest: { channels: [], queues: [] },
+  samples: new Map(), // channel -> [{t, received, sent, ...}]
+  onTick: null, // the current view's live-update hook
+  search: {}, // the message browser's last filter (kept in memory, never in the URL)
+};
+
+// ---- DOM -------------------------------------------------------------------------------------------
+
+/** An element; attrs: class, text, on<event>, anything else through setAttribute. Children: nodes or text. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  setAttrs(el, attrs);
+  append(el, children);
+  return el;
+}
+
+function s(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  setAttrs(el, attrs);
+  append(el, children);
+  return el;
+}
+
+function setAttrs(el, attrs) {
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "text") el.textContent = String(v);
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+}
+
+function append(el, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+}
+
+function clear(el) {
+  while (el.firstChild) el.removeChild(el.firstChild);
+  return el;
+}
+
+function toast(text, kind = "info") {
+  const el = document.getElementById("toast");
+  el.textContent = text;
+  el.className = `toast ${kind}`;
+  el.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => (el.hidden = true), 6000);
+}
+
+// ---- formatting ------------------------------------------------------------------------------------
+
+function toDate(v) {
+  if (v === undefined || v === null || v === "") return null;
+  if (typeof v === "number") return new Date(v > 1e12 ? v : v * 1000);
+  const d = new Date(v);
+  return Number.isNaN(d.getTime()) ? null : d;
+}
+
+function fmtTime(v) {
+  const d = toDate(v);
+  if (!d) return "";
+  const p = (n, w = 2) => String(n).padStart(w, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+function fmtAge(seconds) {
+  if (seconds === undefined || seconds === null) return "–";
+  const n = Math.max(0, Math.round(Number(seconds)));
+  if (n < 60) return `${n} s`;
+  if (n < 3600) return `${Math.floor(n / 60)} min ${n % 60} s`;
+  if (n < 86400) return `${Math.floor(n / 3600)} h ${Math.floor((n % 3600) / 60)} min`;
+  return `${Math.floor(n / 86400)} d ${Math.floor((n % 86400) / 3600)} h`;
+}
+
+function fmtNum(n) {
+  return n === undefined || n === null ? "–" : Number(n).toLocaleString("en-US");
+}
+
+/** A list out of an answer that is a list or an object holding one (items / data / the named key). */
+function listOf(body, ...keys) {
+  if (Array.isArray(body)) return body;
+  if (!body || typeof body !== "object") return [];
+  for (const k of [...keys, "items", "data", "results"]) if (Array.isArray(body[k])) return body[k];
+  return [];
+}
+
+function counter(ch, name) {
+  const c = ch.counters && typeof ch.counters === "object" ? ch.counters : ch;
+  return Number(c[name] ?? 0);
+}
+
+function messageId(m) {
+  return m.id ?? m.message_id ?? "";
+}
+
+// ---- API -------------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const why = body && typeof body === "object" ? [body.title, body.detail].filter(Boolean).join(": ") : "";
+    super(why || `HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${state.token}`, Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+    credentials: "omit",
+  });
+  let data = null;
+  const text = await res.text();
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (res.status === 401) {
+    logout("The token was refused (unknown, revoked or expired).");
+    throw new ApiError(401, data);
+  }
+  if (!res.ok) throw new ApiError(res.status, data);
+  return data;
+}
+
+function explain(err) {
+  if (err instanceof ApiError && err.status === 403) return "Your token's role does not allow this.";
+  if (err instanceof ApiError && err.status === 404 && !err.body) return "This route is not available on this engine.";
+  return err.message || String(err);
+}
+
+function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") q.set(k, v);
+  const text = q.toString();
+  return text ? `?${text}` : "";
+}
+
+// ---- live updates (Server-Sent Events over fetch) --------------------------------------------------
+
+function setLive(on) {
+  const el = document.getElementById("live");
+  el.textContent = on ? "live" : "offline";
+  el.className = on ? "live on" : "live";
+}
+
+function parseEvent(block) {
+  let event = "message";
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (line.startsWith(":")) continue;
+    const i = line.indexOf(":");
+    const field = i < 0 ? line : line.slice(0, i);
+    const value = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+    if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+  }
+  return { event, data: data.join("\n") };
+}
+
+async function startLive() {
+  stopLive();
+  const ctrl = new AbortController();
+  state.live = ctrl;
+  let wait = 1000;
+  while (!ctrl.signal.aborted && state.token) {
+    try {
+      const res = await fetch("/api/v1/events", {
+        headers: { Authorization: `Bearer ${state.token}`, Accept: "text/event-stream" },
+        cache: "no-store",
+        credentials: "omit",
+        signal: ctrl.signal,
+      });
+      if (res.status === 401) {
+        logout("The token was refused (unknown, revoked or expired).");
+        return;
+      }
+      if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+      setLive(true);
+      wait = 1000;
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value.replace(/\r\n?/g, "\n");
+        let end;
+        while ((end = buf.indexOf("\n\n")) >= 0) {
+          const ev = parseEvent(buf.slice(0, end));
+          buf = buf.slice(end + 2);
+          if (ev.event === "stats" && ev.data) onStats(JSON.parse(ev.data));
+        }
+      }
+    } catch (err) {
+      if (ctrl.signal.aborted) return;
+    }
+    setLive(false);
+    await new Promise((r) => setTimeout(r, wait));
+    wait = Math.min(wait * 2, 15000);
+  }
+}
+
+function stopLive() {
+  if (state.live) state.live.abort();
+  state.live = null;
+  setLive(false);
+}
+
+function onStats(stats) {
+  const channels = listOf(stats.channels, "channels");
+  const queues = listOf(stats.queues, "queues");
+  const t = typeof stats.at === "number" ? stats.at : Date.now() / 1000;
+  for (const ch of channels) {
+    const list = state.samples.get(ch.name) ?? [];
+    const sample = { t };
+    for (const k of COUNTERS) sample[k] = counter(ch, k);
+    list.push(sample);
+    if (list.length > SAMPLES) list.shift();
+    state.samples.set(ch.name, list);
+  }
+  state.latest = { channels, queues, at: t };
+  if (state.onTick) state.onTick(state.latest);
+}
+
+// ---- throughput chart (inline SVG) -----------------------------------------------------------------
+
+/** Messages per second received and sent between successive samples, drawn as two lines. */
+function chart(name) {
+  const w = 160;
+  const hgt = 32;
+  const samples = state.samples.get(name) ?? [];
+  const rates = { received: [], sent: [] };
+  for (let i = 1; i < samples.length; i++) {
+    const dt = Math.max(samples[i].t - samples[i - 1].t, 0.001);
+    for (const k of Object.keys(rates)) rates[k].push(Math.max(0, (samples[i][k] - samples[i - 1][k]) / dt));
+  }
+  const peak = Math.max(1, ...rates.received, ...rates.sent);
+  const svg = s("svg", { class: "chart", viewBox: `0 0 ${w} ${hgt}`, width: w, height: hgt, role: "img" });
+  const last = rates.received.length ? rates.received[rates.received.length - 1] : 0;
+  svg.append(s("title", {}, `${last.toFixed(1)} msg/s received (peak ${peak.toFixed(1)}/s over the last ${samples.length} s)`));
+  svg.append(s("line", { class: "axis", x1: 0, y1: hgt - 0.5, x2: w, y2: hgt - 0.5 }));
+  for (const k of Object.keys(rates)) {
+    const r = rates[k];
+    if (r.length < 1) continue;
+    const step = w / (SAMPLES - 1);
+    const x0 = w - step * (r.length - 1);
+    const points = r.map((v, i) => `${(x0 + step * i).toFixed(1)},${(hgt - 1 - (v / peak) * (hgt - 3)).toFixed(1)}`);
+    svg.append(s("polyline", { class: `rate ${k}`, points: points.join(" ") }));
+  }
+  return h("span", { class: "chart-cell" }, svg, h("span", { class: "rate-text" }, `${last.toFixed(1)}/s`));
+}
+
+// ---- views -----------------------------------------------------------------------------------------
+
+function section(title, ...children) {
+  return h("section", { class: "view" }, h("h1", {}, title), ...children);
+}
+
+function errorBox(err) {
+  return h("p", { class: "error" }, explain(err));
+}
+
+function channelsView() {
+  const tbody = h("tbody");
+  const table = h(
+    "table",
+    { class: "grid", id: "channels" },
+    h(
+      "thead",
+      {},
+      h("tr", {}, h("th", {}, "Channel"), h("th", {}, "Source"), h("th", {}, "State"),
+        COUNTERS.map((k) => h("th", { class: "num" }, k)), h("th", {}, "Throughput"), h("th", {}, "Actions")),
+    ),
+    tbody,
+  );
+  const stamp = h("p", { class: "muted" }, "Waiting for the first live sample…");
+  const draw = (latest) => {
+    clear(tbody);
+    for (const ch of latest.channels) {
+      const st = ch.state ?? "";
+      tbody.append(
+        h(
+          "tr",
+          { "data-channel": ch.name },
+          h("td", {}, ch.name),
+          h("td", {}, ch.source ?? ch.source_type ?? ""),
+          h("td", {}, h("span", { class: `state ${st}` }, st)),
+          COUNTERS.map((k) => h("td", { class: `num ${k}`, "data-counter": k }, fmtNum(counter(ch, k)))),
+          h("td", {}, chart(ch.name)),
+          h("td", { class: "actions" }, channelActions(ch.name, st)),
+        ),
+      );
+    }
+    if (!latest.channels.length) tbody.append(h("tr", {}, h("td", { colspan: 11, class: "muted" }, "No channels.")));
+    if (latest.at) stamp.textContent = `Updated ${fmtTime(latest.at)}`;
+  };
+  if (state.latest.channels.length) draw(state.latest);
+  else
+    api("GET", "/api/v1/channels")
+      .then((body) => state.latest.channels.length || draw({ channels: listOf(body, "channels") }))
+      .catch((err) => stamp.replaceWith(errorBox(err)));
+  state.onTick = draw;
+  return section("Channels", stamp, table, h("p", { class: "legend" },
+    h("span", { class: "key received" }, "received/s"), " ", h("span", { class: "key sent" }, "sent/s")));
+}
+
+function channelActions(name, st) {
+  const act = (verb) =>
+    h("button", {
+      type: "button",
+      class: "small",
+      onclick: async () => {
+        try {
+          await api("POST", `/api/v1/channels/${encodeURIComponent(name)}/${verb}`);
+          toast(`Channel ${name}: ${verb} done.`);
+        } catch (err) {
+          toast(explain(err), "bad");
+        }
+      },
+    }, verb);
+  if (st === "running") return [act("pause"), act("stop")];
+  if (st === "paused") return [act("resume"), act("stop")];
+  return [act("start")];
+}
+
+function queuesView() {
+  const tbody = h("tbody");
+  const table = h("table", { class: "grid", id: "queues" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Channel"), h("th", {}, "Destination"),
+      h("th", { class: "num" }, "Depth"), h("th", { class: "num" }, "Oldest waiting"))),
+    tbody);
+  const draw = (latest) => {
+    clear(tbody);
+    for (const q of latest.queues) {
+      const age = q.oldest_age_s ?? q.oldest_age ?? q.age_s ?? null;
+      tbody.append(h("tr", {}, h("td", {}, q.channel ?? ""), h("td", {}, q.destination ?? ""),
+        h("td", { class: "num depth" }, fmtNum(q.depth)),
+        h("td", { class: `num age${age > 300 ? " warn" : ""}` }, fmtAge(age))));
+    }
+    if (!latest.queues.length) tbody.append(h("tr", {}, h("td", { colspan: 4, class: "muted" }, "Nothing waiting.")));
+  };
+  if (state.latest.at) draw(state.latest);
+  else api("GET", "/api/v1/queues").then((b) => draw({ queues: listOf(b, "queues") })).catch(() => {});
+  state.onTick = draw;
+  return section("Queues", table);
+}
+
+function channelSelect(name, value) {
+  const sel = h("select", { name }, h("option", { value: "" }, "any channel"));
+  for (const ch of state.latest.channels) sel.append(h("option", { value: ch.name, selected: ch.name === value }, ch.name));
+  return sel;
+}
+
+function field(label, input) {
+  return h("label", {}, h("span", {}, label), input);
+}
+
+function messagesView() {
+  const f = state.search;
+  const statusSel = h("select", { name: "status" }, h("option", { value: "" }, "any status"),
+    STATUSES.map((st) => h("option", { value: st, selected: f.status === st }, st)));
+  const form = h("form", { class: "filters", id: "search" },
+    field("MRN", h("input", { name: "mrn", value: f.mrn ?? "", autocomplete: "off" })),
+    field("Control id", h("input", { name: "control_id", value: f.control_id ?? "", autocomplete: "off" })),
+    field("Accession", h("input", { name: "accession", value: f.accession ?? "", autocomplete: "off" })),
+    field("Status", statusSel),
+    field("Channel", channelSelect("channel", f.channel)),
+    field("Type", h("input", { name: "type", value: f.type ?? "", placeholder: "ORU^R01", autocomplete: "off" })),
+    h("button", { type: "submit" }, "Search"));
+  const results = h("div", { id: "results" });
+  const run = async (filter, cursor) => {
+    const body = await api("GET", `/api/v1/messages${query({ ...filter, cursor, limit: 50 })}`);
+    return { items: listOf(body, "messages"), next: body?.next_cursor ?? body?.cursor ?? null };
+  };
+  const show = async (filter) => {
+    clear(results).append(h("p", { class: "muted" }, "Searching…"));
+    const tbody = h("tbody");
+    const more = h("button", { type: "button", hidden: true }, "More");
+    let next = null;
+    const page = async (cursor) => {
+      const { items, next: n } = await run(filter, cursor);
+      for (const m of items) tbody.append(messageRow(m));
+      next = n;
+      more.hidden = !n;
+      return items.length;
+    };
+    more.addEventListener("click", () => page(next).catch((err) => toast(explain(err), "bad")));
+    try {
+      const n = await page(null);
+      clear(results).append(
+        n ? h("table", { class: "grid clickable" }, h("thead", {}, h("tr", {}, h("th", {}, "Received"),
+          h("th", {}, "Channel"), h("th", {}, "Type"), h("th", {}, "Control id"), h("th", {}, "Status"),
+          h("th", {}, "Deliveries"), h("th", {}, "Error"))), tbody) : h("p", { class: "muted" }, "No message matches."),
+        more);
+    } catch (err) {
+      clear(results).append(errorBox(err));
+    }
+  };
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const filter = {};
+    for (const [k, v] of new FormData(form)) if (String(v).trim()) filter[k] = String(v).trim();
+    state.search = filter;
+    show(filter);
+  });
+  if (Object.keys(f).length) show(f);
+  return section("Messages", form, results);
+}
+
+function deliveriesText(m) {
+  const d = m.deliveries;
+  if (!Array.isArray(d)) return "";
+  return d.map((x) => `${x.destination}: ${x.status}`).join(", ");
+}
+
+function messageRow(m) {
+  const id = messageId(m);
+  return h("tr", { "data-id": id, onclick: () => (location.hash = `#/message/${encodeURIComponent(id)}`) },
+    h("td", {}, h("a", { href: `#/message/${encodeURIComponent(id)}` }, fmtTime(m.received_at))),
+    h("td", {}, m.channel ?? ""), h("td", {}, m.message_type ?? m.type ?? ""), h("td", {}, m.control_id ?? ""),
+    h("td", {}, h("span", { class: `status ${m.status}` }, m.status ?? "")), h("td", {}, deliveriesText(m)),
+    h("td", { class: "error-text" }, m.error ?? ""));
+}
+
+// -- message detail
+
+/** One HL7 v2 segment as spans per field and component, each titled with its place (PID-3, PID-5.1). */
+function hl7Segment(seg, enc) {
+  const name = seg.slice(0, 3);
+  const fs = name === "MSH" || name === "FHS" || name === "BHS" ? seg[3] ?? "|" : enc.field;
+  const row = h("div", { class: "segment" }, h("span", { class: "seg-name", title: name }, name));
+  const parts = seg.split(fs);
+  const header = name === "MSH" || name === "FHS" || name === "BHS";
+  for (let i = 1; i < parts.length; i++) {
+    const n = header ? i + 1 : i;
+    row.append(h("span", { class: "sep" }, fs));
+    if (header && i === 1) {
+      row.append(h("span", { class: "field", title: `${name}-2` }, parts[i]));
+      continue;
+    }
+    row.append(hl7Field(parts[i], `${name}-${n}`, enc));
+  }
+  return row;
+}
+
+function hl7Field(value, place, enc) {
+  const el = h("span", { class: "field", title: place });
+  const reps = value.split(enc.repetition);
+  reps.forEach((rep, r) => {
+    if (r) el.append(h("span", { class: "sep" }, enc.repetition));
+    const where = reps.length > 1 ? `${place}[${r + 1}]` : place;
+    const comps = rep.split(enc.component);
+    if (comps.length === 1) {
+      el.append(reps.length > 1 ? h("span", { title: where }, rep) : rep);
+      return;
+    }
+    comps.forEach((c, i) => {
+      if (i) el.append(h("span", { class: "sep" }, enc.component));
+      el.append(h("span", { class: "comp", title: `${where}.${i + 1}` }, c));
+    });
+  });
+  return el;
+}
+
+function segmentsOf(raw) {
+  if (Array.isArray(raw)) return raw.map(String);
+  if (raw && typeof raw === "object" && Array.isArray(raw.segments)) return raw.segments.map(String);
+  if (typeof raw === "string") return raw.split(/\r\n|\r|\n/).filter((x) => x.length);
+  return null;
+}
+
+function rawView(raw) {
+  const segs = segmentsOf(raw);
+  if (segs && segs.length && /^[A-Z][A-Z0-9]{2}/.test(segs[0])) {
+    const msh = segs.find((x) => x.startsWith("MSH")) ?? "MSH|^~\\&";
+    const encChars = msh.split(msh[3] ?? "|")[1] ?? "^~\\&";
+    const enc = { field: msh[3] ?? "|", component: encChars[0] ?? "^", repetition: encChars[1] ?? "~" };
+    return h("div", { class: "hl7", id: "raw" }, segs.map((seg) => hl7Segment(seg, enc)));
+  }
+  const content = raw && typeof raw === "object" && "content" in raw ? raw.content : raw;
+  return h("pre", { class: "json", id: "raw" }, typeof content === "string" ? content : JSON.stringify(content, null, 2));
+}
+
+function attemptsView(attempts) {
+  if (!attempts.length) return h("p", { class: "muted" }, "No delivery attempt.");
+  return h("ol", { class: "timeline", id: "attempts" }, attempts.map((a) => {
+    const ok = a.outcome === "sent" || a.status === "sent" || (a.status_code >= 200 && a.status_code < 300);
+    const details = [];
+    for (const [label, v] of [["Request", a.request], ["Response", a.response], ["Error", a.error]]) {
+      if (v === undefined || v === null || v === "") continue;
+      details.push(h("details", {}, h("summary", {}, label),
+        h("pre", { class: "json" }, typeof v === "string" ? v : JSON.stringify(v, null, 2))));
+    }
+    return h("li", { class: ok ? "ok" : "bad" },
+      h("div", { class: "when" }, fmtTime(a.at ?? a.attempted_at ?? a.created_at)),
+      h("div", {}, h("strong", {}, a.destination ?? ""), " ", a.outcome ?? a.status ?? "",
+        a.status_code ? ` · HTTP ${a.status_code}` : "",
+        a.duration_ms !== undefined && a.duration_ms !== null ? ` · ${Number(a.duration_ms).toFixed(0)} ms` : ""),
+      details);
+  }));
+}
+
+function prettyJson(v) {
+  if (v === undefined || v === null) return h("p", { class: "muted" }, "No transformed bundle.");
+  let value = v;
+  if (typeof v === "string") {
+    try {
+      value = JSON.parse(v);
+    } catch {
+      return h("pre", { class: "json" }, v);
+    }
+  }
+  return h("pre", { class: "json", id: "bundle" }, JSON.stringify(value, null, 2));
+}
+
+function messageView(id) {
+  const body = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  api("GET", `/api/v1/messages/${encodeURIComponent(id)}`)
+    .then((m) => {
+      const meta = [["Id", messageId(m)], ["Channel", m.channel], ["Status", m.status],
+        ["Type", m.message_type ?? m.type], ["Control id", m.control_id], ["Sender", m.sender],
+        ["Received", fmtTime(m.received_at)], ["Updated", fmtTime(m.updated_at)], ["Error", m.error],
+        ["Deliveries", deliveriesText(m)]];
+      const raw = m.raw ?? m.content?.raw;
+      clear(body).append(
+        h("dl", { class: "meta" }, meta.filter(([, v]) => v !== undefined && v !== null && v !== "")
+          .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+        messageActions(messageId(m)),
+        h("h2", {}, "Raw"), raw === undefined ? h("p", { class: "muted" }, "Content needs an operator token.") : rawView(raw),
+        h("h2", {}, "FHIR bundle"), prettyJson(m.bundle ?? m.transformed ?? m.content?.transformed),
+        h("h2", {}, "Attempts"), attemptsView(listOf(m.attempts ?? [], "attempts")));
+    })
+    .catch((err) => clear(body).append(errorBox(err)));
+  state.onTick = null;
+  return section("Message", h("p", {}, h("a", { href: "#/messages" }, "← back to the search")), body);
+}
+
+function messageActions(id) {
+  const dest = h("input", { name: "destination", placeholder: "destination", autocomplete: "off" });
+  const run = (path, body, label) => async () => {
+    try {
+      await api("POST", path, body());
+      toast(`${label}: queued.`);
+    } catch (err) {
+      toast(explain(err), "bad");
+    }
+  };
+  return h("div", { class: "toolbar" },
+    h("button", { type: "button", onclick: run("/api/v1/messages/reprocess", () => ({ message_id: id }), "Reprocess") },
+      "Reprocess"),
+    dest,
+    h("button", { type: "button", onclick: run(`/api/v1/messages/${encodeURIComponent(id)}/redeliver`,
+      () => ({ destination: dest.value.trim() }), "Redeliver") }, "Redeliver"));
+}
+
+// -- dead letters
+
+function deadLettersView() {
+  const list = h("div", {});
+  const sel = channelSelect("channel", "");
+  const reason = h("input", { name: "reason", placeholder: "reason for discarding", autocomplete: "off" });
+  const load = async () => {
+    clear(list).append(h("p", { class: "muted" }, "Loading…"));
+    try {
+      const body = await api("GET", `/api/v1/deadletters${query({ channel: sel.value, limit: 100 })}`);
+      const items = listOf(body, "deadletters", "dead_letters");
+      const tbody = h("tbody", {}, items.map((d) => deadRow(d, load, reason)));
+      clear(list).append(items.length
+        ? h("table", { class: "grid", id: "deadletters" }, h("thead", {}, h("tr", {}, h("th", {}, "Message"),
+          h("th", {}, "Channel"), h("th", {}, "Destination"), h("th", {}, "Since"), h("th", {}, "Error"),
+          h("th", {}, "Actions"))), tbody)
+        : h("p", { class: "muted", id: "no-deadletters" }, "No dead letter."));
+    } catch (err) {
+      clear(list).append(errorBox(err));
+    }
+  };
+  const bulk = h("button", { type: "button" }, "Replay all shown…");
+  bulk.addEventListener("click", async () => {
+    const filter = sel.value ? { channel: sel.value } : {};
+    try {
+      if (bulk.dataset.confirm !== "1") {
+        const dry = await api("POST", "/api/v1/deadletters/replay?dry_run=true", { filter });
+        bulk.dataset.confirm = "1";
+        bulk.textContent = `Replay ${fmtNum(dry?.count ?? dry?.matched ?? 0)} dead letters: confirm`;
+        return;
+      }
+      const done = await api("POST", "/api/v1/deadletters/replay", { filter });
+      toast(`Replayed ${fmtNum(done?.count ?? done?.replayed ?? 0)}.`);
+      bulk.dataset.confirm = "";
+      bulk.textContent = "Replay all shown…";
+      load();
+    } catch (err) {
+      toast(explain(err), "bad");
+    }
+  });
+  sel.addEventListener("change", () => {
+    bulk.dataset.confirm = "";
+    bulk.textContent = "Replay all shown…";
+    load();
+  });
+  load();
+  state.onTick = null;
+  return section("Dead letters", h("div", { class: "toolbar" }, sel, bulk, reason), list);
+}
+
+function deadRow(d, reload, reason) {
+  const id = messageId(d);
+  const replay = h("button", { type: "button", class: "small replay" }, "Replay");
+  replay.addEventListener("click", async () => {
+    try {
+      await api("POST", "/api/v1/deadletters/replay", { message_id: id, destination: d.destination });
+      toast("Replayed: queued for delivery now.");
+      reload();
+    } catch (err) {
+      toast(explain(err), "bad");
+    }
+  });
+  const discard = h("button", { type: "button", class: "small" }, "Discard");
+  discard.addEventListener("click", async () => {
+    if (!reason.value.trim()) {
+      toast("Give a reason for discarding first.", "bad");
+      reason.focus();
+      return;
+    }
+    try {
+      await api("POST", "/api/v1/deadletters/discard",
+        { message_id: id, destination: d.destination, reason: reason.value.trim() });
+      toast("Discarded.");
+      reload();
+    } catch (err) {
+      toast(explain(err), "bad");
+    }
+  });
+  return h("tr", { "data-id": id },
+    h("td", {}, h("a", { href: `#/message/${encodeURIComponent(id)}` }, id.slice(0, 12))),
+    h("td", {}, d.channel ?? ""), h("td", {}, d.destination ?? ""),
+    h("td", {}, fmtTime(d.dead_at ?? d.updated_at ?? d.received_at)), h("td", { class: "error-text" }, d.error ?? ""),
+    h("td", { class: "actions" }, replay, discard));
+}
+
+// -- mapping diff
+
+function diffView() {
+  const out = h("div", { id: "diff" });
+  const form = h("form", { class: "filters" }, field("Channel", channelSelect("channel", "")),
+    field("Limit", h("input", { name: "limit", type: "number", min: 1, max: 1000, value: 50 })),
+    h("button", { type: "submit" }, "Run through the mapping on disk"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const data = Object.fromEntries(new FormData(form));
+    const body = { limit: Number(data.limit) || 50 };
+    if (data.channel) body.channel = data.channel;
+    clear(out).append(h("p", { class: "muted" }, "Running…"));
+    try {
+      renderDiff(out, await api("POST", "/api/v1/diff", body));
+    } catch (err) {
+      clear(out).append(errorBox(err));
+    }
+  });
+  state.onTick = null;
+  return section("Mapping diff", h("p", { class: "muted" },
+    "Stored messages run through the mapping files on disk now; what their FHIR would become, path by path."),
+  form, out);
+}
+
+function diffValue(v) {
+  if (v === undefined) return "";
+  return typeof v === "string" ? v : JSON.stringify(v);
+}
+
+/** Changes of one resource as rows: [kind, path, old, new], whatever the answer's shape. */
+function changeRows(r) {
+  const rows = [];
+  for (const kind of ["added", "removed", "changed"]) {
+    for (const c of r[kind] ?? []) {
+      if (typeof c === "string") rows.push([kind, c, "", ""]);
+      else rows.push([kind, c.path ?? "", diffValue(c.old), diffValue(c.new)]);
+    }
+  }
+  for (const c of r.changes ?? []) rows.push([c.op ?? c.kind ?? "changed", c.path ?? "", diffValue(c.old), diffValue(c.new)]);
+  return rows;
+}
+
+function renderDiff(out, body) {
+  clear(out);
+  const messages = listOf(body, "messages", "diffs");
+  const changed = messages.filter((m) => listOf(m.resources ?? m.changes ?? [], "resources").length);
+  out.append(h("p", { class: "summary" },
+    `${fmtNum(messages.length)} messages compared, ${fmtNum(changed.length)} would change.`));
+  for (const m of changed) {
+    const id = messageId(m);
+    const box = h("article", { class: "diff-message", "data-id": id },
+      h("h2", {}, h("a", { href: `#/message/${encodeURIComponent(id)}` }, id.slice(0, 12)), " ", m.channel ?? ""));
+    for (const r of listOf(m.resources ?? m.changes ?? [], "resources")) {
+      const label = [r.resource_type ?? r.type ?? r.resourceType, r.key ?? r.id ?? r.fullUrl ?? ""].filter(Boolean).join(" ");
+      box.append(h("h3", {}, label || "resource"), h("table", { class: "grid diff" },
+        h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "Path"), h("th", {}, "Stored"), h("th", {}, "Now"))),
+        h("tbody", {}, changeRows(r).map(([k, path, o, n]) => h("tr", { class: k }, h("td", {}, k),
+          h("td", { class: "path" }, path), h("td", { class: "old" }, o), h("td", { class: "new" }, n))))));
+    }
+    out.append(box);
+  }
+}
+
+// -- audit
+
+function auditView() {
+  const tbody = h("tbody");
+  const more = h("button", { type: "button", hidden: true }, "More");
+  const box = h("div", {}, h("table", { class: "grid", id: "audit" }, h("thead", {}, h("tr", {}, h("th", {}, "When"),
+    h("th", {}, "Who"), h("th", {}, "Role"), h("th", {}, "Action"), h("th", {}, "Target"), h("th", {}, "Messages"),
+    h("th", {}, "From"), h("th", {}, "Outcome"))), tbody), more);
+  let next = null;
+  const page = async (cursor) => {
+    const body = await api("GET", `/api/v1/audit${query({ cursor, limit: 100 })}`);
+    for (const a of listOf(body, "audit", "records")) {
+      const ids = Array.isArray(a.message_ids) ? a.message_ids : [];
+      tbody.append(h("tr", {}, h("td", {}, fmtTime(a.at)), h("td", {}, a.actor ?? ""), h("td", {}, a.role ?? ""),
+        h("td", {}, a.action ?? ""), h("td", {}, a.target ?? ""),
+        h("td", {}, ids.length > 3 ? `${ids.slice(0, 3).join(", ")} +${ids.length - 3}` : ids.join(", ")),
+        h("td", {}, a.peer ?? ""), h("td", {}, a.outcome ?? "")));
+    }
+    next = body?.next_cursor ?? null;
+    more.hidden = !next;
+  };
+  more.addEventListener("click", () => page(next).catch((err) => toast(explain(err), "bad")));
+  page(null).catch((err) => box.replaceWith(errorBox(err)));
+  state.onTick = null;
+  return section("Audit trail", box);
+}
+
+// -- login
+
+function loginView(reason) {
+  const input = h("input", { type: "password", name: "token", id: "token", autocomplete: "off", required: true,
+    placeholder: "il_…", spellcheck: "false" });
+  const note = h("p", { class: "error", id: "login-error" }, reason ?? "");
+  const form = h("form", { class: "login", id: "login" },
+    h("h1", {}, "Sign in"),
+    h("p", { class: "muted" }, "Paste an API token (interlink token create --role viewer|operator|admin)."),
+    input, h("button", { type: "submit" }, "Sign in"), note);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    state.token = input.value.trim();
+    try {
+      await api("GET", "/api/v1/channels");
+    } catch (err) {
+      state.token = null;
+      note.textContent = err instanceof ApiError && err.status === 401 ? "This token is not accepted." : explain(err);
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, state.token);
+    input.value = "";
+    signedIn();
+    location.hash = "#/channels";
+    route();
+  });
+  return form;
+}
+
+// ---- shell -----------------------------------------------------------------------------------------
+
+function signedIn() {
+  document.getElementById("nav").hidden = false;
+  document.getElementById("logout").hidden = false;
+  startLive();
+}
+
+function logout(reason) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  state.samples.clear();
+  state.latest = { channels: [], queues: [] };
+  stopLive();
+  document.getElementById("nav").hidden = true;
+  document.getElementById("logout").hidden = true;
+  state.onTick = null;
+  clear(document.getElementById("main")).append(loginView(reason));
+}
+
+const VIEWS = {
+  channels: channelsView,
+  queues: queuesView,
+  messages: messagesView,
+  message: messageView,
+  deadletters: deadLettersView,
+  diff: diffView,
+  audit: auditView,
+};
+
+function route() {
+  if (!state.token) {
+    logout();
+    return;
+  }
+  const [, name = "channels", arg] = location.hash.replace(/^#/, "").split("/");
+  const view = VIEWS[name] ?? channelsView;
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === name);
+  state.onTick = null;
+  clear(document.getElementById("main")).append(view(arg ? decodeURIComponent(arg) : undefined));
+}
+
+document.getElementById("logout").addEventListener("click", () => {
+  logout();
+  location.hash = "";
+});
+window.addEventListener("hashchange", route);
+if (state.token) signedIn();
+route();
