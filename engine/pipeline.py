@@ -126,10 +126,26 @@ class Pipeline:
             (c.name, d.name): target_key(d) for c in channels for d in c.destinations
         }
         self.gate = Gate(store)
+        self._make = make
+        self._retired: list[Destination] = []
+
+    def use_channel(self, channel: Channel) -> None:
+        """Take a channel's new configuration (a reload): new destinations are built; the ones it replaces
+        are closed only with the pipeline, since a worker may be sending through them right now."""
+        old = {key: d for key, d in self.destinations.items() if key[0] == channel.name}
+        for key in old:
+            del self.destinations[key], self.retry[key], self.targets[key]
+        self._retired.extend(old.values())
+        self.channels[channel.name] = channel
+        for d in channel.destinations:
+            key = (channel.name, d.name)
+            self.destinations[key] = self._make(d)
+            self.retry[key] = d.retry
+            self.targets[key] = target_key(d)
 
     def close(self) -> None:
         self.mapper.close()
-        for d in self.destinations.values():
+        for d in [*self.destinations.values(), *self._retired]:
             d.close()
 
     # -- process ------------------------------------------------------------------------------------
@@ -200,8 +216,10 @@ class Pipeline:
         return decision
 
     def _result(self, message_id: str, channel: Channel, mapped: Mapped, lane: str) -> ProcessResult:
+        # search keys come plain from the mapping (process): only their keyed hashes are stored
+        found = tuple((kind, self.store.pseudonym(value)) for kind, value in mapped.keys)
         if mapped.error is not None:
-            return ProcessResult(message_id, MessageStatus.error, error=explain(mapped.error), lane=lane)
+            return ProcessResult(message_id, MessageStatus.error, error=explain(mapped.error), lane=lane, keys=found)
         if mapped.empty or mapped.bundle is None:
             return ProcessResult(message_id, MessageStatus.filtered, error="mapping produced no resources", lane=lane)
         names = tuple(d.name for d in channel.destinations)
@@ -214,6 +232,7 @@ class Pipeline:
             targets=tuple(self.targets[(channel.name, n)] for n in names),
             source_time=mapped.source_time,
             lane=lane,
+            keys=found,
         )
 
     def _try_inline(self, r: ProcessResult) -> Attempted | None:

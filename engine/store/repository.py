@@ -112,6 +112,8 @@ class ProcessResult:
     #: When the message's event happened at the source (epoch s), for the stale-write guard.
     source_time: float | None = None
     lane: str = ""
+    #: What it is searched by: (kind, Store.pseudonym(value)) pairs, written with the outcome (message_keys).
+    keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True, frozen=True, order=True)
@@ -399,7 +401,7 @@ class Store:
 
     def finish_processing(self, results: Sequence[ProcessResult]) -> set[str]:
         """Move a batch of ``received`` messages on, in one transaction: store each bundle and create its
-        pending deliveries, or record why it stopped (error, filtered).
+        pending deliveries, or record why it stopped (error, filtered); and its search keys.
 
         Returns the ids that were still ``received`` (those another worker finished first are skipped).
         """
@@ -431,6 +433,9 @@ class Store:
             ]
             if new_deliveries:
                 conn.exec_driver_sql(sql.insert_delivery, new_deliveries)
+            search_keys = [(r.message_id, kind, value) for r in won for kind, value in r.keys]
+            if search_keys:
+                conn.exec_driver_sql(sql.insert_key, search_keys)
         return {r.message_id for r in won}
 
     def mark_transformed(self, message_id: str, bundle: bytes, destinations: Iterable[str]) -> bool:

@@ -6,7 +6,9 @@ child processes that compile the same mapping files, so the listener, the store 
 the first core and the mapping gets the others.
 
 The wire between parent and child carries bytes only (JSON requests, length-prefixed replies): nothing a
-sender controls is ever pickled. A child that dies is restarted and the batch it held fails with
+sender controls is ever pickled. A reply also carries the message's search keys (``engine.transform.keys``:
+patient identifiers and order numbers, read from the bundle or the parsed message the child has anyway), so
+the engine never parses a message again to index it. A child that dies is restarted and the batch it held fails with
 ``MapperUnavailable`` (the queue retries it).
 
 A child never outlives the engine process and leaves quietly: on Linux it asks for a signal when its
@@ -36,7 +38,7 @@ import orjson
 
 from engine import allocator, hl7v2
 from engine.errors import HL7Error, InterlinkError, TransformError
-from engine.transform import dates
+from engine.transform import dates, keys
 from engine.transform.authority import Identifiers
 from engine.transform.limits import check_text
 from engine.transform.mappingset import MappingSet, load_site_mappings
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from engine.settings import Settings
 
 _OK, _EMPTY, _TRANSFORM_ERROR, _HL7_ERROR = 0, 1, 2, 3
-_HEAD = struct.Struct("!BI")
+_HEAD = struct.Struct("!BII")  # kind, body size, search keys size (JSON [[kind, value], …] after the body)
 _TIME = struct.Struct("!d")  # the source time after an _OK head (NaN: none)
 
 
@@ -90,12 +92,14 @@ class Mapped:
     """The bundle (JSON bytes), or why there is none. ``empty``: the mapping produced no resources.
 
     ``source_time``: when the message's event happened at the source (epoch s; see :func:`source_time`).
+    ``keys``: what the message is searched by, plain (``engine.transform.keys``; the store hashes them).
     """
 
     bundle: bytes | None = None
     error: HL7Error | TransformError | None = None
     empty: bool = False
     source_time: float | None = None
+    keys: tuple[tuple[str, str], ...] = ()
 
 
 def source_time(message: hl7v2.Message, tz: str | None) -> float | None:
@@ -128,6 +132,7 @@ def map_one(mappings: MappingSet, job: Job) -> Mapped:
         return _map_fhir(job)
     if job.kind != "hl7v2":
         return Mapped(error=TransformError(f"no mapping library for input kind {job.kind}", code="200"))
+    message = None
     try:
         text = hl7v2.decode(job.raw, job.charset)
         check_text(text, mappings.limits)  # a forged segment or an oversize text, before the split
@@ -141,10 +146,15 @@ def map_one(mappings: MappingSet, job: Job) -> Mapped:
             strict=job.strict,
         )
     except (HL7Error, TransformError) as exc:
-        return Mapped(error=exc)
+        # no bundle: the keys as the message says them, when it could be read
+        return Mapped(error=exc, keys=keys.from_hl7(message) if message is not None else ())
     if not bundle.get("entry"):
         return Mapped(empty=True)
-    return Mapped(bundle=orjson.dumps(bundle), source_time=source_time(message, job.timezone or mappings.timezone))
+    return Mapped(
+        bundle=orjson.dumps(bundle),
+        source_time=source_time(message, job.timezone or mappings.timezone),
+        keys=keys.from_bundle(bundle),
+    )
 
 
 def _map_dicom(mappings: MappingSet, job: Job) -> Mapped:
@@ -160,7 +170,7 @@ def _map_dicom(mappings: MappingSet, job: Job) -> Mapped:
         return Mapped(error=exc)
     if not bundle.get("entry"):
         return Mapped(empty=True)
-    return Mapped(bundle=orjson.dumps(bundle), source_time=assembled_at)
+    return Mapped(bundle=orjson.dumps(bundle), source_time=assembled_at, keys=keys.from_bundle(bundle))
 
 
 def _map_json(mappings: MappingSet, job: Job) -> Mapped:
@@ -180,7 +190,7 @@ def _map_json(mappings: MappingSet, job: Job) -> Mapped:
         return Mapped(error=exc)
     if not bundle.get("entry"):
         return Mapped(empty=True)
-    return Mapped(bundle=orjson.dumps(bundle))
+    return Mapped(bundle=orjson.dumps(bundle), keys=keys.from_bundle(bundle))
 
 
 def _map_fhir(job: Job) -> Mapped:
@@ -200,7 +210,7 @@ def _map_fhir(job: Job) -> Mapped:
         return Mapped(error=exc)
     if not bundle.get("entry"):
         return Mapped(empty=True)
-    return Mapped(bundle=orjson.dumps(bundle), source_time=fhirjson.source_time(data))
+    return Mapped(bundle=orjson.dumps(bundle), source_time=fhirjson.source_time(data), keys=keys.from_bundle(bundle))
 
 
 class InThreadMapper:
@@ -220,18 +230,19 @@ class InThreadMapper:
 
 
 def _encode_reply(m: Mapped) -> bytes:
+    found = orjson.dumps(m.keys) if m.keys else b""
     if m.bundle is not None:
         when = _TIME.pack(math.nan if m.source_time is None else m.source_time)
-        return _HEAD.pack(_OK, len(m.bundle)) + when + m.bundle
+        return _HEAD.pack(_OK, len(m.bundle), len(found)) + when + m.bundle + found
     if m.empty:
-        return _HEAD.pack(_EMPTY, 0)
+        return _HEAD.pack(_EMPTY, 0, 0)
     e = m.error
     if isinstance(e, TransformError):
         body = orjson.dumps({"message": e.message, "field": e.field, "rule": e.rule, "code": e.code})
-        return _HEAD.pack(_TRANSFORM_ERROR, len(body)) + body
+        return _HEAD.pack(_TRANSFORM_ERROR, len(body), len(found)) + body + found
     assert isinstance(e, HL7Error)
     body = orjson.dumps({"message": e.message, "code": e.code, "location": e.location, "reject": e.reject})
-    return _HEAD.pack(_HL7_ERROR, len(body)) + body
+    return _HEAD.pack(_HL7_ERROR, len(body), len(found)) + body + found
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -313,7 +324,7 @@ def _decode_replies(data: bytes) -> list[Mapped]:
     out: list[Mapped] = []
     pos = 0
     while pos < len(data):
-        kind, size = _HEAD.unpack_from(data, pos)
+        kind, size, keys_size = _HEAD.unpack_from(data, pos)
         pos += _HEAD.size
         when = math.nan
         if kind == _OK:
@@ -321,14 +332,16 @@ def _decode_replies(data: bytes) -> list[Mapped]:
             pos += _TIME.size
         body = data[pos : pos + size]
         pos += size
+        found = tuple((k, v) for k, v in orjson.loads(data[pos : pos + keys_size])) if keys_size else ()
+        pos += keys_size
         if kind == _OK:
-            out.append(Mapped(bundle=body, source_time=None if math.isnan(when) else when))
+            out.append(Mapped(bundle=body, source_time=None if math.isnan(when) else when, keys=found))
         elif kind == _EMPTY:
             out.append(Mapped(empty=True))
         elif kind == _TRANSFORM_ERROR:
-            out.append(Mapped(error=TransformError(**orjson.loads(body))))
+            out.append(Mapped(error=TransformError(**orjson.loads(body)), keys=found))
         else:
-            out.append(Mapped(error=HL7Error(**orjson.loads(body))))
+            out.append(Mapped(error=HL7Error(**orjson.loads(body)), keys=found))
     return out
 
 
