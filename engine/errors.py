@@ -7,6 +7,7 @@
     │       └── EncodingError  bytes that do not decode with the declared/channel charset
     ├── TransformError         a mapping rule rejected the message (names the rule and the field)
     ├── StoreUnavailable       the message store cannot commit; sources must refuse, never acknowledge
+    │   └── Busy               the channel's backlog is full: refused before the commit (back-pressure)
     ├── ListenError            a source cannot listen on its address (port in use, address not local)
     ├── DeliveryError          a destination could not take a bundle (outcome says retryable or permanent)
     └── DeadLetter             a queued step gives up for good (the dead-letter door records it)
@@ -93,6 +94,14 @@ class TransformError(InterlinkError):
 
 class StoreUnavailable(InterlinkError):
     """The message store could not commit; nothing may be acknowledged."""
+
+
+class Busy(StoreUnavailable):
+    """The channel's backlog is at its ``refuse_at`` bound (``engine.backpressure``): nothing was committed,
+    and the sender should retry later. Sources answer it as any ``StoreUnavailable``."""
+
+    def __init__(self, message: str = "application busy, retry later: the channel's backlog is full") -> None:
+        super().__init__(message)
 
 
 class DeliveryError(InterlinkError):

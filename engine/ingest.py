@@ -8,6 +8,10 @@ and turns the :class:`Receipt` (or :class:`~engine.errors.StoreUnavailable`) int
 :class:`GroupCommitter` runs one writer thread that commits whatever all connections delivered since its
 last commit in a single transaction, then wakes each waiting sender. A commit per message caps a
 PostgreSQL-backed listener near 1,200 msg/s; group commit removes that cap without weakening durability.
+
+Given a :class:`~engine.backpressure.Backlog`, each commit is bounded by its channel's backlog: refused
+before the commit (:class:`~engine.errors.Busy`, a ``StoreUnavailable``) when it is full, and the answer
+delayed after the commit when it is over ``slow_at`` (``engine/backpressure.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine import ordering
+from engine.backpressure import Backlog
 from engine.errors import InboundError, StoreUnavailable
 from engine.store import Accepted, MessageStatus, NewMessage, Store
 
@@ -193,6 +198,10 @@ class Meta:
     group: str = ""
 
 
+#: what a commit adds to its channel's backlog (a duplicate or an error is finished at once)
+_UNFINISHED = (MessageStatus.received, MessageStatus.held)
+
+
 class Receipt(NamedTuple):
     """The commit of one inbound message (a named tuple: one is made per message, see ``Accepted``)."""
 
@@ -202,32 +211,83 @@ class Receipt(NamedTuple):
 
 
 class Ingest:
-    """The accept path: :meth:`accept` commits through the group committer."""
+    """The accept path: :meth:`accept` commits through the group committer, bounded by ``backlog``."""
 
-    def __init__(self, committer: GroupCommitter) -> None:
+    def __init__(self, committer: GroupCommitter, backlog: Backlog | None = None) -> None:
         self.committer = committer
+        self.backlog = backlog
         self._pseudonym = committer.store.pseudonym
 
     async def accept(self, channel: Channel, payload: bytes, meta: Meta, *, enqueue: bool = True) -> Receipt:
-        """Commit the raw bytes with what the source read; raises StoreUnavailable when nothing was committed.
+        """Commit the raw bytes with what the source read; raises StoreUnavailable when nothing was committed
+        (:class:`~engine.errors.Busy` when the channel's backlog is full).
 
         ``enqueue``: False when the caller processes the message itself (a reply after transform).
         """
-        accepted: Accepted = await self.committer.commit(self._message(channel, payload, meta, enqueue))
+        msg = self._message(channel, payload, meta, enqueue)
+        backlog = self.backlog
+        if backlog is None:
+            accepted: Accepted = await self.committer.commit(msg)
+            return Receipt(accepted.id, accepted.status, accepted.duplicate_of)
+        backlog.reserve(channel.name)
+        entered = 0
+        try:
+            accepted = await self.committer.commit(msg)
+            entered = accepted.status in _UNFINISHED
+        finally:
+            delay = backlog.settle(channel.name, 1, entered)
+        if delay:
+            await asyncio.sleep(delay)
         return Receipt(accepted.id, accepted.status, accepted.duplicate_of)
 
     async def accept_many(
         self, channel: Channel, messages: list[tuple[bytes, Meta]], *, enqueue: bool = True
     ) -> list[Receipt]:
         """:meth:`accept` for the messages of an HL7 batch: committed in one transaction, all or none."""
-        done = await self.committer.commit_many([self._message(channel, p, m, enqueue) for p, m in messages])
+        msgs = [self._message(channel, p, m, enqueue) for p, m in messages]
+        backlog = self.backlog
+        if backlog is not None:
+            backlog.reserve(channel.name, len(msgs))
+        entered = 0
+        try:
+            done = await self.committer.commit_many(msgs)
+            entered = sum(a.status in _UNFINISHED for a in done)
+        finally:
+            delay = backlog.settle(channel.name, len(msgs), entered) if backlog is not None else 0.0
+        if delay:
+            await asyncio.sleep(delay)
         return [Receipt(a.id, a.status, a.duplicate_of) for a in done]
 
-    def accept_sync(self, channel: Channel, payload: bytes, meta: Meta, *, enqueue: bool = True) -> Receipt:
+    def accept_sync(
+        self, channel: Channel, payload: bytes, meta: Meta, *, enqueue: bool = True, bounded: bool = True
+    ) -> Receipt:
         """:meth:`accept` for a source whose protocol library calls it from its own threads (DICOM):
-        the same commit, through the same group committer; blocks until committed."""
-        accepted = self.committer.commit_sync(self._message(channel, payload, meta, enqueue))
+        the same commit, through the same group committer; blocks until committed (and for the delay).
+
+        ``bounded``: False for a message made of others already committed (a DICOM study assembled from
+        its held instances), which the backlog never refuses.
+        """
+        msg = self._message(channel, payload, meta, enqueue)
+        backlog = self.backlog if bounded else None
+        if backlog is None:
+            accepted = self.committer.commit_sync(msg)
+            return Receipt(accepted.id, accepted.status, accepted.duplicate_of)
+        backlog.reserve(channel.name)
+        entered = 0
+        try:
+            accepted = self.committer.commit_sync(msg)
+            entered = accepted.status in _UNFINISHED
+        finally:
+            delay = backlog.settle(channel.name, 1, entered)
+        if delay:
+            time.sleep(delay)
         return Receipt(accepted.id, accepted.status, accepted.duplicate_of)
+
+    def check(self, channel: Channel) -> None:
+        """:class:`~engine.errors.Busy` when the channel's backlog is full now: a source's early look
+        before work a refusal would waste (DICOM: writing the object)."""
+        if self.backlog is not None:
+            self.backlog.check(channel.name)
 
     def _message(self, channel: Channel, payload: bytes, meta: Meta, enqueue: bool) -> NewMessage:
         error = meta.error

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -56,6 +56,11 @@ class Metrics:
             ["channel", "destination"], registry=r,
         )  # fmt: skip
 
+        self._refused = Counter(
+            "interlink_backlog_refused", "Messages refused uncommitted because their channel's backlog was full.",
+            ["channel"], registry=r,
+        )  # fmt: skip
+
     def kept(self, channel: str, destination: str, resources: int) -> None:
         self._kept.labels(channel, destination).inc(resources)
 
@@ -78,6 +83,13 @@ class Metrics:
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A value read when scraped (e.g. the store's backlog, a queue's depth)."""
         Gauge(name, help_text, registry=self.registry).set_function(read)
+
+    def refused(self, channel: str) -> None:
+        self._refused.labels(channel).inc()
+
+    def channel_gauge(self, name: str, help_text: str, read: Callable[[], dict[str, int]]) -> None:
+        """A value per channel read when scraped (e.g. each channel's backlog), labelled ``channel``."""
+        self.registry.register(_ChannelGauge(name, help_text, read))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose ``/metrics``; a port in use is logged, not fatal (the engine still moves messages)."""
@@ -134,3 +146,16 @@ class _Replies(Collector):
             reply.add_metric([channel], buckets, hist[-2])
             reply.add_sample(f"{self._REPLY[0]}_created", {"channel": channel}, hist[-1])
         yield reply
+
+
+class _ChannelGauge(Collector):
+    """A gauge labelled by channel whose values are read when scraped."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], dict[str, int]]) -> None:
+        self._name, self._help, self._read = name, help_text, read
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(self._name, self._help, labels=["channel"])
+        for channel, value in self._read().items():
+            gauge.add_metric([channel], value)
+        yield gauge

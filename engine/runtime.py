@@ -18,6 +18,7 @@ from engine.api.app import create_app
 from engine.api.health import Check, Readiness
 from engine.api.server import HttpServer
 from engine.api.webhooks import WebhookRoutes
+from engine.backpressure import Backlog, channel_bounds
 from engine.config.channel import Channel, load_channels
 from engine.destinations import Destination
 from engine.errors import ConfigError, HL7Error, ListenError, TransformError
@@ -93,6 +94,16 @@ class Engine:
         self.pipeline = Pipeline(self.store, self.mappings, self.channels, mapper=mapper, metrics=self.metrics)
         self.broker = make_broker(settings.queue_url, namespace=settings.queue_namespace)
         self.actors = Actors(self.broker, self.pipeline)
+        self.backlog = Backlog(
+            channel_bounds(settings.backlog, self.channels),
+            self.store.backlog_by_channel,
+            resync_s=settings.backlog.resync_s,
+            refused=self.metrics.refused,
+        )
+        self.metrics.channel_gauge(
+            "interlink_channel_backlog", "Messages of a channel received, transformed or held, not finished.",
+            self.backlog.counts,
+        )  # fmt: skip
         self.metrics.gauge(
             "interlink_backlog", "Messages received or transformed, not yet finished.", self.store.backlog
         )
@@ -147,7 +158,8 @@ class Engine:
                 batch_wait_ms=self.settings.ingest_batch_wait_ms,
             )
             routes = self._routes = self._http_routes()
-            self.ingest = Ingest(self.committer)
+            self.backlog.start()
+            self.ingest = Ingest(self.committer, self.backlog)
             for ch in self.channels:
                 if not ch.enabled:
                     continue
@@ -198,6 +210,7 @@ class Engine:
         self.feeds = []
         if self.committer:
             await asyncio.to_thread(self.committer.close)
+        await asyncio.to_thread(self.backlog.stop)
         if self.sweeper:
             self.sweeper.stop()
         if self.worker:

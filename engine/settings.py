@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from engine.backpressure import BacklogSettings
 from engine.config import yamlfile
 from engine.config.model import Model
 from engine.transform.limits import Limits
@@ -80,6 +81,12 @@ class Settings(Model):
         0, ge=0, le=1000, description="How long the ingest writer waits to fill a batch (0: commit when free)."
     )
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings, description="Recovery sweeper.")
+    backlog: BacklogSettings = Field(
+        default_factory=BacklogSettings,
+        description="Back-pressure: each channel's backlog of unfinished messages is bounded (a channel's "
+        "`backlog:` may change the bounds): past slow_at replies are delayed, at refuse_at messages are refused "
+        "without being committed (MLLP AE, webhook 503, DICOM 0xA700).",
+    )
     limits: Limits = Field(
         default_factory=Limits,
         description="Caps on one HL7 message and batch (bytes, segments, repetitions, components, batch "

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from engine.backpressure import BacklogOverride
 from engine.config import yamlfile
 from engine.config.model import Model
 from engine.destinations import DestinationConfig
@@ -121,6 +122,11 @@ class Channel(Model):
         None,
         description="This channel's caps on one HL7 message and batch, below the engine's `limits:` (any of "
         "max_bytes, max_segments, max_repetitions, max_components, max_batch_messages); checked at the source.",
+    )
+    backlog: BacklogOverride | None = Field(
+        None,
+        description="This channel's back-pressure bounds (any of slow_at, refuse_at, slow_ms), instead of the "
+        "engine's `backlog:`: past slow_at replies are delayed, at refuse_at messages are refused uncommitted.",
     )
     ordering: Ordering = Field(
         default_factory=Ordering,

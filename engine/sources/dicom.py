@@ -14,8 +14,8 @@ Contract:
 
   ====================  ==========================================================================
   0x0000 Success        the instance is committed (or is a resend of a committed one: same bytes)
-  0xA700 Out of         the object store or the message store could not take it; nothing claimed
-  Resources
+  0xA700 Out of         the object store or the message store could not take it, or the channel's
+  Resources             backlog is full (``engine.backpressure``); nothing claimed
   0xC000 Cannot         the dataset cannot be read, or lacks its Study/Series/SOP Instance UIDs; it is
   understand            stored with that error (object kept, message status ``error``)
   ====================  ==========================================================================
@@ -243,6 +243,7 @@ class DicomSource:
         except AttributeError:
             return OUT_OF_RESOURCES, "refused"  # chunked receive is off: never acknowledge from memory
         try:
+            self._ingest.check(self.channel)  # a full backlog refuses before the object is written
             stored = self.objects.put_file(path)
         except StoreUnavailable:
             return OUT_OF_RESOURCES, "refused"

@@ -293,7 +293,7 @@ class StudyAssembler:
             patient=patient,
             error=error,
         )
-        receipt = self._ingest.accept_sync(self.channel, document, meta)
+        receipt = self._ingest.accept_sync(self.channel, document, meta, bounded=False)
         with contextlib.suppress(Exception):  # a crash here re-assembles the same set: a duplicate
             self._store.mark_grouped(held)
         self.assembled += 1

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from engine import hl7v2, response
 from engine.config.model import Model
-from engine.errors import ConfigError, EncodingError, HL7Error, InboundError, StoreUnavailable, TransformError
+from engine.errors import Busy, ConfigError, EncodingError, HL7Error, InboundError, StoreUnavailable, TransformError
 from engine.ingest import Ingest, Meta, Receipt
 from engine.sources import hl7_batch
 from engine.store import MessageStatus
@@ -90,7 +90,7 @@ class Reply:
 @dataclass(slots=True)
 class Decision:
     """What acceptance decided, before any reply is built: the acknowledgement code (AA, AE, AR), the error
-    behind an AE/AR, and the stored message (``status`` ``unavailable``: nothing was committed)."""
+    behind an AE/AR, and the stored message (``status`` ``unavailable`` or ``busy``: nothing was committed)."""
 
     header: hl7v2.Header | None
     text: str | None
@@ -104,7 +104,8 @@ class Decision:
 @dataclass(slots=True)
 class BatchDecision:
     """What acceptance decided for a batch: each message's decision, or the refusal of the whole (then
-    ``message_id`` is the stored batch, ``None`` when nothing could be committed: ``status`` unavailable)."""
+    ``message_id`` is the stored batch, ``None`` when nothing could be committed: ``status`` unavailable or
+    busy)."""
 
     batch: hl7_batch.Batch
     decisions: list[Decision]
@@ -166,7 +167,7 @@ class HL7Acceptor:
         try:
             receipt = await self._ingest.accept(self.channel, raw, meta, enqueue=not wait)
         except StoreUnavailable as exc:
-            return Decision(header, text, "AE", HL7Error(exc.args[0], code="207"), None, "unavailable")
+            return Decision(header, text, "AE", HL7Error(exc.args[0], code="207"), None, _not_committed(exc))
         if meta.error is None and not wait:  # accepted, nothing to run before the reply: no coroutine for it
             return Decision(header, text, "AA", None, receipt.message_id, receipt.status, receipt.duplicate_of)
         return await self._decided(header, text, meta, receipt, wait)
@@ -184,7 +185,7 @@ class HL7Acceptor:
             try:
                 receipt = await self._ingest.accept(ch, raw, meta)
             except StoreUnavailable as down:
-                return BatchDecision(found, [], HL7Error(down.args[0], code="207"), None, "unavailable")
+                return BatchDecision(found, [], HL7Error(down.args[0], code="207"), None, _not_committed(down))
             return BatchDecision(found, [], exc, receipt.message_id, "error")
         reads = [self._read(m, peer, None) for m in batch.messages]
         wait = ch.response == "after_transform"
@@ -193,7 +194,7 @@ class HL7Acceptor:
                 ch, [(m, meta) for m, (_, _, meta) in zip(batch.messages, reads, strict=True)], enqueue=not wait
             )
         except StoreUnavailable as exc:
-            return BatchDecision(batch, [], HL7Error(exc.args[0], code="207"), None, "unavailable")
+            return BatchDecision(batch, [], HL7Error(exc.args[0], code="207"), None, _not_committed(exc))
         decisions = [
             await self._decided(header, text, meta, receipt, wait and meta.error is None)
             for (header, text, meta), receipt in zip(reads, receipts, strict=True)
@@ -316,6 +317,12 @@ class HL7Acceptor:
         """Encode the reply like the inbound message (MSH-18, else the channel charset), but only in a
         codec that writes ASCII as ASCII: MLLP framing and the sender's MSH reader need single bytes."""
         return reply.text.encode(response.reply_codec(reply.charset, self.options.charset), errors="replace")
+
+
+def _not_committed(exc: StoreUnavailable) -> str:
+    """The status of a decision with nothing committed: ``busy`` (the channel's backlog is full: back-pressure)
+    or ``unavailable`` (the store failed); both are answered AE."""
+    return "busy" if isinstance(exc, Busy) else "unavailable"
 
 
 def _hl7(error: InboundError) -> HL7Error:

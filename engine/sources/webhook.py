@@ -28,8 +28,10 @@ Contract, in the order a request meets it:
 7. **Commit** through the one accept path (``Ingest.accept``); only then **202** with
    ``{"message_id", "status_url"}`` and ``Location`` (the status, ``GET
    /v1/webhooks/{channel}/messages/{id}``, same authentication, ids and statuses only). When the store
-   cannot commit: **503** with ``Retry-After``, nothing claimed. With ``response: after_transform`` the
-   message is mapped first and a mapping error is a 422 naming the field.
+   cannot commit: **503** ``store-unavailable`` with ``Retry-After``, nothing claimed; when the channel's
+   backlog is full (``engine/backpressure.py``): **503** ``busy``, ``Retry-After: 1``, nothing claimed.
+   With ``response: after_transform`` the message is mapped first and a mapping error is a 422 naming
+   the field.
 
 Errors are RFC 9457 problems naming places, never values; log lines name the channel and statuses only.
 """
@@ -51,7 +53,7 @@ from starlette.responses import JSONResponse, Response
 from engine.api.problems import Problem
 from engine.api.webhooks import WebhookRoutes, status_location
 from engine.config.model import Model
-from engine.errors import ConfigError, InboundError, StoreUnavailable, TransformError, explain
+from engine.errors import Busy, ConfigError, InboundError, StoreUnavailable, TransformError, explain
 from engine.ingest import Meta
 from engine.signing import ID_HEADER
 from engine.sources import hl7_batch
@@ -130,6 +132,16 @@ class WebhookConfig(Model):
 
 def _answer(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
     return Answer(status, orjson.dumps(payload), "application/json", tuple((headers or {}).items()))
+
+
+def _not_committed(busy: bool) -> Problem:
+    """The 503 of a message not committed: the channel's backlog is full (back-pressure: retry soon), or the
+    store failed."""
+    if busy:
+        return Problem(503, "busy", "the channel's backlog is full; nothing was accepted, retry later",
+                       headers={"Retry-After": "1"})  # fmt: skip
+    return Problem(503, "store-unavailable", "the message store cannot commit now; nothing was accepted",
+                   headers={"Retry-After": "5"})  # fmt: skip
 
 
 def _problem_answer(p: Problem) -> Answer:
@@ -228,11 +240,10 @@ class WebhookSource:
         after = self.channel.response == "after_transform" and meta.error is None
         try:
             receipt = await self.ctx.ingest.accept(self.channel, body, meta, enqueue=not after)
-        except StoreUnavailable:
-            if meta.error is not None:
+        except StoreUnavailable as exc:
+            if meta.error is not None and not isinstance(exc, Busy):
                 raise self._refusal(meta.error, None) from None
-            raise Problem(503, "store-unavailable", "the message store cannot commit now; nothing was accepted",
-                          headers={"Retry-After": "5"}) from None  # fmt: skip
+            raise _not_committed(isinstance(exc, Busy)) from None
         if meta.error is not None:
             raise self._refusal(meta.error, receipt.message_id)
         if after and receipt.status == MessageStatus.received and self.ctx.transform_now is not None:
@@ -246,9 +257,8 @@ class WebhookSource:
         if hl7_batch.is_batch(body):
             return await self._accept_hl7_batch(body, peer)
         d = await self._hl7.decide(body, peer)
-        if d.status == "unavailable":
-            raise Problem(503, "store-unavailable", "the message store cannot commit now; nothing was accepted",
-                          headers={"Retry-After": "5"})  # fmt: skip
+        if d.status in ("unavailable", "busy"):
+            raise _not_committed(d.status == "busy")
         if d.code == "AA":
             assert d.message_id is not None
             return self._accepted(d.duplicate_of or d.message_id)
@@ -265,9 +275,8 @@ class WebhookSource:
 
     async def _accept_hl7_batch(self, body: bytes, peer: str) -> Answer:
         bd = await self._hl7.decide_batch(body, peer)
-        if bd.status == "unavailable":
-            raise Problem(503, "store-unavailable", "the message store cannot commit now; nothing was accepted",
-                          headers={"Retry-After": "5"})  # fmt: skip
+        if bd.status in ("unavailable", "busy"):
+            raise _not_committed(bd.status == "busy")
         if bd.refusal is not None:
             raise Problem(422, "hl7-batch-refused", explain(bd.refusal), message_id=bd.message_id,
                           extra={"hl7_code": bd.refusal.code})  # fmt: skip

@@ -385,6 +385,19 @@ class Store:
                 .where(messages.c.status.in_([MessageStatus.received, MessageStatus.transformed]))
             ).scalar_one()
 
+    def backlog_by_channel(self) -> dict[str, int]:
+        """Each channel's messages not finished (received, transformed, or held for their group): one query
+        by the status index, whose cost follows the backlog (bounded by back-pressure), not the table."""
+        with self.work.connect() as conn:
+            rows = conn.execute(
+                select(messages.c.channel, func.count())
+                .where(
+                    messages.c.status.in_([MessageStatus.received, MessageStatus.transformed, MessageStatus.held])
+                )
+                .group_by(messages.c.channel)
+            )
+            return {channel: n for channel, n in rows}
+
     def dead_letters(self, *, channel: str | None = None, limit: int = 100) -> list[Row[Any]]:
         """Dead deliveries in arrival order (filters and paging: ``operations.dead_letters``)."""
         return operations.dead_letters(self, operations.Selection(channel=channel), limit=limit)
