@@ -1,7 +1,8 @@
 """The ASGI app of the engine's HTTP server: one Starlette app, one module per concern.
 
 ``create_app(readiness, webhooks, admin)`` mounts the probes (``health``), the webhook intake (``webhooks``),
-the OpenAPI document (``openapi``) and, given an ``Admin``, the admin API (``engine.api.admin``, ``/api/v1``).
+the OpenAPI document (``openapi``) and, given an ``Admin``, the admin API (``engine.api.admin``, ``/api/v1``)
+and the web dashboard that uses it (``engine.api.dashboard``: ``/`` and ``/static/…``).
 Every error is an RFC 9457 problem (``problems``): Starlette's own 404/405 included, and an unexpected
 exception is a 500 problem that says nothing about it (its type goes to the log, its text nowhere).
 """
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine.api import health, openapi, webhooks
+from engine.api import dashboard, health, openapi, webhooks
 from engine.api.admin import Admin
 from engine.api.admin import routes as admin_routes
 from engine.api.health import Readiness
@@ -55,6 +56,7 @@ def create_app(readiness: Readiness, webhook_routes: WebhookRoutes, admin: Admin
         *webhooks.routes(webhook_routes),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *(admin_routes(admin) if admin is not None else []),
+        *(dashboard.routes(admin) if admin is not None else []),
     ]
     return Starlette(
         routes=routes,

@@ -89,4 +89,11 @@ def routes(admin: Admin | None = None) -> list[BaseRoute]:
             raise Problem(404, "not-found", headers=dict(SECURITY_HEADERS))
         return asset.response(request)
 
-    return [Route("/", page, methods=["GET"]), Route("/static/{name}", static, methods=["GET"])]
+    async def favicon(request: Request) -> Response:  # browsers ask for it; none is shipped
+        return Response(status_code=204, headers=SECURITY_HEADERS)
+
+    return [
+        Route("/", page, methods=["GET"]),
+        Route("/static/{name}", static, methods=["GET"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
+    ]

@@ -492,6 +492,15 @@ function hl7Field(value, place, enc) {
   return el;
 }
 
+/** The value of {text} / {json} wrappers (stored bodies, raw views); a DICOM summary stays whole. */
+function unwrap(v) {
+  if (v && typeof v === "object" && !Array.isArray(v)) {
+    if (typeof v.text === "string") return v.text;
+    if ("json" in v) return v.json;
+  }
+  return v;
+}
+
 function segmentsOf(raw) {
   if (Array.isArray(raw)) return raw.map(String);
   if (raw && typeof raw === "object" && Array.isArray(raw.segments)) return raw.segments.map(String);
@@ -505,9 +514,16 @@ function rawView(raw) {
     const msh = segs.find((x) => x.startsWith("MSH")) ?? "MSH|^~\\&";
     const encChars = msh.split(msh[3] ?? "|")[1] ?? "^~\\&";
     const enc = { field: msh[3] ?? "|", component: encChars[0] ?? "^", repetition: encChars[1] ?? "~" };
-    return h("div", { class: "hl7", id: "raw" }, segs.map((seg) => hl7Segment(seg, enc)));
+    const place = h("div", { class: "place", id: "place" }, "Point at a field to see its place (PID-3, OBX-5…).");
+    const box = h("div", { class: "hl7", id: "raw" }, segs.map((seg) => hl7Segment(seg, enc)));
+    box.addEventListener("mouseover", (ev) => {
+      const at = ev.target instanceof Element ? ev.target.closest("[title]") : null;
+      if (at) place.textContent = at.getAttribute("title");
+    });
+    return h("div", {}, place, box);
   }
-  const content = raw && typeof raw === "object" && "content" in raw ? raw.content : raw;
+  if (raw === null || raw === undefined) return h("p", { class: "muted", id: "raw" }, "No raw content stored.");
+  const content = unwrap(raw);
   return h("pre", { class: "json", id: "raw" }, typeof content === "string" ? content : JSON.stringify(content, null, 2));
 }
 
@@ -517,13 +533,14 @@ function attemptsView(attempts) {
     const ok = a.outcome === "sent" || a.status === "sent" || (a.status_code >= 200 && a.status_code < 300);
     const details = [];
     for (const [label, v] of [["Request", a.request], ["Response", a.response], ["Error", a.error]]) {
-      if (v === undefined || v === null || v === "") continue;
+      const body = unwrap(v);
+      if (body === undefined || body === null || body === "") continue;
       details.push(h("details", {}, h("summary", {}, label),
-        h("pre", { class: "json" }, typeof v === "string" ? v : JSON.stringify(v, null, 2))));
+        h("pre", { class: "json" }, typeof body === "string" ? body : JSON.stringify(body, null, 2))));
     }
     return h("li", { class: ok ? "ok" : "bad" },
-      h("div", { class: "when" }, fmtTime(a.at ?? a.attempted_at ?? a.created_at)),
-      h("div", {}, h("strong", {}, a.destination ?? ""), " ", a.outcome ?? a.status ?? "",
+      h("div", { class: "when" }, fmtTime(a.started_at ?? a.at)),
+      h("div", {}, a.number ? `#${a.number} ` : "", h("strong", {}, a.destination ?? ""), " ", a.outcome ?? a.status ?? "",
         a.status_code ? ` · HTTP ${a.status_code}` : "",
         a.duration_ms !== undefined && a.duration_ms !== null ? ` · ${Number(a.duration_ms).toFixed(0)} ms` : ""),
       details);
@@ -551,13 +568,13 @@ function messageView(id) {
         ["Type", m.message_type ?? m.type], ["Control id", m.control_id], ["Sender", m.sender],
         ["Received", fmtTime(m.received_at)], ["Updated", fmtTime(m.updated_at)], ["Error", m.error],
         ["Deliveries", deliveriesText(m)]];
-      const raw = m.raw ?? m.content?.raw;
+      const content = m.content; // absent for a viewer: metadata only
       clear(body).append(
         h("dl", { class: "meta" }, meta.filter(([, v]) => v !== undefined && v !== null && v !== "")
           .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
         messageActions(messageId(m)),
-        h("h2", {}, "Raw"), raw === undefined ? h("p", { class: "muted" }, "Content needs an operator token.") : rawView(raw),
-        h("h2", {}, "FHIR bundle"), prettyJson(m.bundle ?? m.transformed ?? m.content?.transformed),
+        content ? [h("h2", {}, "Raw"), rawView(content.raw), h("h2", {}, "FHIR bundle"), prettyJson(content.transformed)]
+          : h("p", { class: "muted" }, "Message content needs an operator token."),
         h("h2", {}, "Attempts"), attemptsView(listOf(m.attempts ?? [], "attempts")));
     })
     .catch((err) => clear(body).append(errorBox(err)));
