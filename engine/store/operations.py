@@ -27,6 +27,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.sql.elements import ColumnElement
 
 from engine.config.model import Model
+from engine.store import codec
 from engine.store.schema import ContentKind, DeliveryStatus, MessageStatus, contents, deliveries, messages
 
 if TYPE_CHECKING:
@@ -490,8 +491,8 @@ def for_diff(store: Store, selection: Selection, *, limit: int) -> list[DiffInpu
         ids = [r.id for r in rows]
         data: dict[tuple[str, str], bytes] = {}
         for start in range(0, len(ids), BATCH):
-            for mid, kind, blob in conn.execute(
-                select(contents.c.message_id, contents.c.kind, contents.c.data)
+            for mid, kind, blob, blob_codec in conn.execute(
+                select(contents.c.message_id, contents.c.kind, contents.c.data, contents.c.codec)
                 .where(
                     contents.c.message_id.in_(ids[start : start + BATCH]),
                     contents.c.kind.in_([ContentKind.raw, ContentKind.transformed]),
@@ -499,7 +500,7 @@ def for_diff(store: Store, selection: Selection, *, limit: int) -> list[DiffInpu
                 )
                 .order_by(contents.c.id)
             ):
-                data[(mid, kind)] = bytes(blob)  # the newest wins
+                data[(mid, kind)] = codec.decode(blob, blob_codec) or b""  # the newest wins
     return [
         DiffInput(
             r.id,

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from engine.errors import StoreUnavailable
-from engine.store import migrate, operations
+from engine.store import codec, migrate, operations
 from engine.store.database import make_engines
 from engine.store.schema import (
     OPEN_DELIVERY_STATUSES,
@@ -238,6 +238,7 @@ class Store:
         SQLAlchemy Core constructs cost more than the commit itself).
         """
         now = time.time()
+        packed = [codec.encode(m.raw) for m in batch]  # before the lock: the writer's turn stays short
         with self._write_lock:
             conn = self._ingest_connection()
             try:
@@ -246,7 +247,7 @@ class Store:
                 msg_rows = []
                 content_rows = []
                 out: list[Accepted] = []
-                for m in batch:
+                for m, (data, data_codec) in zip(batch, packed, strict=True):
                     dup = dupes.get(m.id)
                     status = MessageStatus.duplicate if dup else m.status
                     msg_rows.append(
@@ -254,7 +255,7 @@ class Store:
                          m.control_id[:200], m.dedupe_key, dup, m.error, len(m.raw), m.lane, m.kind, m.charset,
                          m.group)
                     )  # fmt: skip
-                    content_rows.append((m.id, ContentKind.raw.value, "", m.raw, now))
+                    content_rows.append((m.id, ContentKind.raw.value, "", data, data_codec, now))
                     out.append(Accepted(m.id, status, dup))
                 cur.executemany(self.sql.insert_message, msg_rows)
                 cur.executemany(self.sql.insert_content, content_rows)
@@ -328,8 +329,8 @@ class Store:
     def content(self, message_id: str, kind: ContentKind, destination: str = "") -> bytes | None:
         """The newest content of a kind for a message (and destination, for sent/response)."""
         with self.work.connect() as conn:
-            return conn.execute(
-                select(contents.c.data)
+            row = conn.execute(
+                select(contents.c.data, contents.c.codec)
                 .where(
                     contents.c.message_id == message_id,
                     contents.c.kind == kind,
@@ -337,7 +338,8 @@ class Store:
                 )
                 .order_by(contents.c.id.desc())
                 .limit(1)
-            ).scalar()
+            ).first()
+        return codec.decode(row[0], row[1]) if row is not None else None
 
     def delivery(self, message_id: str, destination: str) -> Row[Any] | None:
         with self.work.connect() as conn:
@@ -410,7 +412,7 @@ class Store:
             return []
         with self.work.connect() as conn:
             rows = conn.exec_driver_sql(self.sql.load_for_processing(len(message_ids)), tuple(message_ids)).all()
-        return sorted(Stored(*r) for r in rows)
+        return sorted(Stored(i, s, ch, codec.decode(data, c), lane, k, cs) for i, s, ch, data, c, lane, k, cs in rows)
 
     def finish_processing(self, results: Sequence[ProcessResult]) -> set[str]:
         """Move a batch of ``received`` messages on, in one transaction: store each bundle and create its
@@ -420,6 +422,8 @@ class Store:
         """
         now = time.time()
         sql = self.sql
+        # compressed before the write lock (a bundle: ~160k instructions, bench/codec_instructions.py)
+        packed = {r.message_id: codec.encode(r.bundle) for r in results if r.bundle is not None}
         with self._writing(self.work) as conn:
             won = [
                 r
@@ -431,9 +435,11 @@ class Store:
                 == 1
             ]
             content = [
-                (r.message_id, ContentKind.transformed.value, "", r.bundle, now) for r in won if r.bundle is not None
+                (r.message_id, ContentKind.transformed.value, "", *packed[r.message_id], now)
+                for r in won
+                if r.bundle is not None
             ] + [
-                (r.message_id, ContentKind.error.value, "", r.error.encode(), now)
+                (r.message_id, ContentKind.error.value, "", *codec.encode(r.error.encode()), now)
                 for r in won
                 if r.status == MessageStatus.error and r.error
             ]
@@ -473,7 +479,8 @@ class Store:
                             "message_id": message_id,
                             "kind": ContentKind.error,
                             "destination": "",
-                            "data": error.encode(),
+                            "data": (stored := codec.encode(error.encode()))[0],
+                            "codec": stored[1],
                             "created_at": now,
                         }
                     ],
@@ -484,7 +491,10 @@ class Store:
         """The delivery's status and attempts, its message's channel, bundle, lane and source time."""
         with self.work.connect() as conn:
             row = conn.exec_driver_sql(self.sql.load_for_delivery, (message_id, destination)).first()
-        return Loaded(*row) if row else None
+        if row is None:
+            return None
+        status, attempts_so_far, channel, data, data_codec, lane, source_time, target = row
+        return Loaded(status, attempts_so_far, channel, codec.decode(data, data_codec), lane, source_time, target)
 
     # -- ordering -------------------------------------------------------------------------------------
 
@@ -574,9 +584,14 @@ class Store:
         """Record several (message id, destination, attempt, new status, next attempt at) in one transaction,
         and what successful ones wrote (message id, Written) for the stale-write guard."""
         now = time.time()
+        # what was sent (when not the stored bundle) and the reply, compressed before the write lock
+        packed = [
+            [(k, *codec.encode(d)) for k, d in ((ContentKind.sent, a.sent), (ContentKind.response, a.response)) if d]
+            for _, _, a, _, _ in batch
+        ]
         with self._writing(self.work) as conn:
-            for message_id, destination, attempt, status, next_attempt_at in batch:
-                self._record(conn, message_id, destination, attempt, status, next_attempt_at, now)
+            for (message_id, destination, attempt, status, next_attempt_at), stored in zip(batch, packed, strict=True):
+                self._record(conn, message_id, destination, attempt, status, next_attempt_at, now, stored)
             rows = [(w.target, self.pseudonym(r), w.source_time, mid, now) for mid, w in written for r in w.resources]
             if rows:
                 conn.exec_driver_sql(self.sql.upsert_write, rows)
@@ -590,15 +605,16 @@ class Store:
         status: DeliveryStatus,
         next_attempt_at: float,
         now: float,
+        stored: Sequence[tuple[ContentKind, bytes, int]],
     ) -> None:
         sql = self.sql
         conn.exec_driver_sql(
             sql.insert_attempt,
             [(message_id, destination, a.number, a.started_at, a.duration_ms, str(a.outcome), a.status_code, a.error)],
         )
-        stored = [(k, d) for k, d in ((ContentKind.sent, a.sent), (ContentKind.response, a.response)) if d is not None]
         if stored:
-            conn.exec_driver_sql(sql.insert_content, [(message_id, k.value, destination, d, now) for k, d in stored])
+            rows = [(message_id, k.value, destination, d, c, now) for k, d, c in stored]
+            conn.exec_driver_sql(sql.insert_content, rows)
         conn.exec_driver_sql(
             sql.update_delivery,
             (str(status), a.number, next_attempt_at, now, a.status_code, a.error, message_id, destination),
@@ -646,7 +662,7 @@ class Store:
         """(id, status, raw content) of every member of a group, held or already grouped, in arrival order."""
         with self.work.connect() as conn:
             rows = conn.execute(
-                select(messages.c.id, messages.c.status, contents.c.data)
+                select(messages.c.id, messages.c.status, contents.c.data, contents.c.codec)
                 .join(contents, and_(contents.c.message_id == messages.c.id, contents.c.kind == ContentKind.raw))
                 .where(
                     messages.c.channel == channel,
@@ -655,7 +671,7 @@ class Store:
                 )
                 .order_by(messages.c.id)
             ).all()
-        return [(r[0], r[1], bytes(r[2])) for r in rows]
+        return [(r[0], r[1], codec.decode(r[2], r[3]) or b"") for r in rows]
 
     def mark_grouped(self, ids: Sequence[str]) -> int:
         """held → grouped, once the group's own message holding them is committed. Returns how many moved."""

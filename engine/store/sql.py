@@ -25,14 +25,14 @@ class Statements:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self.insert_content = s(
-            "INSERT INTO contents (message_id, kind, destination, data, created_at) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO contents (message_id, kind, destination, data, codec, created_at) VALUES (?, ?, ?, ?, ?, ?)"
         )
         # Equality on the dedupe key only, so every planner takes ix_messages_dedupe; the window and
         # status are checked by the caller (a range on received_at here made SQLite scan the whole window
         # through ix_messages_channel_received: measured O(messages in the window)).
         self._find_duplicates = s("SELECT dedupe_key, id, received_at, status FROM messages WHERE dedupe_key IN (?)")
         self._load_for_processing = s(
-            "SELECT m.id, m.status, m.channel, c.data, m.lane, m.kind, m.charset FROM messages m"
+            "SELECT m.id, m.status, m.channel, c.data, c.codec, m.lane, m.kind, m.charset FROM messages m"
             f" LEFT JOIN contents c ON c.message_id = m.id AND c.kind = '{ContentKind.raw}' WHERE m.id IN (?)"
         )
         self.finish_message = s(
@@ -47,7 +47,7 @@ class Statements:
             " VALUES (?, ?, ?, ?, 0, ?, ?)"
         )
         self.load_for_delivery = s(
-            "SELECT d.status, d.attempts, m.channel, c.data, m.lane, m.source_time, d.target FROM deliveries d"
+            "SELECT d.status, d.attempts, m.channel, c.data, c.codec, m.lane, m.source_time, d.target FROM deliveries d"
             " JOIN messages m ON m.id = d.message_id"
             f" LEFT JOIN contents c ON c.message_id = d.message_id AND c.kind = '{ContentKind.transformed}'"
             " WHERE d.message_id = ? AND d.destination = ? ORDER BY c.id DESC LIMIT 1"
