@@ -31,6 +31,7 @@ from engine.store import codec
 from engine.store.schema import ContentKind, DeliveryStatus, MessageStatus, contents, deliveries, messages
 
 if TYPE_CHECKING:
+    from engine.config.channel import Channel
     from engine.store.repository import Store
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "count_dead",
     "count_reprocess",
     "dead_letters",
+    "destination_target",
     "discard_dead",
     "for_diff",
     "redeliver",
@@ -384,6 +386,21 @@ class Redelivered:
     destination: str
     channel: str
     duplicate: str = ""
+
+
+def destination_target(channels: Sequence[Channel], channel: str, destination: str) -> str:
+    """The target key (:func:`~engine.destinations.target_key`) of a destination of a configured channel;
+    Refused (``unknown-destination``) when the channel is not configured or has no destination of that name."""
+    from engine.destinations import target_key
+
+    for c in channels:
+        if c.name == channel:
+            for d in c.destinations:
+                if d.name == destination:
+                    return target_key(d)
+            names = ", ".join(d.name for d in c.destinations)
+            raise Refused("unknown-destination", f"destination: channel {channel} delivers to {names}")
+    raise Refused("unknown-destination", f"channel {channel} is not configured")
 
 
 _IN_FLIGHT = (DeliveryStatus.pending, DeliveryStatus.waiting, DeliveryStatus.retrying)

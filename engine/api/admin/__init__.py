@@ -117,7 +117,7 @@ def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 
 #: the admin modules whose routes are served, by name under ``engine.api.admin`` (each has
 #: ``routes(admin) -> list[BaseRoute]``); names, not modules: the modules import this package
-MODULES: tuple[str, ...] = ("tokens", "messages")
+MODULES: tuple[str, ...] = ("tokens", "messages", "deadletters", "reprocess", "diff")
 
 
 def routes(admin: Admin) -> list[BaseRoute]:

@@ -1,0 +1,137 @@
+"""``/api/v1/deadletters``: list dead deliveries (viewer: metadata only, keyset cursor), replay or discard one
+or a filtered set (operator), each with ``?dry_run=true`` counting exactly what would be taken.
+
+Actions take effect at once: replayed deliveries go straight to the running engine's queue
+(``EngineControl.enqueue_deliver``), batch by batch as the store commits them, and a discard releases at once
+what waited behind the dead letter in its patient's lane. Every action is audited (``deadletter.replay``,
+``deadletter.discard``) with the message ids, one row per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from engine.api.admin import PREFIX, Admin, Principal, Role, json, read_json
+from engine.api.admin.selecting import describe, dry_run, query_selection, selection
+from engine.api.problems import Problem
+from engine.store import operations as ops
+
+__all__ = ["routes"]
+
+MAX_LIMIT = 500
+
+
+def encode_cursor(message_id: str, destination: str) -> str:
+    return base64.urlsafe_b64encode(f"{message_id} {destination}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        mid, _, dest = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(" ")
+    except ValueError:
+        raise Problem(422, "invalid-cursor", "cursor: not a cursor this API gave") from None
+    if len(mid) != 32 or not dest:
+        raise Problem(422, "invalid-cursor", "cursor: not a cursor this API gave")
+    return mid, dest
+
+
+def _limit(request: Request, default: int = 100) -> int:
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise Problem(422, "invalid-parameter", f"limit: an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def routes(admin: Admin) -> list[BaseRoute]:
+    access, store, control = admin.access, admin.store, admin.control
+
+    async def list_dead(request: Request) -> Response:
+        await access.require(request, Role.viewer)
+        sel = query_selection(request)
+        limit = _limit(request)
+        cursor = request.query_params.get("cursor")
+        after = decode_cursor(cursor) if cursor else None
+
+        def page() -> list[dict[str, Any]]:
+            rows = ops.dead_letters(store, sel, after=after, limit=limit)
+            return [
+                {"message_id": r.message_id, "destination": r.destination, "channel": r.channel,
+                 "message_type": r.message_type, "received_at": r.received_at, "dead_at": r.updated_at,
+                 "attempts": r.attempts, "last_status_code": r.last_status_code, "last_error": r.last_error,
+                 "holding": store.held_behind(r.message_id)}
+                for r in rows
+            ]  # fmt: skip
+
+        items = await asyncio.to_thread(page)
+        last = items[-1] if len(items) == limit else None
+        return json({"items": items, "next": encode_cursor(last["message_id"], last["destination"]) if last else None})
+
+    async def replay(request: Request) -> Response:
+        who = await access.require(request, Role.operator)
+        sel = selection(await read_json(request))
+        if dry_run(request):
+            return json({"dry_run": True, "count": await asyncio.to_thread(ops.count_dead, store, sel)})
+        loop = asyncio.get_running_loop()
+
+        def act() -> list[tuple[str, str]]:
+            done: list[tuple[str, str]] = []
+            for batch in ops.replay_dead(store, sel):
+                for m, d in batch:
+                    control.enqueue_deliver(m, d)
+                done.extend(batch)
+                _audit(loop, who, "deadletter.replay", describe(sel), batch)
+            return done
+
+        done = await asyncio.to_thread(act)
+        return json({"replayed": len(done), "deliveries": _pairs(done)})
+
+    async def discard(request: Request) -> Response:
+        who = await access.require(request, Role.operator)
+        body = await read_json(request)
+        sel = selection(body, extra=("reason",))
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
+            raise Problem(422, "reason-required", "reason: why (1 to 200 characters; no patient data)")
+        if dry_run(request):
+            return json({"dry_run": True, "count": await asyncio.to_thread(ops.count_dead, store, sel)})
+        loop = asyncio.get_running_loop()
+
+        def act() -> list[tuple[str, str]]:
+            done: list[tuple[str, str]] = []
+            for batch in ops.discard_dead(store, sel, reason.strip()):
+                for m, d in ops.wake_behind(store, batch):  # what waited behind them goes now
+                    control.enqueue_deliver(m, d)
+                done.extend(batch)
+                _audit(loop, who, "deadletter.discard", describe(sel), batch)
+            return done
+
+        done = await asyncio.to_thread(act)
+        return json({"discarded": len(done), "deliveries": _pairs(done)})
+
+    def _audit(
+        loop: asyncio.AbstractEventLoop, who: Principal, action: str, target: str, batch: list[tuple[str, str]]
+    ) -> None:
+        """From the worker thread: one audit row for a committed batch (waits until written)."""
+        if batch:
+            ids = list(dict.fromkeys(m for m, _ in batch))
+            asyncio.run_coroutine_threadsafe(access.record(who, action, target=target, message_ids=ids), loop).result()
+
+    return [
+        Route(f"{PREFIX}/deadletters", list_dead, methods=["GET"]),
+        Route(f"{PREFIX}/deadletters/replay", replay, methods=["POST"]),
+        Route(f"{PREFIX}/deadletters/discard", discard, methods=["POST"]),
+    ]
+
+
+#: at most this many (message id, destination) pairs are listed in an action's answer (the count is exact)
+_LISTED = 1000
+
+
+def _pairs(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"message_id": m, "destination": d} for m, d in pairs[:_LISTED]]

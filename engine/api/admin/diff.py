@@ -1,0 +1,60 @@
+"""``POST /api/v1/diff`` (operator): what the mappings on disk now would change in the FHIR of stored messages.
+
+The body is a selection (``operations.Selection``) and ``limit`` (newest first, default 20, at most
+``MAX_LIMIT``). The mappings and channel files are compiled afresh for the request (seconds; in a thread),
+never the running engine's: nothing it runs changes. The answer holds, per message, each resource that
+differs with its paths and the old and new values (message content: audited as ``message.diff`` with the
+ids) and a summary per resource type, path and change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from engine.api.admin import PREFIX, Admin, Role, json, read_json
+from engine.api.admin.selecting import describe, selection
+from engine.api.problems import Problem
+from engine.errors import ConfigError
+from engine.store import operations as ops
+from engine.transform.diff import Replay, summarize
+
+__all__ = ["routes"]
+
+MAX_LIMIT = 500
+
+
+def routes(admin: Admin) -> list[BaseRoute]:
+    access, store, settings = admin.access, admin.store, admin.settings
+
+    async def diff(request: Request) -> Response:
+        who = await access.require(request, Role.operator)
+        body = await read_json(request)
+        sel = selection(body, extra=("limit",))
+        limit = body.get("limit", 20)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+            raise Problem(422, "invalid-limit", f"limit: an integer from 1 to {MAX_LIMIT}")
+
+        def run() -> dict[str, Any]:
+            stored = ops.for_diff(store, sel, limit=limit)
+            diffs = Replay(settings).diff(stored)
+            return {
+                "messages": [d.as_json() for d in diffs],
+                "changed": sum(d.changed for d in diffs),
+                "summary": [{"resource_type": t, "path": p, "op": op, "count": n}
+                            for (t, p, op), n in sorted(summarize(diffs).items())],
+            }  # fmt: skip
+
+        try:
+            out = await asyncio.to_thread(run)
+        except ConfigError as exc:  # a mapping or channel file on disk does not compile: say where
+            raise Problem(422, "mapping-invalid", str(exc)[:500]) from None
+        ids = [m["message_id"] for m in out["messages"]]
+        await access.record(who, "message.diff", target=describe(sel), message_ids=ids)
+        return json(out)
+
+    return [Route(f"{PREFIX}/diff", diff, methods=["POST"])]
