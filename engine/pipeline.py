@@ -16,13 +16,17 @@ Two guards stand before every send (see ``engine.ordering`` and ``docs/architect
 
 A destination that sends what was received rather than the bundle (``engine.destinations.stored``:
 DICOM forward, STOW-RS) is handed the files of the message's stored objects instead; the rest is the same.
+
+Hooks (``hooks=``, e.g. ``engine.alerts.critical.CriticalResults``) see each processed batch's results
+before the claim transaction: what a hook records then is not lost by a crash before the claim, since the
+batch is processed again (hooks must be idempotent). A hook that raises fails the batch like the claim.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -110,8 +114,10 @@ class Pipeline:
         make: Callable[..., Destination] = make_destination,
         mapper: InThreadMapper | ProcessMapper | None = None,
         metrics: Metrics | None = None,
+        hooks: Sequence[Callable[[Sequence[ProcessResult]], None]] = (),
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.hooks = tuple(hooks)
         self.store = store
         self.mappings = mappings
         self.mapper = mapper or InThreadMapper(mappings)
@@ -188,6 +194,8 @@ class Pipeline:
             results.append(result)
             out[message_id] = Processed(result.status, mapped.error)
             self.metrics.processed(channel.name, result.status)
+        for hook in self.hooks:
+            hook(results)
         # Claim before sending: a message another worker already took is not sent twice.
         won = self.store.finish_processing(results) if results else set()
         inline: list[tuple[ProcessResult, Attempted]] = []

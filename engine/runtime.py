@@ -12,6 +12,10 @@ from pathlib import Path
 
 import dramatiq
 
+from engine.alerts.book import AlertBook
+from engine.alerts.config import CriticalConfig
+from engine.alerts.critical import CriticalResults
+from engine.alerts.evaluator import Evaluator
 from engine.api.admin import Admin, ChannelState
 from engine.api.admin.access import Access
 from engine.api.app import create_app
@@ -91,7 +95,10 @@ class Engine:
         if workers and settings.mapping_process_count() > 0:
             mapper = ProcessMapper(settings, processes=settings.mapping_process_count())
         self.metrics = Metrics()
-        self.pipeline = Pipeline(self.store, self.mappings, self.channels, mapper=mapper, metrics=self.metrics)
+        critical = CriticalResults(AlertBook(self.store), self._critical)  # engine/alerts/critical.py
+        self.pipeline = Pipeline(
+            self.store, self.mappings, self.channels, mapper=mapper, metrics=self.metrics, hooks=[critical]
+        )
         self.broker = make_broker(settings.queue_url, namespace=settings.queue_namespace)
         self.actors = Actors(self.broker, self.pipeline)
         self.backlog = Backlog(
@@ -126,6 +133,7 @@ class Engine:
         self.sweeper: Sweeper | None = None
         self.http: HttpServer | None = None
         self.feeds: list[EventFeed] = []
+        self.alerts: Evaluator | None = None
 
     @property
     def in_process_queue(self) -> bool:
@@ -177,6 +185,8 @@ class Engine:
                 if ch.enabled and ch.events is not None:
                     self.feeds.append(EventFeed(self.store, ch.name, ch.events))
                     self.feeds[-1].start()
+            self.alerts = Evaluator(self.store, self.channels)  # rules, escalation, notices (engine/alerts/)
+            self.alerts.start()
 
     async def _start_source(self, ch: Channel) -> None:
         """Build and start one channel's source; ListenError/ConfigError name the channel."""
@@ -208,6 +218,9 @@ class Engine:
         for feed in self.feeds:
             await asyncio.to_thread(feed.stop)
         self.feeds = []
+        if self.alerts is not None:
+            await asyncio.to_thread(self.alerts.stop)
+            self.alerts = None
         if self.committer:
             await asyncio.to_thread(self.committer.close)
         await asyncio.to_thread(self.backlog.stop)
@@ -354,6 +367,8 @@ class Engine:
             if (running or ch.name not in old) and ch.enabled and self.ingest is not None:
                 await self._start_source(ch)
         self.channels = [c for c in self.channels if c.name not in removed]
+        if self.alerts is not None:
+            self.alerts.use(self.channels)
         names = [*(c.name for c in changed), *removed]
         if names:
             log.info("channels reloaded: %s", ", ".join(names))
@@ -366,6 +381,11 @@ class Engine:
         self.actors.enqueue_deliver(message_id, destination)
 
     # -- wiring -----------------------------------------------------------------------------------
+
+    def _critical(self, channel: str) -> CriticalConfig | None:
+        """A channel's critical-results settings as configured now (the pipeline's channels follow reloads)."""
+        ch = self.pipeline.channels.get(channel)
+        return ch.alerts.critical if ch is not None and ch.alerts is not None else None
 
     def _enqueue_committed(self, ids: list[str]) -> None:
         if ids:

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from engine.alerts.config import AlertsConfig
 from engine.backpressure import BacklogOverride
 from engine.config import yamlfile
 from engine.config.model import Model
@@ -137,6 +138,11 @@ class Channel(Model):
         None,
         description="An event feed: this channel's lifecycle events (received, error, sent, dead; ids and "
         "statuses only) POSTed in signed batches to an http destination (engine/events_feed.py).",
+    )
+    alerts: AlertsConfig | None = Field(
+        None,
+        description="Alerts (engine/alerts/): rules on the channel's flow (silence in business hours, error rate, "
+        "dead letters, queue age) and critical results with escalation, POSTed signed to http targets.",
     )
 
     @field_validator("ordering", mode="before")

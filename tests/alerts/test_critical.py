@@ -1,0 +1,188 @@
+"""Critical results: found in the mapped FHIR bundle by the pipeline hook, told to a real HTTP receiver
+(signed), escalated to the second target when nobody acknowledged them in time, never logged with values."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import delete, update
+
+from engine.alerts.book import AlertBook
+from engine.alerts.config import CriticalConfig
+from engine.alerts.critical import INTERPRETATION_SYSTEM, CriticalResults, findings
+from engine.alerts.evaluator import Evaluator
+from engine.config.channel import Channel
+from engine.pipeline import Pipeline
+from engine.store import Store
+from engine.store.repository import NewMessage
+from engine.store.schema import deliveries, messages
+from engine.transform import MappingSet
+from engine.transform.mappingset import load_mappings
+from tests.alerts.receiver import SECRET_ENV, Receiver, channel
+from tests.alerts.test_rules import Clock
+from tests.api.running import ROOT, running, webhook_channel
+from tests.integration.harness import wait_until
+from tests.integration.messages import oru
+
+LOINC = "http://loinc.org"
+MRN, VALUE = "MRN-CRIT-4711", "7.9"
+CRITICAL = {"target": "first", "escalate_to": "second", "escalate_after_min": 15}
+
+
+def obs(full_url: str, *, flag: str | None = None, code: str = "2823-3", value: Any = 6.1) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "valueQuantity": {"value": value, "unit": "mmol/L"},
+    }
+    if flag:
+        resource["interpretation"] = [{"coding": [{"system": INTERPRETATION_SYSTEM, "code": flag}]}]
+    return {"fullUrl": full_url, "resource": resource}
+
+
+def test_findings_by_interpretation_and_by_rule() -> None:
+    config = CriticalConfig.model_validate(
+        {
+            "target": "t",
+            "rules": [{"name": "k-high", "system": LOINC, "code": "2823-3", "comparator": ">=", "value": 6.5}],
+        }
+    )
+    bundle = {"entry": [
+        obs("urn:uuid:a", flag="HH"), obs("urn:uuid:b", flag="H"), obs("urn:uuid:c", flag="LL", code="1"),
+        obs("urn:uuid:d", value=6.5), obs("urn:uuid:e", value=6.4), obs("urn:uuid:f", value=True),
+        {"fullUrl": "urn:uuid:g", "resource": {"resourceType": "Patient"}}, "garbage", {"resource": None},
+    ]}  # fmt: skip
+    found = findings(bundle, config)
+    assert [(f.full_url, f.interpretation, f.rule) for f in found] == [
+        ("urn:uuid:a", "HH", ""),
+        ("urn:uuid:c", "LL", ""),
+        ("urn:uuid:d", "", "k-high"),
+    ]
+    assert found[0].detail() == {"observation": "urn:uuid:a", "interpretation": "HH", "rule": "",
+                                 "codes": ["http://loinc.org|2823-3"]}  # fmt: skip
+    assert findings({"entry": "nope"}, config) == [] and findings([1], config) == []
+    other_system = {"entry": [{"fullUrl": "u", "resource": {**obs("u", flag="HH")["resource"], "interpretation": [
+        {"coding": [{"system": "http://example.org/flags", "code": "HH"}]}]}}]}  # fmt: skip
+    assert findings(other_system, CriticalConfig(target="t")) == []
+
+
+@pytest.fixture(scope="module")
+def maps() -> MappingSet:
+    return load_mappings(ROOT / "mappings")
+
+
+def pipeline(store: Store, maps: MappingSet, ch: Channel) -> Pipeline:
+    """Wired as the engine wires it (engine/runtime.py): the hook reads the channel's settings per batch."""
+    p = Pipeline(store, maps, [ch])
+    p.hooks = (CriticalResults(AlertBook(store), lambda name: p.channels[name].alerts.critical),)  # type: ignore[union-attr]
+    return p
+
+
+def critical_oru(control_id: str) -> bytes:
+    """Two results: the first flagged HH (OBX-8), the second normal."""
+    return oru(control_id, mrn=MRN, obx=2, value=VALUE).replace(b"|3.5-6.5|N|", b"|3.5-6.5|HH|", 1)
+
+
+def process(store: Store, p: Pipeline, raw: bytes) -> str:
+    m = NewMessage("lab", raw)
+    store.insert_messages([m])
+    p.process(m.id)
+    return m.id
+
+
+def test_hh_result_notified_signed_then_escalated(
+    store: Store, maps: MappingSet, tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    ch = channel(tmp_path, receiver.url, {"critical": CRITICAL})
+    p = pipeline(store, maps, ch)
+    with caplog.at_level("DEBUG"):
+        mid = process(store, p, critical_oru("C1"))
+        clock = Clock(time.time())  # the pipeline raised it at the real time; the evaluator's clock moves on
+        ev = Evaluator(store, [ch], clock=clock)
+        [alert] = AlertBook(store).listing()
+        assert (alert.kind, alert.state, alert.message_id, alert.rule) == ("critical", "open", mid, "HH")
+        assert ev.step() == 1
+        clock.now += 14 * 60
+        ev.step()
+        assert len(receiver.requests) == 1
+        clock.now += 2 * 60  # 16 minutes, nobody acknowledged
+        ev.step()
+        ev.step()
+    first, second = receiver.notices("/first"), receiver.notices("/second")
+    assert [n["notice"] for n in first] == ["raised"] and [n["notice"] for n in second] == ["escalated"]
+    assert second[0]["alert"]["state"] == "escalated"
+    result = first[0]["result"]
+    assert result["observation"]["interpretation"][0]["coding"][0]["code"] == "HH"
+    assert result["observation"]["valueQuantity"]["value"] == float(VALUE)
+    assert result["patient"]["identifier"][0]["value"] == MRN
+    assert first[0]["alert"]["detail"]["observation"].startswith("urn:uuid:")
+    # the log names ids, channels and rules: never the patient, the value or the content
+    for secret in (MRN, "TESTER", VALUE, "Analyte"):
+        assert secret not in caplog.text
+    assert mid in caplog.text and "escalated" in caplog.text
+    stored = AlertBook(store).get(alert.id)
+    assert MRN not in str(tuple(stored)) and VALUE not in stored.detail
+
+
+def test_processed_again_raises_no_second_alert(
+    store: Store, maps: MappingSet, tmp_path: Path, receiver: Receiver
+) -> None:
+    ch = channel(tmp_path, receiver.url, {"critical": CRITICAL})
+    p = pipeline(store, maps, ch)
+    mid = process(store, p, critical_oru("C2"))
+    with store.work.begin() as conn:  # as if the claim after the hook had not committed (a crash): again
+        conn.execute(update(messages).where(messages.c.id == mid).values(status="received"))
+        conn.execute(delete(deliveries).where(deliveries.c.message_id == mid))
+    assert p.process(mid).processed[mid].status == "transformed"
+    assert len(AlertBook(store).listing()) == 1
+    process(store, p, oru("C3", mrn=MRN, obx=2))  # all normal: no alert
+    assert len(AlertBook(store).listing()) == 1
+
+
+def test_acknowledged_in_time_is_not_escalated(
+    store: Store, maps: MappingSet, tmp_path: Path, receiver: Receiver
+) -> None:
+    ch = channel(tmp_path, receiver.url, {"critical": CRITICAL})
+    p = pipeline(store, maps, ch)
+    process(store, p, critical_oru("C4"))
+    clock = Clock(time.time())  # the pipeline raised it at the real time; the evaluator's clock moves on
+    ev = Evaluator(store, [ch], clock=clock)
+    ev.step()
+    [alert] = AlertBook(store).listing()
+    acked = AlertBook(store).acknowledge(alert.id, "ward-nurse", clock.now + 60)
+    assert (acked.state, acked.acked_by) == ("acknowledged", "ward-nurse")
+    clock.now += 60 * 60
+    ev.step()
+    assert [n["notice"] for n in receiver.notices()] == ["raised"]
+    assert receiver.notices("/second") == []
+
+
+def test_channel_without_critical_settings_is_not_read(store: Store, maps: MappingSet, tmp_path: Path) -> None:
+    ch = channel(tmp_path, "http://127.0.0.1:9", {"rules": [{"kind": "dead_letters", "target": "first"}]})
+    p = pipeline(store, maps, ch)
+    process(store, p, critical_oru("C5"))
+    assert AlertBook(store).listing() == []
+
+
+def test_engine_raises_and_notifies_a_critical_fhir_result(tmp_path: Path, receiver: Receiver) -> None:
+    """The runtime's wiring: a webhook channel (FHIR input, no HL7 maps), the hook in its workers and the
+    evaluator thread of `interlink run`, with the real clock."""
+    targets = [{"type": "http", "name": "first", "url": f"{receiver.url}/first", "signing": {"secret_env": SECRET_ENV}}]
+    ch = {**webhook_channel(out=tmp_path / "out"), "alerts": {"targets": targets, "interval_s": 0.1,
+                                                             "critical": {"target": "first"}}}  # fmt: skip
+    body = orjson.dumps({**obs("x", flag="LL")["resource"], "identifier": [{"system": "urn:lab", "value": "R1"}]})
+    with running(tmp_path, [ch]) as eng:
+        fhir = {"content-type": "application/fhir+json"}
+        answer = httpx.post(f"{eng.url}/webhooks/events", content=body, headers=fhir)
+        assert answer.status_code == 202, answer.text
+        wait_until(lambda: len(receiver.requests) == 1, 20, "the critical result notice")
+    [notice] = receiver.notices("/first")
+    assert notice["alert"]["message_id"] == answer.json()["message_id"]
+    assert notice["alert"]["detail"]["interpretation"] == "LL"
+    assert notice["result"]["observation"]["identifier"] == [{"system": "urn:lab", "value": "R1"}]
