@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -473,7 +473,7 @@ def _ack_code(reply: bytes) -> tuple[str, str]:
         return "??", "unreadable reply"
     if msa is None:
         return "??", "reply has no MSA"
-    return msa.field(1), msa.field(3)
+    return msa.field(1), hl7v2.unescape(msa.field(3), msg.delimiters)  # the text as written, not its escapes
 
 
 def _batch_ack_code(reply: bytes) -> tuple[str, str]:
@@ -509,16 +509,83 @@ def messages_list(
         typer.echo(f"{r.id}  {_when(r.received_at)}  {r.channel:<14} {r.message_type:<9} {r.status:<11}{err}")
 
 
+@messages_app.command("search")
+def messages_search(
+    mrn: Annotated[str | None, typer.Option(help="A patient identifier (PID-3, Patient.identifier).")] = None,
+    accession: Annotated[str | None, typer.Option(help="An accession, filler or placer order number.")] = None,
+    control_id: Annotated[str | None, typer.Option(help="The sender's control id (MSH-10).")] = None,
+    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    type_: Annotated[str | None, typer.Option("--type", help="Message type: ORU^R01, or ORU for every event.")] = None,
+    sender: Annotated[str | None, typer.Option(help="Sender as stored (MSH-3|MSH-4).")] = None,
+    since: Annotated[str | None, typer.Option(help="Received since: ISO 8601 time or an age (30m, 2h, 7d).")] = None,
+    until: Annotated[str | None, typer.Option(help="Received before (same forms).")] = None,
+    limit: Annotated[int, typer.Option(help="How many (newest first, at most 200).")] = 50,
+    config: ConfigOpt = None,
+) -> None:
+    """Find stored messages by patient identifier, order number, control id and more: metadata only."""
+    from engine.api.admin.messages import parse_time
+    from engine.store.search import BadQuery, MessageQuery, search
+
+    store = _store(config)
+    try:
+        q = MessageQuery(
+            channel=channel, status=status, message_type=type_, control_id=control_id, mrn=mrn,
+            accession=accession, sender=sender, limit=limit,
+            since=parse_time(since, "since") if since else None, until=parse_time(until, "until") if until else None,
+        )  # fmt: skip
+        page = search(store, q)
+    except BadQuery as exc:
+        _fail(f"--{exc.field.replace('_', '-')}: {exc.message}")
+    if mrn or accession:  # who looked a patient up (the filter names, never their values)
+        _audit(
+            store,
+            "message.search",
+            [r.id for r in page.rows],
+            target=" ".join(n for n, v in (("mrn", mrn), ("accession", accession)) if v),
+        )
+    for r in page.rows:
+        dests = ",".join(f"{d}:{s}" for d, s in page.deliveries.get(r.id, []))
+        err = f"  {r.error}" if r.error else ""
+        typer.echo(f"{r.id}  {_when(r.received_at)}  {r.channel:<14} {r.message_type:<9} {r.status:<11}"
+                   f" {r.control_id:<20} {dests}{err}")  # fmt: skip
+    if page.next_cursor:
+        typer.echo(f"(more: raise --limit or narrow the search; {len(page.rows)} shown)", err=True)
+
+
+def _audit(store: Store, action: str, message_ids: list[str], target: str = "") -> None:
+    """The audit row of what the local CLI read (token id '': the CLI; actor: the user running it)."""
+    import getpass
+
+    from engine.store.access import AuditTrail
+
+    AuditTrail(store).append(token_id="", actor=getpass.getuser(), role="local", action=action, target=target,
+                             message_ids=message_ids, peer="cli")  # fmt: skip
+
+
+def _message_id(store: Store, given: str) -> str:
+    """The id of the message ``given`` names: the whole id or a unique prefix (8 hex digits or more)."""
+    from engine.store.search import AmbiguousId, BadQuery, UnknownId, resolve_id
+
+    try:
+        return resolve_id(store, given)
+    except BadQuery as exc:
+        _fail(exc.message)
+    except UnknownId:
+        _fail(f"no message {given}")
+    except AmbiguousId:
+        _fail(f"more than one message starts with {given}: give more digits")
+
+
 @messages_app.command("show")
 def messages_show(
-    message_id: Annotated[str, typer.Argument(help="Message id.")],
+    message_id: Annotated[str, typer.Argument(help="Message id, or a unique prefix of it (8 digits or more).")],
     content: Annotated[bool, typer.Option(help="Also print the raw and transformed content (PHI!).")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Show one message: status, deliveries and attempts."""
-    from engine.store import ContentKind
-
     store = _store(config)
+    message_id = _message_id(store, message_id)
     m = store.message(message_id)
     if m is None:
         _fail(f"no message {message_id}")
@@ -539,10 +606,30 @@ def messages_show(
             f"{a.duration_ms:.0f} ms {a.error or ''}"
         )
     if content:
-        for kind in (ContentKind.raw, ContentKind.transformed):
-            data = store.content(message_id, kind)
-            if data is not None:
-                typer.echo(f"--- {kind}\n{data.decode('utf-8', 'replace')}")
+        _show_content(store, m)
+
+
+def _show_content(store: Store, m: Any) -> None:
+    """Raw content (HL7 v2 one segment per line, JSON indented) and the bundle, indented; the read audited."""
+    from engine.api.admin.messages import raw_view
+    from engine.store import ContentKind
+
+    _audit(store, "message.read", [m.id])
+    raw = store.content(m.id, ContentKind.raw)
+    if raw is not None:
+        view = raw_view(raw, m.kind, m.charset)
+        typer.echo(f"--- raw ({view['format']})")
+        if "segments" in view:
+            typer.echo("\n".join(view["segments"]))
+        elif "text" in view:
+            typer.echo(view["text"])
+        else:
+            body = {k: v for k, v in view.items() if k != "format"}
+            typer.echo(orjson.dumps(body.get("json", body), option=orjson.OPT_INDENT_2).decode())
+    bundle = store.content(m.id, ContentKind.transformed)
+    if bundle is not None:
+        typer.echo("--- transformed")
+        typer.echo(orjson.dumps(orjson.loads(bundle), option=orjson.OPT_INDENT_2).decode())
 
 
 @dlq_app.command("list")

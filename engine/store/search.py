@@ -16,7 +16,8 @@
   ``received_at <= t AND (received_at < t OR id < i)`` so its first half is an index bound on every planner.
   Measured on PostgreSQL with 1,000,000 messages: see ``bench/search.py`` and ``docs/benchmarks.md``.
 
-``contents_of(store, id)`` is every content row of one message, decoded (for the operator's detail view).
+``contents_of(store, id)`` is every content row of one message, decoded (``engine.store.codec``), for the
+operator's detail view.
 ``resolve_id(store, given)`` turns a unique id prefix (≥ 8 hex digits) into the id, for the API and CLI.
 """
 
@@ -30,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
+from engine.store import codec
 from engine.store.repository import Store
 from engine.store.schema import KeyKind, contents, deliveries, message_keys, messages
 
@@ -226,16 +228,11 @@ class Content:
 def contents_of(store: Store, message_id: str) -> list[Content]:
     """Every content row of a message, oldest first (what a detail view shows: raw, bundle, each attempt's
     request and response, errors)."""
-    columns = [contents.c.kind, contents.c.destination, contents.c.created_at, contents.c.data]
-    # how each row is encoded (contents.codec, migration 0009, engine/store/codec.py), once the schema has it
-    coded = "codec" in contents.c
-    if coded:
-        columns.append(contents.c["codec"])
-    stmt = select(*columns).where(contents.c.message_id == message_id).order_by(contents.c.id)
+    stmt = (
+        select(contents.c.kind, contents.c.destination, contents.c.created_at, contents.c.data, contents.c.codec)
+        .where(contents.c.message_id == message_id)
+        .order_by(contents.c.id)
+    )
     with store.work.connect() as conn:
         rows = conn.execute(stmt).all()
-    if not coded:
-        return [Content(r[0], r[1], r[2], bytes(r[3])) for r in rows]
-    from engine.store import codec  # type: ignore[attr-defined,unused-ignore]
-
-    return [Content(r[0], r[1], r[2], codec.decode(r[3], r[4]) or b"") for r in rows]
+    return [Content(k, d, at, codec.decode(data, c) or b"") for k, d, at, data, c in rows]
