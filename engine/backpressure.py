@@ -156,13 +156,14 @@ class Backlog:
     # -- the accept path --------------------------------------------------------------------------------
 
     def reserve(self, channel: str, n: int = 1) -> None:
-        """Room for ``n`` messages about to be committed, or :class:`Busy` (nothing reserved)."""
+        """Room for ``n`` messages about to be committed, or :class:`Busy` (nothing reserved). A batch larger
+        than ``refuse_at`` itself is taken when the backlog is empty (else it could never be)."""
         c = self._counts.get(channel)
         if c is None:
             return
         with self._lock:
-            refuse_at = c.bounds.refuse_at
-            if refuse_at and c.settled + c.inflight + n > refuse_at:
+            refuse_at, backlog = c.bounds.refuse_at, c.settled + c.inflight
+            if refuse_at and backlog + n > refuse_at and backlog:
                 full = True
             else:
                 full = False

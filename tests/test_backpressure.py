@@ -91,6 +91,10 @@ def test_reserve_refuses_at_the_bound_and_a_commit_during_a_resync_is_not_lost()
     racing = Backlog({"lab": Bounds(0, 5, 0)}, read_while_committing)
     racing.resync()
     assert racing.counts() == {"lab": 1}
+    empty = Backlog({"lab": Bounds(0, 5, 0)}, lambda: {})
+    empty.reserve("lab", 8)  # a batch larger than the bound: taken when nothing else waits, else never
+    with pytest.raises(Busy):
+        empty.reserve("lab", 1)
     backlog.reserve("other")  # a channel without bounds is never refused
     assert backlog.settle("other", 1, 1) == 0.0
 
