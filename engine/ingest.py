@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine import ordering
 from engine.backpressure import Backlog
-from engine.errors import InboundError, StoreUnavailable
+from engine.errors import Busy, InboundError, StoreUnavailable
 from engine.store import Accepted, MessageStatus, NewMessage, Store
 
 if TYPE_CHECKING:
@@ -217,6 +217,8 @@ class Ingest:
         self.committer = committer
         self.backlog = backlog
         self._pseudonym = committer.store.pseudonym
+        #: channels paused by an operator (the admin API): every new message is refused as Busy, uncommitted
+        self.paused: set[str] = set()
 
     async def accept(self, channel: Channel, payload: bytes, meta: Meta, *, enqueue: bool = True) -> Receipt:
         """Commit the raw bytes with what the source read; raises StoreUnavailable when nothing was committed
@@ -224,6 +226,7 @@ class Ingest:
 
         ``enqueue``: False when the caller processes the message itself (a reply after transform).
         """
+        self._open(channel)
         msg = self._message(channel, payload, meta, enqueue)
         backlog = self.backlog
         if backlog is None:
@@ -244,6 +247,7 @@ class Ingest:
         self, channel: Channel, messages: list[tuple[bytes, Meta]], *, enqueue: bool = True
     ) -> list[Receipt]:
         """:meth:`accept` for the messages of an HL7 batch: committed in one transaction, all or none."""
+        self._open(channel)
         msgs = [self._message(channel, p, m, enqueue) for p, m in messages]
         backlog = self.backlog
         if backlog is not None:
@@ -267,6 +271,8 @@ class Ingest:
         ``bounded``: False for a message made of others already committed (a DICOM study assembled from
         its held instances), which the backlog never refuses.
         """
+        if bounded:
+            self._open(channel)
         msg = self._message(channel, payload, meta, enqueue)
         backlog = self.backlog if bounded else None
         if backlog is None:
@@ -286,8 +292,13 @@ class Ingest:
     def check(self, channel: Channel) -> None:
         """:class:`~engine.errors.Busy` when the channel's backlog is full now: a source's early look
         before work a refusal would waste (DICOM: writing the object)."""
+        self._open(channel)
         if self.backlog is not None:
             self.backlog.check(channel.name)
+
+    def _open(self, channel: Channel) -> None:
+        if channel.name in self.paused:
+            raise Busy("channel paused, send again later")
 
     def _message(self, channel: Channel, payload: bytes, meta: Meta, enqueue: bool) -> NewMessage:
         error = meta.error

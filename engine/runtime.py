@@ -168,6 +168,7 @@ class Engine:
             routes = self._routes = self._http_routes()
             self.backlog.start()
             self.ingest = Ingest(self.committer, self.backlog)
+            self.ingest.paused = self.paused
             for ch in self.channels:
                 if not ch.enabled:
                     continue

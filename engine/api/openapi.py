@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.api.admin import spec as admin_spec
 from engine.api.problems import MEDIA_TYPE as PROBLEM
 from engine.api.webhooks import INTAKE_PATH, STATUS_PATH
 
@@ -112,6 +113,7 @@ def document() -> dict[str, Any]:
             "/openapi.json": {"get": {"summary": "This document.", "operationId": "openapi", "responses": {
                 "200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {
                     "type": "object"}}}}}}},
+            **admin_spec.paths(),  # the admin API (engine/api/admin/: each module's OPENAPI)
         },
         "components": {
             "securitySchemes": {
@@ -122,6 +124,7 @@ def document() -> dict[str, Any]:
                 "mutualTLS": {"type": "mutualTLS"},
             },
             "schemas": {
+                **admin_spec.SCHEMAS,
                 "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {
                     "type": {"type": "string"}, "title": {"type": "string"},
                     "status": {"type": "integer", "minimum": 400, "maximum": 599},

@@ -200,7 +200,10 @@ class AuditTrail:
         if token_id:
             q = q.where(audit.c.token_id == token_id)
         if message_id:
-            q = q.where(or_(audit.c.message_ids == message_id, audit.c.message_ids.contains(message_id)))
+            ids = audit.c.message_ids  # space-separated: the id alone, first, last or between two
+            q = q.where(or_(ids == message_id, ids.startswith(message_id + " ", autoescape=True),
+                            ids.endswith(" " + message_id, autoescape=True),
+                            ids.contains(f" {message_id} ", autoescape=True)))  # fmt: skip
         if since is not None:
             q = q.where(audit.c.at >= since)
         if until is not None:

@@ -7,7 +7,9 @@ every module in :data:`MODULES`; a new module adds itself there with a one-line 
 
 Every route starts with ``who = await admin.access.require(request, Role.…)`` (401 before the body is read,
 403 for a role too low), answers JSON (:func:`json`), raises ``Problem`` for errors, records every content
-read and action (``await admin.access.record(who, …)``), and is described in ``engine/api/openapi.py``.
+read and action (``await admin.access.record(who, …)``), and is described in the served OpenAPI document by
+its module's ``OPENAPI`` paths (built with ``engine.api.admin.spec.operation``; ``engine/api/openapi.py``
+merges them).
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 
 #: the admin modules whose routes are served, by name under ``engine.api.admin`` (each has
 #: ``routes(admin) -> list[BaseRoute]``); names, not modules: the modules import this package
-MODULES: tuple[str, ...] = ("tokens", "messages", "deadletters", "reprocess", "diff")
+MODULES: tuple[str, ...] = ("tokens", "channels", "queues", "audit", "messages", "deadletters", "reprocess", "diff")
 
 
 def routes(admin: Admin) -> list[BaseRoute]:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from engine.api.admin import PREFIX, Admin, Role, json, read_json
+from engine.api.admin.spec import operation, param
 from engine.api.problems import Problem
 from engine.store.access import ROLES, Token
 
@@ -63,3 +64,31 @@ def routes(admin: Admin) -> list[BaseRoute]:
         Route(f"{PREFIX}/tokens", create, methods=["POST"]),
         Route(f"{PREFIX}/tokens/{{token_id}}", revoke, methods=["DELETE"]),
     ]
+
+
+_TOKEN: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "name", "role", "created_at", "last_used_at", "revoked_at"],
+    "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"},
+        "role": {"enum": list(ROLES)}, "created_at": {"type": "number"},
+        "last_used_at": {"type": ["number", "null"]}, "revoked_at": {"type": ["number", "null"]},
+        "token": {"type": "string", "description": "The secret: in the answer to its creation only."},
+    },
+}  # fmt: skip
+
+OPENAPI: dict[str, Any] = {
+    f"{PREFIX}/tokens": {
+        "get": operation("List tokens (never their secrets)", "admin", "listTokens",
+                         {"type": "object", "required": ["tokens"],
+                          "properties": {"tokens": {"type": "array", "items": _TOKEN}}}),
+        "post": operation("Create a token; its secret is in this answer only", "admin", "createToken", _TOKEN,
+                          status=201, errors=(400, 408, 413, 422),
+                          body={"type": "object", "required": ["role"], "properties": {
+                              "role": {"enum": list(ROLES)}, "name": {"type": "string", "maxLength": 100}}}),
+    },
+    f"{PREFIX}/tokens/{{token_id}}": {
+        "delete": operation("Revoke a token (kept, marked revoked)", "admin", "revokeToken", _TOKEN,
+                            parameters=[param("token_id", "path")], errors=(404,)),
+    },
+}  # fmt: skip

@@ -1,0 +1,178 @@
+"""/api/v1/channels and /api/v1/queues over real HTTP on a real engine: roles, control actions (each
+audited), reload (an invalid file refused with file:line, the running version kept), and counters and queue
+depths equal to SQL counts of the store."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.store import MessageStatus, ProcessResult
+from tests.api.admin.conftest import AdminAPI
+from tests.api.running import webhook_channel
+from tests.integration.harness import wait_until
+
+PATIENT = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN-1"}]}
+FHIR = {"content-type": "application/fhir+json"}
+
+
+def actions(api: AdminAPI) -> list[tuple[str, str, str]]:
+    entries = api.client("admin").get("/api/v1/audit", params={"action": "channel."}).json()["entries"]
+    return [(e["action"], e["target"], e["outcome"]) for e in reversed(entries)]
+
+
+def test_roles_on_channel_routes(admin_api: AdminAPI) -> None:
+    assert admin_api.client(None).get("/api/v1/channels").status_code == 401
+    assert admin_api.client(None).get("/api/v1/queues").status_code == 401
+    for role in ("viewer", "operator", "admin"):
+        assert admin_api.client(role).get("/api/v1/channels").status_code == 200
+        assert admin_api.client(role).get("/api/v1/queues").status_code == 200
+    for role in ("viewer", "operator"):
+        c = admin_api.client(role)
+        assert c.post("/api/v1/channels/events/stop").status_code == 403
+        assert c.post("/api/v1/channels/reload").status_code == 403
+    assert admin_api.client(None).post("/api/v1/channels/events/stop").status_code == 401
+    assert actions(admin_api) == []  # refused requests change nothing and record no action
+    [row] = admin_api.client("viewer").get("/api/v1/channels").json()["channels"]
+    assert (row["name"], row["source"], row["state"]) == ("events", "webhook", "running")
+    assert row["destinations"] == ["ndjson"]
+
+
+def test_stop_start_pause_resume_take_effect_and_are_audited(admin_api: AdminAPI) -> None:
+    admin, sender = admin_api.client("admin"), admin_api.client(None)
+    assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 202
+
+    assert admin.post("/api/v1/channels/events/stop").json() == {"name": "events", "state": "stopped"}
+    assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 404
+    assert admin.post("/api/v1/channels/events/start").json()["state"] == "running"
+    assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 202
+
+    assert admin.post("/api/v1/channels/events/pause").json()["state"] == "paused"
+    stored = len(admin_api.store.list_messages(limit=100))
+    refused = sender.post("/webhooks/events", json=PATIENT, headers=FHIR)
+    assert (refused.status_code, "retry-after" in refused.headers) == (503, True)
+    assert len(admin_api.store.list_messages(limit=100)) == stored  # nothing committed while paused
+    assert admin.get("/api/v1/channels").json()["channels"][0]["state"] == "paused"
+    assert admin.post("/api/v1/channels/events/resume").json()["state"] == "running"
+    assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 202
+
+    assert admin.post("/api/v1/channels/nosuch/stop").status_code == 404
+    assert admin.post("/api/v1/channels/events/explode").status_code == 404
+    assert actions(admin_api) == [
+        ("channel.stop", "events", "ok"), ("channel.start", "events", "ok"),
+        ("channel.pause", "events", "ok"), ("channel.resume", "events", "ok"),
+    ]  # fmt: skip
+    [entry] = admin.get("/api/v1/audit", params={"action": "channel.pause"}).json()["entries"]
+    assert (entry["actor"], entry["role"], entry["token_id"], entry["peer"]) == (
+        "test-admin", "admin", admin_api.token_ids["admin"], "127.0.0.1"
+    )  # fmt: skip
+
+
+def test_reload_refuses_an_invalid_file_and_keeps_the_running_version(admin_api: AdminAPI) -> None:
+    admin, sender = admin_api.client("admin"), admin_api.client(None)
+    channels = admin_api.tmp / "channels"
+    good = (channels / "events.yaml").read_text()
+    (channels / "events.yaml").write_text(good + "unknown_setting: 1\n")
+    r = admin.post("/api/v1/channels/reload")
+    assert (r.status_code, r.headers["content-type"]) == (422, "application/problem+json")
+    assert "events.yaml:" in r.json()["detail"] and "unknown_setting" in r.json()["detail"]
+    assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 202  # still running
+
+    (channels / "events.yaml").write_text(good)
+    second = webhook_channel("second", out=admin_api.tmp / "out")
+    (channels / "second.yaml").write_text(yaml.safe_dump(second))
+    assert admin.post("/api/v1/channels/reload").json() == {"changed": ["second"]}
+    assert sender.post("/webhooks/second", json=PATIENT, headers=FHIR).status_code == 202
+    assert [c["name"] for c in admin.get("/api/v1/channels").json()["channels"]] == ["events", "second"]
+    assert admin.post("/api/v1/channels/reload").json() == {"changed": []}
+    assert actions(admin_api) == [
+        ("channel.reload", "", "refused"), ("channel.reload", "second", "ok"), ("channel.reload", "", "ok")
+    ]  # fmt: skip
+
+
+class Refuser:
+    """An HTTP endpoint that refuses every request with 400 (a permanent failure: dead letters)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(400)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def refuser() -> Iterator[Refuser]:
+    r = Refuser()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+def sql_counts(tmp: Path) -> dict[tuple[str, str], int]:
+    with sqlite3.connect(tmp / "store.db") as db:
+        return {(c, s): n for c, s, n in db.execute("SELECT channel, status, count(*) FROM messages GROUP BY 1, 2")}
+
+
+def test_counters_equal_sql_counts_after_a_mixed_run(admin_api_factory: Callable[..., AdminAPI],
+                                                     refuser: Refuser, tmp_path: Path) -> None:  # fmt: skip
+    hook = webhook_channel("hook", out=tmp_path / "out")
+    hook["destinations"] = [{"name": "ehr", "type": "http", "url": refuser.url, "timeout_s": 5}]
+    api = admin_api_factory([webhook_channel(out=tmp_path / "out"), hook])
+    sender = api.client(None)
+    for _ in range(3):
+        assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 202  # sent
+    no_identifier = {"resourceType": "Patient", "name": [{"family": "X"}]}
+    assert sender.post("/webhooks/events", json=no_identifier, headers=FHIR).status_code == 202  # -> error
+    empty = {"resourceType": "Bundle", "type": "collection", "entry": []}
+    assert sender.post("/webhooks/events", json=empty, headers=FHIR).status_code == 202  # -> filtered
+    assert sender.post("/webhooks/hook", json=PATIENT, headers=FHIR).status_code == 202  # -> dead (400)
+    finished = {MessageStatus.sent, MessageStatus.error, MessageStatus.dead, MessageStatus.filtered}
+    wait_until(lambda: all(s in finished for _, s in sql_counts(tmp_path)) and
+               sum(sql_counts(tmp_path).values()) == 6, 30, "the messages finished")  # fmt: skip
+
+    expected = sql_counts(tmp_path)
+    assert expected == {("events", "sent"): 3, ("events", "error"): 1, ("events", "filtered"): 1, ("hook", "dead"): 1}
+    got = {c["name"]: c["counters"] for c in api.client("viewer").get("/api/v1/channels").json()["channels"]}
+    for name in ("events", "hook"):
+        mine = {s: n for (c, s), n in expected.items() if c == name}
+        assert got[name]["received"] == sum(mine.values())
+        assert got[name]["sent"] == mine.get("sent", 0)
+        assert got[name]["errored"] == mine.get("error", 0)
+        assert got[name]["dead"] == mine.get("dead", 0)
+        assert got[name]["filtered"] == mine.get("filtered", 0)
+        assert got[name]["queued"] == sum(mine.get(s, 0) for s in ("received", "transformed", "held"))
+
+
+def test_queue_depth_and_oldest_age_from_the_store(admin_api_factory: Callable[..., AdminAPI]) -> None:
+    api = admin_api_factory(workers=False, sweeper={"interval_s": 3600, "grace_s": 3600})
+    sender = api.client(None)
+    ids = [sender.post("/webhooks/events", json=PATIENT, headers=FHIR).json()["message_id"] for _ in range(3)]
+    api.store.finish_processing([ProcessResult(ids[0], MessageStatus.transformed, bundle=b"{}",
+                                               destinations=("ndjson",), channel="events", targets=("",))])  # fmt: skip
+    asked = time.time()
+    listed = api.client("viewer").get("/api/v1/queues").json()["queues"]
+    answered = time.time()
+    rows = {(q["channel"], q["destination"]): q for q in listed}
+    assert set(rows) == {("events", None), ("events", "ndjson")}
+    assert (rows["events", None]["depth"], rows["events", "ndjson"]["depth"]) == (2, 1)
+    assert rows["events", "ndjson"]["by_status"] == {"pending": 1}
+    with sqlite3.connect(api.tmp / "store.db") as db:
+        oldest = db.execute("SELECT min(received_at) FROM messages WHERE status = 'received'").fetchone()[0]
+    # the age of the oldest message waiting, as of some moment while the request was answered
+    assert asked - oldest - 0.001 <= rows["events", None]["oldest_age_s"] <= answered - oldest + 0.001
