@@ -119,7 +119,17 @@ def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 
 #: the admin modules whose routes are served, by name under ``engine.api.admin`` (each has
 #: ``routes(admin) -> list[BaseRoute]``); names, not modules: the modules import this package
-MODULES: tuple[str, ...] = ("tokens", "channels", "queues", "audit", "messages", "deadletters", "reprocess", "diff")
+MODULES: tuple[str, ...] = (
+    "tokens",
+    "channels",
+    "queues",
+    "audit",
+    "messages",
+    "deadletters",
+    "reprocess",
+    "diff",
+    "alerts",
+)
 
 
 def routes(admin: Admin) -> list[BaseRoute]:
