@@ -34,6 +34,8 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay dead letter
 messages_app = typer.Typer(no_args_is_help=True, help="Inspect stored messages.")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(messages_app, name="messages")
+token_app = typer.Typer(no_args_is_help=True, help="Admin API tokens (shown once; stored hashed).")
+app.add_typer(token_app, name="token")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Settings file (default config/engine.yaml).")]
 
@@ -773,3 +775,50 @@ def corpus(
     overall = result.overall()
     if min_agreement is not None and (overall is None or overall * 100 < min_agreement):
         raise typer.Exit(1)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="viewer (counters, metadata), operator (content, replay), admin (all).")],
+    name: Annotated[str, typer.Option(help="What the token is for (shown in listings and the audit trail).")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Create an admin API token, straight on the store (no engine needed); the token is the last line."""
+    from engine.store.access import ROLES, Tokens
+
+    if role not in ROLES:
+        _fail(f"--role must be one of {', '.join(ROLES)}")
+    if len(name) > 100:
+        _fail("--name: at most 100 characters")
+    store = _store(config)
+    token, secret = Tokens(store).create(role, name)
+    _audit(store, "token.create", [], target=token.id)
+    typer.echo(f"token {token.id} ({token.role}, {token.name}) created; it is shown only now:")
+    typer.echo(secret)
+
+
+@token_app.command("list")
+def token_list(config: ConfigOpt = None) -> None:
+    """List tokens (never their secrets)."""
+    from engine.store.access import Tokens
+
+    for t in Tokens(_store(config)).list():
+        used = _when(t.last_used_at) if t.last_used_at else "never used"
+        revoked = f"  revoked {_when(t.revoked_at)}" if t.revoked_at else ""
+        typer.echo(f"{t.id}  {t.role:<8} {t.name:<24} created {_when(t.created_at)}  {used}{revoked}")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (from `interlink token list`).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a token: refused from now on (kept in the list, for the audit trail)."""
+    from engine.store.access import Tokens
+
+    store = _store(config)
+    tokens = Tokens(store)
+    if not tokens.revoke(token_id):
+        _fail(f"no token {token_id}" if tokens.get(token_id) is None else f"token {token_id} is already revoked")
+    _audit(store, "token.revoke", [], target=token_id)
+    typer.echo(f"token {token_id} revoked")
