@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 
 from engine import hl7v2
 from engine.api.admin import PREFIX, Admin, Role, json
+from engine.api.admin.spec import operation, param
 from engine.api.problems import Problem
 from engine.store import MessageStatus, Store
 from engine.store.operations import Selection
@@ -48,7 +49,7 @@ from engine.store.search import (
     search,
 )
 
-__all__ = ["message_json", "parse_time", "raw_view", "routes"]
+__all__ = ["OPENAPI", "message_json", "parse_time", "raw_view", "routes"]
 
 _STATUSES = frozenset(s.value for s in MessageStatus)
 
@@ -276,3 +277,89 @@ def routes(admin: Admin) -> list[BaseRoute]:
         Route(f"{PREFIX}/messages", list_messages, methods=["GET"]),
         Route(f"{PREFIX}/messages/{{message_id}}", show, methods=["GET"]),
     ]
+
+
+# -- the OpenAPI description (engine/api/admin/spec.py) -------------------------------------------------------
+
+_STRING_OR_NULL = {"type": ["string", "null"]}
+_DELIVERY_STATUS = {
+    "type": "object",
+    "required": ["destination", "status"],
+    "properties": {"destination": {"type": "string"}, "status": {"type": "string"}},
+}
+_MESSAGE = {
+    "type": "object",
+    "description": "A message's metadata (never content).",
+    "required": ["id", "channel", "status", "kind", "type", "received_at", "updated_at", "size_bytes", "sender",
+                 "control_id", "peer", "error", "duplicate_of", "deliveries"],
+    "properties": {
+        "id": {"type": "string"}, "channel": {"type": "string"}, "status": {"type": "string"},
+        "kind": {"type": "string"}, "type": {"type": "string"},
+        "received_at": {"type": "number", "description": "Epoch seconds."}, "updated_at": {"type": "number"},
+        "size_bytes": {"type": "integer"}, "sender": {"type": "string"}, "control_id": {"type": "string"},
+        "peer": {"type": "string"}, "error": _STRING_OR_NULL, "duplicate_of": _STRING_OR_NULL,
+        "deliveries": {"type": "array", "items": _DELIVERY_STATUS},
+    },
+}  # fmt: skip
+_ATTEMPT = {
+    "type": "object",
+    "required": ["number", "destination", "started_at", "duration_ms", "outcome", "status_code", "error"],
+    "properties": {
+        "number": {"type": "integer"}, "destination": {"type": "string"}, "started_at": {"type": "number"},
+        "duration_ms": {"type": "number"}, "outcome": {"type": "string"}, "status_code": {"type": ["integer", "null"]},
+        "error": _STRING_OR_NULL,
+        "request": {"description": "Operators: the request sent ({json} or {text}); null: the stored bundle."},
+        "response": {"description": "Operators: the response ({json} or {text}), null when none."},
+    },
+}  # fmt: skip
+_DETAIL = {
+    "type": "object",
+    "description": "Metadata, deliveries and attempts; `content` only for operators and admins (audited).",
+    "required": [*_MESSAGE["required"], "attempts"],
+    "properties": {
+        **_MESSAGE["properties"],  # type: ignore[dict-item]
+        "deliveries": {"type": "array", "items": {"type": "object", "properties": {
+            "destination": {"type": "string"}, "status": {"type": "string"}, "attempts": {"type": "integer"},
+            "last_status_code": {"type": ["integer", "null"]}, "last_error": _STRING_OR_NULL,
+            "updated_at": {"type": "number"}}}},
+        "attempts": {"type": "array", "items": _ATTEMPT},
+        "content": {"type": "object", "properties": {
+            "raw": {"description": "`format` hl7v2 (`segments`), dicom-study / dicom-instance (datasets by keyword), "
+                                   "json / fhir (`json`), or text (`text`)."},
+            "transformed": {"description": "The FHIR bundle made of it, or null."}}},
+    },
+}  # fmt: skip
+_SEARCH_PARAMS = [
+    param("channel", description="Only this channel."),
+    param("status", description="Only this message status."),
+    param("since", description="Received at or after: ISO 8601 (no offset: the engine host's zone) or an age (2h)."),
+    param("until", description="Received before (same forms)."),
+    param("type", description="Message type (`ORU^R01`; `ORU` for every event)."),
+    param("control_id", description="The sender's control id (MSH-10)."),
+    param("mrn", description="A patient identifier, plain (matched by its keyed hash; the search is audited)."),
+    param("accession", description="An accession / filler / placer number, plain (audited like mrn)."),
+    param("sender", description="Sender as stored (MSH-3|MSH-4)."),
+    param("cursor", description="`next_cursor` of the previous page."),
+    param("limit", description=f"Rows per page (1-{MAX_LIMIT}, default 50).", type="integer"),
+]
+
+OPENAPI: dict[str, Any] = {
+    f"{PREFIX}/messages": {
+        "get": operation(
+            "Search messages, newest first, by cursor pages", "viewer", "searchMessages",
+            {"type": "object", "required": ["messages", "next_cursor"], "properties": {
+                "messages": {"type": "array", "items": _MESSAGE}, "next_cursor": _STRING_OR_NULL}},
+            parameters=_SEARCH_PARAMS, errors=(400,),
+        )
+    },
+    f"{PREFIX}/messages/{{message_id}}": {
+        "get": operation(
+            "One message: metadata, deliveries, attempts; content for operators", "viewer", "getMessage", _DETAIL,
+            parameters=[param("message_id", "path", "The id, or a unique prefix of at least 8 hex digits.")],
+            errors=(400, 404, 409),
+        )
+    },
+}  # fmt: skip
+OPENAPI[f"{PREFIX}/messages/{{message_id}}"]["get"]["responses"]["409"]["description"] = (
+    "More than one message starts with this prefix: give more digits."
+)
