@@ -125,6 +125,7 @@ MODULES: tuple[str, ...] = (
     "queues",
     "audit",
     "messages",
+    "events",
     "deadletters",
     "reprocess",
     "diff",

@@ -146,7 +146,8 @@ async function api(method, path, body) {
     }
   }
   if (res.status === 401) {
-    logout("The token was refused (unknown, revoked or expired).");
+    // signed in: the token was revoked meanwhile (at sign-in the form says so itself)
+    if (sessionStorage.getItem(TOKEN_KEY)) logout("The token was refused (unknown, revoked or expired).");
     throw new ApiError(401, data);
   }
   if (!res.ok) throw new ApiError(res.status, data);
@@ -363,7 +364,7 @@ function queuesView() {
     clear(tbody);
     for (const q of latest.queues) {
       const age = q.oldest_age_s ?? q.oldest_age ?? q.age_s ?? null;
-      tbody.append(h("tr", {}, h("td", {}, q.channel ?? ""), h("td", {}, q.destination ?? ""),
+      tbody.append(h("tr", {}, h("td", {}, q.channel ?? ""), h("td", {}, q.destination ?? h("span", { class: "muted" }, "(to be processed)")),
         h("td", { class: "num depth" }, fmtNum(q.depth)),
         h("td", { class: `num age${age > 300 ? " warn" : ""}` }, fmtAge(age))));
     }
@@ -569,13 +570,13 @@ function messageView(id) {
         ["Received", fmtTime(m.received_at)], ["Updated", fmtTime(m.updated_at)], ["Error", m.error],
         ["Deliveries", deliveriesText(m)]];
       const content = m.content; // absent for a viewer: metadata only
-      clear(body).append(
+      append(clear(body), [
         h("dl", { class: "meta" }, meta.filter(([, v]) => v !== undefined && v !== null && v !== "")
           .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
         messageActions(messageId(m)),
         content ? [h("h2", {}, "Raw"), rawView(content.raw), h("h2", {}, "FHIR bundle"), prettyJson(content.transformed)]
           : h("p", { class: "muted" }, "Message content needs an operator token."),
-        h("h2", {}, "Attempts"), attemptsView(listOf(m.attempts ?? [], "attempts")));
+        h("h2", {}, "Attempts"), attemptsView(listOf(m.attempts ?? [], "attempts"))]);
     })
     .catch((err) => clear(body).append(errorBox(err)));
   state.onTick = null;
@@ -623,15 +624,15 @@ function deadLettersView() {
   };
   const bulk = h("button", { type: "button" }, "Replay all shown…");
   bulk.addEventListener("click", async () => {
-    const filter = sel.value ? { channel: sel.value } : {};
+    const filter = sel.value ? { channel: sel.value } : { all: true };
     try {
       if (bulk.dataset.confirm !== "1") {
-        const dry = await api("POST", "/api/v1/deadletters/replay?dry_run=true", { filter });
+        const dry = await api("POST", "/api/v1/deadletters/replay?dry_run=true", filter);
         bulk.dataset.confirm = "1";
         bulk.textContent = `Replay ${fmtNum(dry?.count ?? dry?.matched ?? 0)} dead letters: confirm`;
         return;
       }
-      const done = await api("POST", "/api/v1/deadletters/replay", { filter });
+      const done = await api("POST", "/api/v1/deadletters/replay", filter);
       toast(`Replayed ${fmtNum(done?.count ?? done?.replayed ?? 0)}.`);
       bulk.dataset.confirm = "";
       bulk.textContent = "Replay all shown…";
@@ -681,7 +682,8 @@ function deadRow(d, reload, reason) {
   return h("tr", { "data-id": id },
     h("td", {}, h("a", { href: `#/message/${encodeURIComponent(id)}` }, id.slice(0, 12))),
     h("td", {}, d.channel ?? ""), h("td", {}, d.destination ?? ""),
-    h("td", {}, fmtTime(d.dead_at ?? d.updated_at ?? d.received_at)), h("td", { class: "error-text" }, d.error ?? ""),
+    h("td", {}, fmtTime(d.dead_at ?? d.received_at)),
+    h("td", { class: "error-text" }, d.last_status_code ? `HTTP ${d.last_status_code} ` : "", d.last_error ?? ""),
     h("td", { class: "actions" }, replay, discard));
 }
 
@@ -690,13 +692,14 @@ function deadRow(d, reload, reason) {
 function diffView() {
   const out = h("div", { id: "diff" });
   const form = h("form", { class: "filters" }, field("Channel", channelSelect("channel", "")),
-    field("Limit", h("input", { name: "limit", type: "number", min: 1, max: 1000, value: 50 })),
+    field("Limit", h("input", { name: "limit", type: "number", min: 1, max: 500, value: 20 })),
     h("button", { type: "submit" }, "Run through the mapping on disk"));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const data = Object.fromEntries(new FormData(form));
-    const body = { limit: Number(data.limit) || 50 };
+    const body = { limit: Number(data.limit) || 20 };
     if (data.channel) body.channel = data.channel;
+    else body.all = true;
     clear(out).append(h("p", { class: "muted" }, "Running…"));
     try {
       renderDiff(out, await api("POST", "/api/v1/diff", body));
@@ -731,22 +734,33 @@ function changeRows(r) {
 function renderDiff(out, body) {
   clear(out);
   const messages = listOf(body, "messages", "diffs");
-  const changed = messages.filter((m) => listOf(m.resources ?? m.changes ?? [], "resources").length);
+  const changed = messages.filter((m) => m.changed ?? listOf(m.resources ?? [], "resources").length > 0);
   out.append(h("p", { class: "summary" },
     `${fmtNum(messages.length)} messages compared, ${fmtNum(changed.length)} would change.`));
-  for (const m of changed) {
+  const summary = listOf(body?.summary ?? [], "summary");
+  if (summary.length) {
+    out.append(h("table", { class: "grid diff-summary" }, h("thead", {}, h("tr", {}, h("th", {}, "Resource"),
+      h("th", {}, "Path"), h("th", {}, "Change"), h("th", { class: "num" }, "Messages"))),
+    h("tbody", {}, summary.map((x) => h("tr", {}, h("td", {}, x.resource_type ?? ""), h("td", { class: "path" }, x.path ?? ""),
+      h("td", {}, x.op ?? ""), h("td", { class: "num" }, fmtNum(x.count)))))));
+  }
+  changed.forEach((m, i) => {
     const id = messageId(m);
-    const box = h("article", { class: "diff-message", "data-id": id },
-      h("h2", {}, h("a", { href: `#/message/${encodeURIComponent(id)}` }, id.slice(0, 12)), " ", m.channel ?? ""));
-    for (const r of listOf(m.resources ?? m.changes ?? [], "resources")) {
-      const label = [r.resource_type ?? r.type ?? r.resourceType, r.key ?? r.id ?? r.fullUrl ?? ""].filter(Boolean).join(" ");
+    const count = listOf(m.resources ?? [], "resources").reduce((n, r) => n + Math.max(1, (r.changes ?? []).length), 0);
+    const box = h("details", { class: "diff-message", "data-id": id, open: i < 3 },
+      h("summary", {}, h("a", { href: `#/message/${encodeURIComponent(id)}` }, id.slice(0, 12)), " ", m.channel ?? "",
+        " ", h("span", { class: "muted" }, m.message_type ?? "", m.before ? ` · was ${m.before}, now ${m.now}` : "",
+          ` · ${count} change${count === 1 ? "" : "s"}`)),
+      m.error ? h("p", { class: "error-text" }, m.error) : null);
+    for (const r of listOf(m.resources ?? [], "resources")) {
+      const label = [r.resource_type ?? r.type, r.op && r.op !== "changed" ? `(${r.op})` : "", r.key ?? ""].filter(Boolean).join(" ");
       box.append(h("h3", {}, label || "resource"), h("table", { class: "grid diff" },
         h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "Path"), h("th", {}, "Stored"), h("th", {}, "Now"))),
         h("tbody", {}, changeRows(r).map(([k, path, o, n]) => h("tr", { class: k }, h("td", {}, k),
           h("td", { class: "path" }, path), h("td", { class: "old" }, o), h("td", { class: "new" }, n))))));
     }
     out.append(box);
-  }
+  });
 }
 
 // -- audit
@@ -760,7 +774,7 @@ function auditView() {
   let next = null;
   const page = async (cursor) => {
     const body = await api("GET", `/api/v1/audit${query({ cursor, limit: 100 })}`);
-    for (const a of listOf(body, "audit", "records")) {
+    for (const a of listOf(body, "entries")) {
       const ids = Array.isArray(a.message_ids) ? a.message_ids : [];
       tbody.append(h("tr", {}, h("td", {}, fmtTime(a.at)), h("td", {}, a.actor ?? ""), h("td", {}, a.role ?? ""),
         h("td", {}, a.action ?? ""), h("td", {}, a.target ?? ""),
