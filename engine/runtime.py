@@ -159,6 +159,11 @@ class Engine:
             # An in-process queue died with the previous process: everything unfinished is orphaned now.
             self.sweeper.start(initial_grace_s=0 if self.in_process_queue else None)
         if self._want_sources:
+            try:  # alert targets read their signing secrets now: a missing one is one line, before any listener
+                self.alerts = Evaluator(self.store, self.channels)  # rules, escalation, notices (engine/alerts/)
+            except ConfigError:
+                await self.stop()
+                raise
             self.committer = GroupCommitter(
                 self.store,
                 self._enqueue_committed,
@@ -186,7 +191,6 @@ class Engine:
                 if ch.enabled and ch.events is not None:
                     self.feeds.append(EventFeed(self.store, ch.name, ch.events))
                     self.feeds[-1].start()
-            self.alerts = Evaluator(self.store, self.channels)  # rules, escalation, notices (engine/alerts/)
             self.alerts.start()
 
     async def _start_source(self, ch: Channel) -> None:

@@ -11,6 +11,7 @@ from pydantic import Field
 from engine.backpressure import BacklogSettings
 from engine.config import yamlfile
 from engine.config.model import Model
+from engine.store.retention import RetentionSettings
 from engine.transform.limits import Limits
 
 DEFAULT_CONFIG = Path("config/engine.yaml")
@@ -81,6 +82,11 @@ class Settings(Model):
         0, ge=0, le=1000, description="How long the ingest writer waits to fill a batch (0: commit when free)."
     )
     sweeper: SweeperSettings = Field(default_factory=SweeperSettings, description="Recovery sweeper.")
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="How long finished messages are kept (content_days, metadata_days; unset: for ever; a "
+        "channel's `retention:` overrides them) and how `interlink run` prunes (interval, batch size, pause).",
+    )
     backlog: BacklogSettings = Field(
         default_factory=BacklogSettings,
         description="Back-pressure: each channel's backlog of unfinished messages is bounded (a channel's "

@@ -47,6 +47,7 @@ from engine.alerts.config import AlertsConfig
 from engine.alerts.rules import check
 from engine.destinations.base import Outcome
 from engine.destinations.http import HttpDestination
+from engine.errors import ConfigError
 from engine.store import ContentKind, MessageStatus, Store
 from engine.store.schema import AlertState
 
@@ -126,11 +127,15 @@ class Evaluator:
         """Take the channels' (new) alert settings: at start and after a reload. Targets it replaces are closed
         when the evaluator stops (a notice may be in flight through one)."""
         configs = {c.name: c.alerts for c in channels if c.enabled and c.alerts}
-        targets = {
-            (name, t.name): HttpDestination(t, transport=self._transport)
-            for name, cfg in configs.items()
-            for t in cfg.targets
-        }
+        targets: dict[tuple[str, str], HttpDestination] = {}
+        for name, cfg in configs.items():
+            for t in cfg.targets:
+                try:
+                    targets[(name, t.name)] = HttpDestination(t, transport=self._transport)
+                except ConfigError as exc:  # a signing secret that cannot be found
+                    for dest in targets.values():
+                        dest.close()
+                    raise ConfigError(f"channel {name}: alerts.targets {t.name}: {exc}") from None
         self._retired.extend(self.targets.values())
         self.configs, self.targets = configs, targets
         self.interval_s = min((c.interval_s for c in configs.values()), default=5.0)

@@ -23,6 +23,7 @@ from engine.destinations import DestinationConfig
 from engine.errors import ConfigError
 from engine.events_feed import EventsConfig
 from engine.sources import SourceConfig
+from engine.store.retention import RetentionOverride
 from engine.transform.authority import Identifiers
 from engine.transform.limits import LimitsOverride
 
@@ -132,6 +133,11 @@ class Channel(Model):
     ordering: Ordering = Field(
         default_factory=Ordering,
         description="Delivery order per destination; `ordering: per_patient` is short for `{mode: per_patient}`.",
+    )
+    retention: RetentionOverride | None = Field(
+        None,
+        description="How long this channel's finished messages are kept (content_days, metadata_days), instead "
+        "of the engine's `retention:`; unfinished and dead-lettered messages are never pruned.",
     )
     destinations: list[DestinationConfig] = Field(description="Where bundles are delivered.", min_length=1)
     events: EventsConfig | None = Field(

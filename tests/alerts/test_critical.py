@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from engine.alerts.config import CriticalConfig
 from engine.alerts.critical import INTERPRETATION_SYSTEM, CriticalResults, findings
 from engine.alerts.evaluator import Evaluator
 from engine.config.channel import Channel
+from engine.errors import ConfigError
 from engine.pipeline import Pipeline
 from engine.store import Store
 from engine.store.repository import NewMessage
@@ -25,7 +27,7 @@ from engine.transform import MappingSet
 from engine.transform.mappingset import load_mappings
 from tests.alerts.receiver import SECRET_ENV, Receiver, channel
 from tests.alerts.test_rules import Clock
-from tests.api.running import ROOT, running, webhook_channel
+from tests.api.running import ROOT, RunningEngine, running, webhook_channel
 from tests.integration.harness import wait_until
 from tests.integration.messages import oru
 
@@ -186,3 +188,16 @@ def test_engine_raises_and_notifies_a_critical_fhir_result(tmp_path: Path, recei
     assert notice["alert"]["message_id"] == answer.json()["message_id"]
     assert notice["alert"]["detail"]["interpretation"] == "LL"
     assert notice["result"]["observation"]["identifier"] == [{"system": "urn:lab", "value": "R1"}]
+
+
+def test_a_target_without_its_secret_stops_the_start_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    targets = [{"type": "http", "name": "pager", "url": "http://127.0.0.1:9/", "signing": {"secret_env": SECRET_ENV}}]
+    ch = {**webhook_channel(out=tmp_path / "out"), "alerts": {"targets": targets, "critical": {"target": "pager"}}}
+    eng = RunningEngine(tmp_path, [ch])
+    with pytest.raises(
+        ConfigError, match=rf"channel events: alerts.targets pager: signing: no secret found \(\${SECRET_ENV}\)"
+    ):
+        asyncio.run(eng.engine.start())
+    eng.loop.close()
+    assert eng.engine.sources == {} and eng.engine.http is None
