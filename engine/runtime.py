@@ -36,6 +36,7 @@ from engine.queue.sweeper import Sweeper
 from engine.settings import Settings
 from engine.sources import Source, SourceContext, build_source
 from engine.store import Store
+from engine.store.retention import Pruner
 from engine.transform import MappingSet
 from engine.transform.mappingset import load_site_mappings
 from engine.transform.pool import ProcessMapper
@@ -131,6 +132,7 @@ class Engine:
         self._routes: WebhookRoutes | None = None
         self.sources: dict[str, Source] = {}
         self.sweeper: Sweeper | None = None
+        self.pruner: Pruner | None = None
         self.http: HttpServer | None = None
         self.feeds: list[EventFeed] = []
         self.alerts: Evaluator | None = None
@@ -158,6 +160,9 @@ class Engine:
             )
             # An in-process queue died with the previous process: everything unfinished is orphaned now.
             self.sweeper.start(initial_grace_s=0 if self.in_process_queue else None)
+            # retention beside the sweeper: one pruner per installation's `run` process (engine/store/retention.py)
+            self.pruner = Pruner(self.store, self.settings.retention, lambda: self.channels)
+            self.pruner.start()
         if self._want_sources:
             try:  # alert targets read their signing secrets now: a missing one is one line, before any listener
                 self.alerts = Evaluator(self.store, self.channels)  # rules, escalation, notices (engine/alerts/)
@@ -231,6 +236,8 @@ class Engine:
         await asyncio.to_thread(self.backlog.stop)
         if self.sweeper:
             self.sweeper.stop()
+        if self.pruner:
+            await asyncio.to_thread(self.pruner.stop)
         if self.worker:
             await asyncio.to_thread(self.worker.stop)
         self.broker.close()
