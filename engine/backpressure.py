@@ -202,6 +202,16 @@ class Backlog:
         with self._lock:
             return {name: c.settled for name, c in self._counts.items()}
 
+    def use(self, bounds: dict[str, Bounds]) -> None:
+        """New bounds after a channel reload: a channel keeps its counts; a new one is counted from the next
+        resync (its messages, if any, from before a restart)."""
+        with self._lock:
+            for name, b in bounds.items():
+                if name in self._counts:
+                    self._counts[name].bounds = b
+                else:
+                    self._counts[name] = _Count(b)
+
     def resync(self) -> None:
         """Read every channel's backlog from the store again (finished messages leave the count here)."""
         with self._lock:
@@ -210,7 +220,7 @@ class Backlog:
         with self._lock:
             for name, c in self._counts.items():
                 # commits settled since ``before`` may or may not be in ``found``: counted, to err on the full side
-                c.settled = found.get(name, 0) + c.committed - before[name]
+                c.settled = found.get(name, 0) + c.committed - before.get(name, c.committed)
 
     def start(self) -> None:
         """Resync now, then every ``resync_s`` in a thread of its own, until :meth:`stop`."""

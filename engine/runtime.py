@@ -360,16 +360,22 @@ class Engine:
 
     async def reload_channels(self) -> list[str]:
         """Re-read the channel files (mappings stay as compiled at start); changed channels restart their source
-        if it ran, with their new destinations. A removed channel stops; its queued work still goes out."""
+        if it ran (paused ones stay paused), with their new destinations and backlog bounds. A removed channel
+        stops; its queued work still goes out. A listener that cannot start raises ListenError (its channel
+        stays stopped, the others are applied)."""
         new = await asyncio.to_thread(load_channels, self._channel_paths)
         check_mappings(new, self.mappings)
+        bounds = channel_bounds(self.settings.backlog, new)  # ConfigError before anything changes
         old = {c.name: c for c in self.channels}
         changed = [c for c in new if old.get(c.name) != c]
         removed = [name for name in old if name not in {c.name for c in new}]
         for name in removed:
             await self.stop_channel(name)
+        self.channels = [c for c in self.channels if c.name not in removed]
+        self.backlog.use(bounds)
+        failed: ListenError | ConfigError | None = None
         for ch in changed:
-            running = ch.name in self.sources
+            running, paused = ch.name in self.sources, ch.name in self.paused
             if running:
                 await self.stop_channel(ch.name)
             self.pipeline.use_channel(ch)
@@ -377,13 +383,20 @@ class Engine:
             if ch.name not in old:
                 self.channels.append(ch)
             if (running or ch.name not in old) and ch.enabled and self.ingest is not None:
-                await self._start_source(ch)
-        self.channels = [c for c in self.channels if c.name not in removed]
+                try:
+                    await self._start_source(ch)
+                except (ListenError, ConfigError) as exc:
+                    failed = failed or exc
+                    continue
+                if paused:
+                    self.paused.add(ch.name)
         if self.alerts is not None:
             self.alerts.use(self.channels)
         names = [*(c.name for c in changed), *removed]
         if names:
             log.info("channels reloaded: %s", ", ".join(names))
+        if failed is not None:
+            raise failed
         return names
 
     def enqueue_process(self, message_ids: list[str]) -> None:

@@ -5,16 +5,15 @@ depths equal to SQL counts of the store."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
 from engine.store import MessageStatus, ProcessResult
+from tests.alerts.receiver import Receiver
 from tests.api.admin.conftest import AdminAPI
 from tests.api.running import webhook_channel
 from tests.integration.harness import wait_until
@@ -97,31 +96,11 @@ def test_reload_refuses_an_invalid_file_and_keeps_the_running_version(admin_api:
     ]  # fmt: skip
 
 
-class Refuser:
-    """An HTTP endpoint that refuses every request with 400 (a permanent failure: dead letters)."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["content-length"]))
-                self.send_response(400)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def refuser() -> Iterator[Refuser]:
-    r = Refuser()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
+def refuser() -> Iterator[Receiver]:
+    """An HTTP endpoint refusing every request with 400 (a permanent failure: dead letters)."""
+    with Receiver([400] * 100) as r:
+        yield r
 
 
 def sql_counts(tmp: Path) -> dict[tuple[str, str], int]:
@@ -130,9 +109,9 @@ def sql_counts(tmp: Path) -> dict[tuple[str, str], int]:
 
 
 def test_counters_equal_sql_counts_after_a_mixed_run(admin_api_factory: Callable[..., AdminAPI],
-                                                     refuser: Refuser, tmp_path: Path) -> None:  # fmt: skip
+                                                     refuser: Receiver, tmp_path: Path) -> None:  # fmt: skip
     hook = webhook_channel("hook", out=tmp_path / "out")
-    hook["destinations"] = [{"name": "ehr", "type": "http", "url": refuser.url, "timeout_s": 5}]
+    hook["destinations"] = [{"name": "ehr", "type": "http", "url": refuser.url + "/", "timeout_s": 5}]
     api = admin_api_factory([webhook_channel(out=tmp_path / "out"), hook])
     sender = api.client(None)
     for _ in range(3):
@@ -176,3 +155,22 @@ def test_queue_depth_and_oldest_age_from_the_store(admin_api_factory: Callable[.
         oldest = db.execute("SELECT min(received_at) FROM messages WHERE status = 'received'").fetchone()[0]
     # the age of the oldest message waiting, as of some moment while the request was answered
     assert asked - oldest - 0.001 <= rows["events", None]["oldest_age_s"] <= answered - oldest + 0.001
+
+
+def test_reload_applies_new_channels_bounds_and_keeps_a_pause(admin_api_factory: Callable[..., AdminAPI]) -> None:
+    api = admin_api_factory(workers=False, sweeper={"interval_s": 3600, "grace_s": 3600})
+    admin, sender = api.client("admin"), api.client(None)
+    channels = api.tmp / "channels"
+    assert admin.post("/api/v1/channels/events/pause").status_code == 200
+    events = yaml.safe_load((channels / "events.yaml").read_text())
+    events["destinations"].append({"name": "copy", "type": "file", "path": str(api.tmp / "out" / "copy.ndjson")})
+    (channels / "events.yaml").write_text(yaml.safe_dump(events))
+    second = webhook_channel("second", out=api.tmp / "out")
+    second["backlog"] = {"slow_at": 0, "refuse_at": 1}
+    (channels / "second.yaml").write_text(yaml.safe_dump(second))
+    assert admin.post("/api/v1/channels/reload").json() == {"changed": ["events", "second"]}
+    listed = {c["name"]: c for c in admin.get("/api/v1/channels").json()["channels"]}
+    assert (listed["events"]["state"], listed["events"]["destinations"]) == ("paused", ["ndjson", "copy"])
+    assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 503  # still paused
+    assert sender.post("/webhooks/second", json=PATIENT, headers=FHIR).status_code == 202
+    assert sender.post("/webhooks/second", json=PATIENT, headers=FHIR).status_code == 503  # its backlog is full
