@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engine.sources.mllp_client import send
 from engine.store import MessageStatus, ProcessResult
 from tests.alerts.receiver import Receiver
 from tests.api.admin.conftest import AdminAPI
 from tests.api.running import webhook_channel
-from tests.integration.harness import wait_until
+from tests.integration.harness import free_port, wait_until
+from tests.integration.messages import oru
 
 PATIENT = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN-1"}]}
 FHIR = {"content-type": "application/fhir+json"}
@@ -174,3 +176,26 @@ def test_reload_applies_new_channels_bounds_and_keeps_a_pause(admin_api_factory:
     assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 503  # still paused
     assert sender.post("/webhooks/second", json=PATIENT, headers=FHIR).status_code == 202
     assert sender.post("/webhooks/second", json=PATIENT, headers=FHIR).status_code == 503  # its backlog is full
+
+
+def test_a_paused_mllp_channel_naks_ae_and_stores_nothing(
+    admin_api_factory: Callable[..., AdminAPI], tmp_path: Path
+) -> None:
+    port = free_port()
+    lab = {"name": "lab", "source": {"type": "mllp", "host": "127.0.0.1", "port": port, "accept": ["ORU^R01"]},
+           "identifiers": {"authority": "HOSP"},
+           "destinations": [{"name": "ndjson", "type": "file", "path": str(tmp_path / "lab.ndjson")}]}  # fmt: skip
+    api = admin_api_factory([lab], workers=False, sweeper={"interval_s": 3600, "grace_s": 3600})
+    admin = api.client("admin")
+    # no maps are compiled here: the channel refuses ORU with AR, and stores it (with its error)
+    assert b"MSA|AR|C1" in send("127.0.0.1", port, [oru("C1")])[0]
+    assert admin.post("/api/v1/channels/lab/pause").status_code == 200
+    [nak] = send("127.0.0.1", port, [oru("C2")])
+    assert b"MSA|AE|C2" in nak and b"paused" in nak
+    assert len(api.store.list_messages()) == 1
+    assert admin.post("/api/v1/channels/lab/resume").status_code == 200
+    assert b"MSA|AR|C3" in send("127.0.0.1", port, [oru("C3")])[0]
+    assert admin.post("/api/v1/channels/lab/stop").status_code == 200
+    with pytest.raises(OSError):
+        send("127.0.0.1", port, [oru("C4")], timeout_s=5)
+    assert len(api.store.list_messages()) == 2
