@@ -18,7 +18,6 @@ from engine.settings import Settings
 
 if TYPE_CHECKING:
     from engine.config.channel import Channel
-    from engine.queue.actors import Actors
     from engine.runtime import Engine
     from engine.store import Store
     from engine.transform import MappingSet
@@ -634,121 +633,6 @@ def _show_content(store: Store, m: Any) -> None:
         typer.echo(orjson.dumps(orjson.loads(bundle), option=orjson.OPT_INDENT_2).decode())
 
 
-@dlq_app.command("list")
-def dlq_list(
-    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
-    limit: Annotated[int, typer.Option(help="How many.")] = 100,
-    config: ConfigOpt = None,
-) -> None:
-    """List dead deliveries with their last error."""
-    store = _store(config)
-    rows = store.dead_letters(channel=channel, limit=limit)
-    for r in rows:
-        held = store.held_behind(r.message_id)
-        typer.echo(
-            f"{r.message_id}  {r.channel:<14} → {r.destination:<10} {r.attempts} attempt(s)  "
-            f"{r.last_status_code or ''} {r.last_error or ''}"
-            + (f"  [holding {held} later message(s) of the patient: replay or discard it]" if held else "")
-        )
-    typer.echo(f"{len(rows)} dead letter(s)")
-
-
-@dlq_app.command("replay")
-def dlq_replay(
-    message_id: Annotated[str | None, typer.Argument(help="Replay this message (default: use --all).")] = None,
-    destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
-    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter (that matches the filters).")] = False,
-    config: ConfigOpt = None,
-) -> None:
-    """Send dead letters again (the stored bundle, attempts restart). Workers must be running."""
-    if not message_id and not all_:
-        _fail("name a message id, or pass --all")
-    settings = _settings(config)
-    store = _store(config)
-    in_process = settings.queue_url.startswith("memory://")
-    pairs = store.replay_dead(message_id=message_id, destination=destination, channel=channel, for_sweeper=in_process)
-    if not in_process:
-        actors = _enqueuer(settings, store)
-        for m, d in pairs:
-            actors.enqueue_deliver(m, d, 0)
-    typer.echo(f"{len(pairs)} delivery(ies) {_handover(settings)}")
-
-
-@dlq_app.command("discard")
-def dlq_discard(
-    message_id: Annotated[str, typer.Argument(help="The dead message to give up on.")],
-    reason: Annotated[str, typer.Option(help="Why (kept with the delivery; write no patient data).")],
-    destination: Annotated[str | None, typer.Option(help="Only this destination (default: every dead one).")] = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Give up on a dead letter for good: it no longer holds the patient's later messages (ordering)."""
-    settings = _settings(config)
-    store = _store(config)
-    names = [destination] if destination else [d.destination for d in store.deliveries_of(message_id)]
-    done = [d for d in names if store.discard(message_id, d, reason)]
-    if not done:
-        _fail(f"no dead delivery of {message_id}" + (f" to {destination}" if destination else ""))
-    typer.echo(f"{len(done)} delivery(ies) discarded; messages held behind them go out within "
-               f"{settings.sweeper.interval_s:g} s")  # fmt: skip
-
-
-@messages_app.command("reprocess")
-def messages_reprocess(
-    message_ids: Annotated[list[str], typer.Argument(help="Messages in error or dead to run again from raw.")],
-    config: ConfigOpt = None,
-) -> None:
-    """Run messages again from their raw content with the current mappings (e.g. after a fix)."""
-    settings = _settings(config)
-    store = _store(config)
-    in_process = settings.queue_url.startswith("memory://")
-    done = [m for m in message_ids if store.reprocess(m, for_sweeper=in_process)]
-    skipped = sorted(set(message_ids) - set(done))
-    if done and not in_process:
-        _enqueuer(settings, store).enqueue_process(done)
-    typer.echo(f"{len(done)} message(s) {_handover(settings)}")
-    if skipped:
-        _fail(f"not in error or dead (or unknown): {', '.join(skipped)}")
-
-
-def _enqueuer(settings: Settings, store: Store) -> Actors:
-    """Actors on the shared queue, for enqueueing only (workers elsewhere run them)."""
-    from engine.pipeline import Pipeline
-    from engine.queue.actors import Actors
-    from engine.queue.broker import make_broker
-
-    broker = make_broker(settings.queue_url, namespace=settings.queue_namespace)
-    return Actors(broker, Pipeline(store, None, []))  # type: ignore[arg-type]
-
-
-def _handover(settings: Settings) -> str:
-    if settings.queue_url.startswith("memory://"):
-        return f"marked for the running engine, which takes them within {settings.sweeper.interval_s:g} s"
-    return "enqueued"
-
-
-@app.command()
-def prune(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be removed; remove nothing.")] = False,
-    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Remove finished messages past their channel's retention (content_days, metadata_days), in small
-    batches; never an unfinished or dead-lettered message. Prints counts per channel."""
-    from engine.config.channel import load_channels
-    from engine.store.retention import Pruner, describe
-
-    settings = _settings(config)
-    try:
-        channels = load_channels([settings.channels_dir]) if settings.channels_dir.exists() else []
-    except ConfigError as exc:
-        _fail(str(exc))
-    store = _store(config)
-    report = Pruner(store, settings.retention, lambda: channels).prune(dry_run=dry_run, channel=channel)
-    for line in describe(report, dry_run=dry_run):
-        typer.echo(line)
-
-
 @app.command()
 def status(config: ConfigOpt = None) -> None:
     """Message counts per channel and status, the backlog and the dead letters."""
@@ -844,3 +728,7 @@ def token_revoke(
         _fail(f"no token {token_id}" if tokens.get(token_id) is None else f"token {token_id} is already revoked")
     _audit(store, "token.revoke", [], target=token_id)
     typer.echo(f"token {token_id} revoked")
+
+
+# the operator actions (dlq list/replay/discard, reprocess, redeliver, diff) register themselves on the apps above
+from engine import cli_actions as _cli_actions  # noqa: E402, F401

@@ -129,6 +129,17 @@ class Selection(Model):
             for v in (self.channel, self.destination, self.status, self.message_type, self.since, self.until)
         )
 
+    def describe(self) -> str:
+        """The selection for an audit row's target: its filter fields (the ids go to the row's message ids);
+        names, statuses and times, never message content."""
+        parts = [
+            f"{k}={v.isoformat() if isinstance(v, datetime) else v}"
+            for k, v in self.model_dump(exclude={"ids", "all"}, exclude_none=True).items()
+        ]
+        if self.ids:
+            parts.append(f"ids={len(self.ids)}")
+        return " ".join(parts) or "all"
+
     def message_conditions(self, *, destination: bool = True) -> list[ColumnElement[bool]]:
         """Conditions on ``messages`` (``destination``: a delivery to it exists)."""
         m = messages.c

@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine.api.admin import PREFIX, Admin, Principal, Role, json, read_json
-from engine.api.admin.selecting import describe, dry_run, query_selection, selection
+from engine.api.admin import PREFIX, Admin, Role, json, read_json
+from engine.api.admin.selecting import act_in_batches, dry_run, query_selection, selection
 from engine.api.problems import Problem
 from engine.store import operations as ops
 
@@ -77,18 +77,8 @@ def routes(admin: Admin) -> list[BaseRoute]:
         sel = selection(await read_json(request))
         if dry_run(request):
             return json({"dry_run": True, "count": await asyncio.to_thread(ops.count_dead, store, sel)})
-        loop = asyncio.get_running_loop()
-
-        def act() -> list[tuple[str, str]]:
-            done: list[tuple[str, str]] = []
-            for batch in ops.replay_dead(store, sel):
-                for m, d in batch:
-                    control.enqueue_deliver(m, d)
-                done.extend(batch)
-                _audit(loop, who, "deadletter.replay", describe(sel), batch)
-            return done
-
-        done = await asyncio.to_thread(act)
+        done = await act_in_batches(access, who, "deadletter.replay", sel, lambda: ops.replay_dead(store, sel),
+                                    enqueue, _ids)  # fmt: skip
         return json({"replayed": len(done), "deliveries": _pairs(done)})
 
     async def discard(request: Request) -> Response:
@@ -100,27 +90,14 @@ def routes(admin: Admin) -> list[BaseRoute]:
             raise Problem(422, "reason-required", "reason: why (1 to 200 characters; no patient data)")
         if dry_run(request):
             return json({"dry_run": True, "count": await asyncio.to_thread(ops.count_dead, store, sel)})
-        loop = asyncio.get_running_loop()
-
-        def act() -> list[tuple[str, str]]:
-            done: list[tuple[str, str]] = []
-            for batch in ops.discard_dead(store, sel, reason.strip()):
-                for m, d in ops.wake_behind(store, batch):  # what waited behind them goes now
-                    control.enqueue_deliver(m, d)
-                done.extend(batch)
-                _audit(loop, who, "deadletter.discard", describe(sel), batch)
-            return done
-
-        done = await asyncio.to_thread(act)
+        done = await act_in_batches(access, who, "deadletter.discard", sel,
+                                    lambda: ops.discard_dead(store, sel, reason.strip()),
+                                    lambda batch: enqueue(ops.wake_behind(store, batch)), _ids)  # fmt: skip
         return json({"discarded": len(done), "deliveries": _pairs(done)})
 
-    def _audit(
-        loop: asyncio.AbstractEventLoop, who: Principal, action: str, target: str, batch: list[tuple[str, str]]
-    ) -> None:
-        """From the worker thread: one audit row for a committed batch (waits until written)."""
-        if batch:
-            ids = list(dict.fromkeys(m for m, _ in batch))
-            asyncio.run_coroutine_threadsafe(access.record(who, action, target=target, message_ids=ids), loop).result()
+    def enqueue(pairs: list[tuple[str, str]]) -> None:
+        for m, d in pairs:
+            control.enqueue_deliver(m, d)
 
     return [
         Route(f"{PREFIX}/deadletters", list_dead, methods=["GET"]),
@@ -131,6 +108,10 @@ def routes(admin: Admin) -> list[BaseRoute]:
 
 #: at most this many (message id, destination) pairs are listed in an action's answer (the count is exact)
 _LISTED = 1000
+
+
+def _ids(pairs: list[tuple[str, str]]) -> list[str]:
+    return [m for m, _ in pairs]
 
 
 def _pairs(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from engine.api.admin import PREFIX, Admin, Role, json, read_json
-from engine.api.admin.selecting import describe, selection
+from engine.api.admin.selecting import selection
 from engine.api.problems import Problem
 from engine.errors import ConfigError
 from engine.store import operations as ops
@@ -54,7 +54,7 @@ def routes(admin: Admin) -> list[BaseRoute]:
         except ConfigError as exc:  # a mapping or channel file on disk does not compile: say where
             raise Problem(422, "mapping-invalid", str(exc)[:500]) from None
         ids = [m["message_id"] for m in out["messages"]]
-        await access.record(who, "message.diff", target=describe(sel), message_ids=ids)
+        await access.record(who, "message.diff", target=sel.describe(), message_ids=ids)
         return json(out)
 
     return [Route(f"{PREFIX}/diff", diff, methods=["POST"])]

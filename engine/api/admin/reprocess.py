@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from engine.api.admin import PREFIX, Admin, Role, json, read_json
-from engine.api.admin.selecting import describe, dry_run, selection
+from engine.api.admin.selecting import act_in_batches, dry_run, selection
 from engine.api.problems import Problem
 from engine.store import operations as ops
 
@@ -38,20 +38,8 @@ def routes(admin: Admin) -> list[BaseRoute]:
             raise Problem(422, "invalid-selection", str(exc)) from None
         if dry_run(request):
             return json({"dry_run": True, "count": count})
-        loop = asyncio.get_running_loop()
-
-        def act() -> list[str]:
-            done: list[str] = []
-            for batch in ops.reprocess(store, sel):
-                if batch:
-                    control.enqueue_process(batch)
-                    asyncio.run_coroutine_threadsafe(
-                        access.record(who, "message.reprocess", target=describe(sel), message_ids=batch), loop
-                    ).result()
-                done.extend(batch)
-            return done
-
-        done = await asyncio.to_thread(act)
+        done = await act_in_batches(access, who, "message.reprocess", sel, lambda: ops.reprocess(store, sel),
+                                    control.enqueue_process, list)  # fmt: skip
         return json({"reprocessed": len(done), "message_ids": done[:1000]})
 
     async def redeliver(request: Request) -> Response:

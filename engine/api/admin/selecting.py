@@ -1,19 +1,25 @@
 """What the operator-action routes share: a :class:`~engine.store.operations.Selection` read from a JSON body
-or query string (422 naming the field, never the value), ``?dry_run=``, and the audit target that describes
-a selection (its filter: names, statuses and times, never message content).
+or query string (422 naming the field, never the value), ``?dry_run=``, and :func:`act_in_batches`, which runs
+an action's batches off the event loop, hands each to the running engine's queue as soon as the store has
+committed it, and audits it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from starlette.requests import Request
 
+from engine.api.admin.access import Access, Principal
 from engine.api.problems import Problem
 from engine.store.operations import Selection
 
-__all__ = ["describe", "dry_run", "selection", "validation_problem"]
+__all__ = ["act_in_batches", "dry_run", "query_selection", "selection", "validation_problem"]
+
+T = TypeVar("T")
 
 _QUERY_FIELDS = ("channel", "destination", "status", "message_type", "since", "until")
 
@@ -55,12 +61,29 @@ def dry_run(request: Request) -> bool:
     return value in ("true", "1")
 
 
-def describe(s: Selection) -> str:
-    """The audit target of a selection: its filter fields (ids go to the audit row's message ids)."""
-    parts = [
-        f"{k}={v.isoformat() if hasattr(v, 'isoformat') else v}"
-        for k, v in s.model_dump(exclude={"ids", "all"}, exclude_none=True).items()
-    ]
-    if s.ids:
-        parts.append(f"ids={len(s.ids)}")
-    return " ".join(parts) or "all"
+async def act_in_batches(
+    access: Access,
+    who: Principal,
+    action: str,
+    selection: Selection,
+    batches: Callable[[], Iterator[list[T]]],
+    each: Callable[[list[T]], None],
+    ids: Callable[[list[T]], list[str]],
+) -> list[T]:
+    """Run ``batches()`` in a thread; after each committed batch: ``each(batch)`` (enqueue it) and one audit row
+    (``action``, the selection's filter, the batch's message ids). Returns everything taken."""
+    loop = asyncio.get_running_loop()
+
+    def run() -> list[T]:
+        done: list[T] = []
+        for batch in batches():
+            if batch:
+                each(batch)
+                record = access.record(
+                    who, action, target=selection.describe(), message_ids=list(dict.fromkeys(ids(batch)))
+                )
+                asyncio.run_coroutine_threadsafe(record, loop).result()
+            done.extend(batch)
+        return done
+
+    return await asyncio.to_thread(run)

@@ -35,20 +35,24 @@ def drop_birth_date(overlay: Path) -> None:
     (overlay / "json" / "segments" / "patient-Patient.yaml").write_text(kept + "\n")
 
 
-def test_diff_nothing_when_unchanged_then_the_overlay_path(
-    admin_api_factory: Callable[..., AdminAPI], tmp_path: Path
-) -> None:
-    overlay = tmp_path / "overlay"
+def engine_with_an_event(factory: Callable[..., AdminAPI], tmp: Path) -> tuple[AdminAPI, Path, str]:
+    """An engine on the JSON maps with an empty site overlay folder, and the id of one event it has sent."""
+    overlay = tmp / "overlay"
     overlay.mkdir()
-    api = admin_api_factory(
-        [webhook_channel(out=tmp_path / "out")], mappings_dir=json_maps(tmp_path), mapping_overlays=[overlay]
-    )
+    api = factory([webhook_channel(out=tmp / "out")], mappings_dir=json_maps(tmp), mapping_overlays=[overlay])
     r = api.client(None).post(
         "/webhooks/events", content=SAMPLE.read_bytes(), headers={"Content-Type": "application/json"}
     )
     assert r.status_code == 202, r.text
     mid = r.json()["message_id"]
     wait_until(lambda: api.store.message(mid).status == "sent", 10, "event sent")
+    return api, overlay, mid
+
+
+def test_diff_nothing_when_unchanged_then_the_overlay_path(
+    admin_api_factory: Callable[..., AdminAPI], tmp_path: Path
+) -> None:
+    api, overlay, mid = engine_with_an_event(admin_api_factory, tmp_path)
     operator = api.client("operator")
     assert api.client("viewer").post("/api/v1/diff", json={"all": True}).status_code == 403
 
