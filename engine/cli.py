@@ -634,6 +634,28 @@ def _show_content(store: Store, m: Any) -> None:
 
 
 @app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be removed; remove nothing.")] = False,
+    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Remove finished messages past their channel's retention (content_days, metadata_days), in small
+    batches; never an unfinished or dead-lettered message. Prints counts per channel."""
+    from engine.config.channel import load_channels
+    from engine.store.retention import Pruner, describe
+
+    settings = _settings(config)
+    try:
+        channels = load_channels([settings.channels_dir]) if settings.channels_dir.exists() else []
+    except ConfigError as exc:
+        _fail(str(exc))
+    store = _store(config)
+    report = Pruner(store, settings.retention, lambda: channels).prune(dry_run=dry_run, channel=channel)
+    for line in describe(report, dry_run=dry_run):
+        typer.echo(line)
+
+
+@app.command()
 def status(config: ConfigOpt = None) -> None:
     """Message counts per channel and status, the backlog and the dead letters."""
     store = _store(config)
