@@ -30,7 +30,8 @@ XSS_NAME = "<script>alert('x')</script>^<img src=x onerror=alert(1)>"
 
 
 class Peer:
-    """An HTTP receiver that refuses every request with 400 (a permanent failure) while ``refuse`` is set."""
+    """An HTTP receiver: deliveries (``/fhir``) are refused with 400 (a permanent failure) while ``refuse`` is
+    set; alert notices (``/alerts``) are always taken."""
 
     def __init__(self) -> None:
         self.refuse = True
@@ -39,7 +40,7 @@ class Peer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("content-length", "0")))
-                self.send_response(400 if outer.refuse else 200)
+                self.send_response(400 if outer.refuse and self.path == "/fhir" else 200)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -47,7 +48,7 @@ class Peer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -95,8 +96,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
          "destinations": [{"name": "ndjson", "type": "file", "path": str(tmp / "lab.ndjson")}]},
         {"name": "adt", "source": {**mllp, "port": adt_port, "accept": ["ADT^A01", "ADT^A08"]},
          "identifiers": {"authority": "HOSP"},
-         "destinations": [{"name": "ehr", "type": "http", "url": peer.url, "timeout_s": 5,
-                           "retry": {"max_attempts": 2, "min_backoff_ms": 50, "max_backoff_ms": 100}}]},
+         "destinations": [{"name": "ehr", "type": "http", "url": peer.url + "/fhir", "timeout_s": 5,
+                           "retry": {"max_attempts": 2, "min_backoff_ms": 50, "max_backoff_ms": 100}}],
+         "alerts": {"interval_s": 0.5, "targets": [{"name": "pager", "type": "http", "url": peer.url + "/alerts"}],
+                    "rules": [{"kind": "dead_letters", "target": "pager"}]}},
     ]  # fmt: skip
     try:
         with RunningEngine(tmp / "engine", channels, hl7_maps=True, mapping_overlays=[overlay]) as eng:
@@ -167,14 +170,20 @@ def test_login_then_counters_move_live(page: Any, site: Site, shots: Path) -> No
     assert page.evaluate("sessionStorage.getItem('interlink.token')") == site.token["viewer"]
     page.wait_for_selector("#live.on")
     before = cell(page, "lab", "received")
-    site.send_lab(*(oru(f"LIVE{i}", mrn=f"LIVE-MRN-{i}") for i in range(5)))
-    wait_until(lambda: cell(page, "lab", "received") >= before + 5, 10, "the received counter to move")
+    site.send_lab(*(oru(f"LIVE{i}", mrn=f"LIVE-MRN-{i}") for i in range(3)))
+    wait_until(lambda: cell(page, "lab", "received") >= before + 3, 10, "the received counter to move")
+    site.send_lab(*(oru(f"LIVE{i}", mrn=f"LIVE-MRN-{i}") for i in range(3, 5)))
+    wait_until(lambda: cell(page, "lab", "received") >= before + 5, 10, "the received counter to move again")
     wait_until(lambda: cell(page, "lab", "sent") >= before + 5, 20, "the sent counter to move")
     assert page.locator("#channels tr[data-channel='lab'] svg.chart polyline.received").count() == 1
     page.screenshot(path=str(shots / "channels.png"), full_page=True)
 
     page.click("#nav a[data-view=queues]")
     page.wait_for_selector("#queues tbody tr")
+    page.goto(f"{site.url}/#/message/{site.id_of('LIVE0')}")  # a viewer sees metadata, never content
+    page.wait_for_selector("#main dl.meta")
+    assert "needs an operator" in page.inner_text("#main")
+    assert page.locator("#raw").count() == 0
     assert not page.console_errors
 
 
@@ -209,6 +218,12 @@ def test_dead_letter_replayed_becomes_sent(page: Any, site: Site, shots: Path) -
     wait_until(lambda: site.status(site.id_of("DEAD1")) == "dead", 20, "the message to be dead")
     message_id = site.id_of("DEAD1")
     login(page, site, "operator")
+    page.wait_for_selector("#alerts-badge:has-text('1 alert')")  # the channel's dead_letters rule fired
+    page.click("#alerts-badge")
+    alert = page.locator("#alerts tr.alert.open", has_text="dead_letters")
+    alert.locator("button.ack").click()
+    page.wait_for_selector("#alerts tr.alert.acknowledged")
+    page.wait_for_selector("#alerts-badge", state="hidden")  # nothing left unacknowledged
     page.click("#nav a[data-view=deadletters]")
     row = page.locator(f"#deadletters tr[data-id='{message_id}']")
     row.wait_for()
@@ -219,6 +234,26 @@ def test_dead_letter_replayed_becomes_sent(page: Any, site: Site, shots: Path) -
     wait_until(lambda: site.status(message_id) == "sent", 10, "the replayed message to be sent")
     assert time.monotonic() - started < 10  # at once, not after the sweeper's interval
     page.wait_for_selector(f"#deadletters tr[data-id='{message_id}']", state="detached")
+    page.goto(f"{site.url}/#/message/{message_id}")
+    page.wait_for_selector("#main dd:text-is('sent')")
+
+
+def test_admin_pauses_a_channel_and_makes_a_token(page: Any, site: Site, shots: Path) -> None:
+    login(page, site, "admin")
+    state = "#channels tr[data-channel='adt'] .state"
+    page.click("#channels tr[data-channel='adt'] button:text-is('pause')")
+    page.wait_for_selector(f"{state}:text-is('paused')")  # through the live stream
+    page.click("#channels tr[data-channel='adt'] button:text-is('resume')")
+    page.wait_for_selector(f"{state}:text-is('running')")
+    page.click("#nav a[data-view=tokens]")
+    page.fill("#main input[name=name]", "night-shift")
+    page.select_option("#main select[name=role]", "viewer")
+    page.click("#main form button[type=submit]")
+    secret = page.inner_text("#new-token code")
+    assert secret.startswith("il_")
+    page.wait_for_selector("#tokens td:text-is('night-shift')")
+    assert Tokens(site.eng.engine.store).verify(secret) is not None
+    page.screenshot(path=str(shots / "tokens.png"), full_page=True)
 
 
 def test_mapping_diff(page: Any, site: Site, shots: Path) -> None:

@@ -8,7 +8,7 @@
 //   Live updates are read with fetch() streaming (EventSource cannot send that header).
 
 const TOKEN_KEY = "interlink.token";
-const SAMPLES = 120; // live samples kept per channel (~2 minutes at one a second)
+const SAMPLES = 90; // live samples kept and drawn per channel (~1.5 minutes at one a second)
 const COUNTERS = ["received", "filtered", "queued", "sent", "errored", "dead"];
 const STATUSES = ["received", "transformed", "sent", "filtered", "error", "dead", "duplicate", "held", "grouped"];
 const SVG = "http://www.w3.org/2000/svg";
@@ -20,6 +20,7 @@ const state = {
   samples: new Map(), // channel -> [{t, received, sent, ...}]
   onTick: null, // the current view's live-update hook
   search: {}, // the message browser's last filter (kept in memory, never in the URL)
+  ticks: 0, // live samples received (the alert count is re-read every few)
 };
 
 // ---- DOM -------------------------------------------------------------------------------------------
@@ -251,6 +252,8 @@ function onStats(stats) {
   }
   state.latest = { channels, queues, at: t };
   if (state.onTick) state.onTick(state.latest);
+  state.ticks += 1;
+  if (state.ticks % 5 === 1) pollAlerts();
 }
 
 // ---- throughput chart (inline SVG) -----------------------------------------------------------------
@@ -273,8 +276,8 @@ function chart(name) {
   for (const k of Object.keys(rates)) {
     const r = rates[k];
     if (r.length < 1) continue;
-    const step = w / (SAMPLES - 1);
-    const x0 = w - step * (r.length - 1);
+    const step = (w - 2) / (SAMPLES - 2);
+    const x0 = w - 2 - step * (r.length - 1);
     const points = r.map((v, i) => `${(x0 + step * i).toFixed(1)},${(hgt - 1 - (v / peak) * (hgt - 3)).toFixed(1)}`);
     svg.append(s("polyline", { class: `rate ${k}`, points: points.join(" ") }));
   }
@@ -683,7 +686,7 @@ function deadRow(d, reload, reason) {
     h("td", {}, h("a", { href: `#/message/${encodeURIComponent(id)}` }, id.slice(0, 12))),
     h("td", {}, d.channel ?? ""), h("td", {}, d.destination ?? ""),
     h("td", {}, fmtTime(d.dead_at ?? d.received_at)),
-    h("td", { class: "error-text" }, d.last_status_code ? `HTTP ${d.last_status_code} ` : "", d.last_error ?? ""),
+    h("td", { class: "error-text" }, d.last_error ?? (d.last_status_code ? `HTTP ${d.last_status_code}` : "")),
     h("td", { class: "actions" }, replay, discard));
 }
 
@@ -790,6 +793,119 @@ function auditView() {
   return section("Audit trail", box);
 }
 
+// -- alerts
+
+function detailText(detail) {
+  if (!detail || typeof detail !== "object") return detail ?? "";
+  return Object.entries(detail).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+}
+
+function alertsView() {
+  const sel = h("select", { name: "state" }, ["active", "open", "acknowledged", "escalated", "resolved", ""].map((st) =>
+    h("option", { value: st }, st || "any state")));
+  const list = h("div", {});
+  const load = async () => {
+    try {
+      const body = await api("GET", `/api/v1/alerts${query({ state: sel.value, limit: 200 })}`);
+      const items = listOf(body, "alerts");
+      clear(list).append(items.length
+        ? h("table", { class: "grid", id: "alerts" }, h("thead", {}, h("tr", {}, h("th", {}, "Raised"), h("th", {}, "Channel"),
+          h("th", {}, "Kind"), h("th", {}, "Rule"), h("th", {}, "State"), h("th", {}, "Detail"), h("th", {}, "Message"),
+          h("th", {}, ""))), h("tbody", {}, items.map((a) => alertRow(a, load))))
+        : h("p", { class: "muted", id: "no-alerts" }, "No alert."));
+    } catch (err) {
+      clear(list).append(errorBox(err));
+    }
+  };
+  sel.addEventListener("change", load);
+  load();
+  state.onTick = null;
+  return section("Alerts", h("div", { class: "toolbar" }, sel), list);
+}
+
+function alertRow(a, reload) {
+  const ack = a.state === "open" || a.state === "escalated"
+    ? h("button", { type: "button", class: "small ack", onclick: async () => {
+      try {
+        await api("POST", `/api/v1/alerts/${encodeURIComponent(a.id)}/ack`);
+        toast("Acknowledged.");
+        reload();
+        pollAlerts();
+      } catch (err) {
+        toast(explain(err), "bad");
+      }
+    } }, "Acknowledge")
+    : (a.acked_by ? `by ${a.acked_by}` : "");
+  return h("tr", { "data-id": a.id, class: `alert ${a.state}` }, h("td", {}, fmtTime(a.raised_at)), h("td", {}, a.channel ?? ""),
+    h("td", {}, a.kind ?? ""), h("td", {}, a.rule ?? ""), h("td", {}, h("span", { class: `state ${a.state}` }, a.state)),
+    h("td", { class: "detail" }, detailText(a.detail)),
+    h("td", {}, a.message_id ? h("a", { href: `#/message/${encodeURIComponent(a.message_id)}` }, a.message_id.slice(0, 12)) : ""),
+    h("td", { class: "actions" }, ack));
+}
+
+/** The header's count of active alerts (every few live samples). */
+async function pollAlerts() {
+  const badge = document.getElementById("alerts-badge");
+  try {
+    const body = await api("GET", "/api/v1/alerts?state=active&limit=100");
+    // active = open, escalated or acknowledged: the badge counts those nobody has acknowledged yet
+    const n = listOf(body, "alerts").filter((a) => a.state !== "acknowledged").length;
+    badge.textContent = `${n} alert${n === 1 ? "" : "s"}`;
+    badge.hidden = n === 0;
+  } catch {
+    badge.hidden = true;
+  }
+}
+
+// -- tokens (admin)
+
+function tokensView() {
+  const list = h("div", {});
+  const shown = h("div", { class: "secret", id: "new-token", hidden: true });
+  const load = async () => {
+    try {
+      const body = await api("GET", "/api/v1/tokens");
+      const items = listOf(body, "tokens");
+      clear(list).append(h("table", { class: "grid", id: "tokens" }, h("thead", {}, h("tr", {}, h("th", {}, "Name"),
+        h("th", {}, "Role"), h("th", {}, "Id"), h("th", {}, "Created"), h("th", {}, "Last used"), h("th", {}, "Revoked"),
+        h("th", {}, ""))), h("tbody", {}, items.map((tk) => h("tr", { "data-id": tk.id }, h("td", {}, tk.name ?? ""),
+        h("td", {}, tk.role), h("td", { class: "path" }, tk.id), h("td", {}, fmtTime(tk.created_at)),
+        h("td", {}, fmtTime(tk.last_used_at)), h("td", {}, fmtTime(tk.revoked_at)),
+        h("td", { class: "actions" }, tk.revoked_at ? "" : h("button", { type: "button", class: "small", onclick: async () => {
+          try {
+            await api("DELETE", `/api/v1/tokens/${encodeURIComponent(tk.id)}`);
+            toast("Revoked.");
+            load();
+          } catch (err) {
+            toast(explain(err), "bad");
+          }
+        } }, "Revoke")))))));
+    } catch (err) {
+      clear(list).append(errorBox(err));
+    }
+  };
+  const form = h("form", { class: "filters" },
+    field("Name", h("input", { name: "name", maxlength: 100, autocomplete: "off" })),
+    field("Role", h("select", { name: "role" }, ["viewer", "operator", "admin"].map((r) => h("option", { value: r }, r)))),
+    h("button", { type: "submit" }, "Create token"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const data = Object.fromEntries(new FormData(form));
+    try {
+      const made = await api("POST", "/api/v1/tokens", { name: String(data.name ?? ""), role: String(data.role) });
+      clear(shown).append(h("p", {}, "The new token, shown this once (copy it now):"), h("code", {}, made.token));
+      shown.hidden = false;
+      form.reset();
+      load();
+    } catch (err) {
+      toast(explain(err), "bad");
+    }
+  });
+  load();
+  state.onTick = null;
+  return section("Tokens", form, shown, list);
+}
+
 // -- login
 
 function loginView(reason) {
@@ -835,6 +951,7 @@ function logout(reason) {
   stopLive();
   document.getElementById("nav").hidden = true;
   document.getElementById("logout").hidden = true;
+  document.getElementById("alerts-badge").hidden = true;
   state.onTick = null;
   clear(document.getElementById("main")).append(loginView(reason));
 }
@@ -846,7 +963,9 @@ const VIEWS = {
   message: messageView,
   deadletters: deadLettersView,
   diff: diffView,
+  alerts: alertsView,
   audit: auditView,
+  tokens: tokensView,
 };
 
 function route() {
