@@ -77,8 +77,9 @@ class AlertBook:
         ]  # fmt: skip
         with self._writing() as conn:
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            stmt = dialect.insert(alerts).on_conflict_do_nothing(index_elements=["dedupe"])
-            return [(r["id"], a) for r, a in zip(rows, new, strict=True) if conn.execute(stmt, r).rowcount == 1]
+            # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT DO NOTHING
+            stmt = dialect.insert(alerts).on_conflict_do_nothing(index_elements=["dedupe"]).returning(alerts.c.id)
+            return [(r["id"], a) for r, a in zip(rows, new, strict=True) if conn.execute(stmt, r).first() is not None]
 
     def resolve(self, alert_id: str, now: float | None = None) -> bool:
         """An active alert's condition cleared: resolved, its dedupe key freed, a notice if its raise was sent."""
