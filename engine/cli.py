@@ -754,3 +754,34 @@ def token_revoke(
 
 # the operator actions (dlq list/replay/discard, reprocess, redeliver, diff) register themselves on the apps above
 from engine import cli_actions as _cli_actions  # noqa: E402, F401
+
+
+@app.command("reload")
+def reload_channels(
+    token: Annotated[
+        str | None, typer.Option(envvar="INTERLINK_TOKEN", help="An admin API token (default: $INTERLINK_TOKEN).")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="The engine's HTTP server (default: http_host and http_port of the settings).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Apply the channel files in the running engine; an invalid file is refused (file:line), nothing changes."""
+    import httpx
+
+    if not token:
+        _fail("an admin token is needed: --token or INTERLINK_TOKEN (make one: interlink token create --role admin)")
+    if url is None:
+        s = _settings(config)
+        host = "127.0.0.1" if s.http_host in ("0.0.0.0", "::", "") else s.http_host
+        url = f"{'https' if s.http_tls else 'http'}://{f'[{host}]' if ':' in host else host}:{s.http_port}"
+    try:
+        r = httpx.post(f"{url.rstrip('/')}/api/v1/channels/reload", headers={"Authorization": f"Bearer {token}"},
+                       timeout=120)  # fmt: skip
+    except httpx.HTTPError as exc:
+        _fail(f"no engine answers at {url} ({type(exc).__name__}): is `interlink run` running?")
+    if r.status_code != 200:
+        problem = r.json() if r.headers.get("content-type", "").endswith("json") else {}
+        _fail(f"not reloaded ({r.status_code}): {problem.get('detail') or problem.get('title') or r.reason_phrase}")
+    changed = r.json()["changed"]
+    typer.echo(f"reloaded: {', '.join(changed)}" if changed else "no channel changed")

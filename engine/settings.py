@@ -59,6 +59,13 @@ class Settings(Model):
         "engines by the virtual host in queue_url instead.",
     )
     channels_dir: Path = Field(Path("channels"), description="Folder of channel files.")
+    channels_watch_s: float = Field(
+        0,
+        ge=0,
+        description="`interlink run` looks at the channel files this often (seconds) and applies a change as "
+        "`interlink reload` does (an invalid file is logged with its file:line and the running version stays); "
+        "0: not watched.",
+    )
     mappings_dir: Path = Field(Path("mappings"), description="Folder of mapping files.")
     mapping_overlays: list[Path] = Field(
         default_factory=list,
@@ -103,7 +110,9 @@ class Settings(Model):
         9464, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: not served)."
     )
     metrics_host: str = Field("127.0.0.1", description="Address the /metrics endpoint listens on.")
-    http_host: str = Field("127.0.0.1", description="Address the HTTP server (webhooks, probes) listens on.")
+    http_host: str = Field(
+        "127.0.0.1", description="Address the HTTP server (webhooks, probes, admin API, dashboard) listens on."
+    )
     http_port: int = Field(
         8080,
         ge=0,
