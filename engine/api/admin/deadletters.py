@@ -18,11 +18,20 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from engine.api.admin import PREFIX, Admin, Role, json, read_json
-from engine.api.admin.selecting import act_in_batches, dry_run, query_selection, selection
+from engine.api.admin.selecting import (
+    DRY_RUN,
+    DRY_RUN_ANSWER,
+    act_in_batches,
+    dry_run,
+    query_selection,
+    selection,
+    selection_schema,
+)
+from engine.api.admin.spec import operation, param
 from engine.api.problems import Problem
 from engine.store import operations as ops
 
-__all__ = ["routes"]
+__all__ = ["OPENAPI", "routes"]
 
 MAX_LIMIT = 500
 
@@ -116,3 +125,75 @@ def _ids(pairs: list[tuple[str, str]]) -> list[str]:
 
 def _pairs(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"message_id": m, "destination": d} for m, d in pairs[:_LISTED]]
+
+
+_PAIRS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["message_id", "destination"],
+        "properties": {"message_id": {"type": "string"}, "destination": {"type": "string"}},
+    },
+}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_DEAD = {
+    "type": "object",
+    "required": [
+        "message_id",
+        "destination",
+        "channel",
+        "message_type",
+        "received_at",
+        "dead_at",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "holding",
+    ],
+    "properties": {
+        "message_id": {"type": "string"},
+        "destination": {"type": "string"},
+        "channel": {"type": "string"},
+        "message_type": {"type": "string"},
+        "received_at": {"type": "number"},
+        "dead_at": {"type": "number"},
+        "attempts": {"type": "integer"},
+        "last_status_code": _NULLABLE_INT,
+        "last_error": {"type": ["string", "null"], "description": "The engine's PHI-free reason."},
+        "holding": {"type": "integer", "description": "Later messages of the patient waiting behind it (ordering)."},
+    },
+}
+_FILTER = [
+    param(n, description=d)
+    for n, d in (
+        ("channel", "Only this channel."),
+        ("destination", "Only this destination."),
+        ("status", "Only messages in this status."),
+        ("message_type", "Only this message type (ORU^R01; ORU: all ORU)."),
+        ("since", "Received at or after: ISO 8601, or an age (30m, 2h, 7d)."),
+        ("until", "Received before."),
+    )
+]
+
+OPENAPI: dict[str, Any] = {
+    f"{PREFIX}/deadletters": {"get": operation(
+        "Dead deliveries in arrival order: metadata, keyset pages", "viewer", "listDeadLetters",
+        {"type": "object", "required": ["items", "next"], "properties": {
+            "items": {"type": "array", "items": _DEAD}, "next": {"type": ["string", "null"]}}},
+        parameters=[*_FILTER, param("cursor", description="`next` of the previous page."),
+                    param("limit", description=f"Rows per page (1-{MAX_LIMIT}, default 100).", type="integer")],
+        errors=(422,))},
+    f"{PREFIX}/deadletters/replay": {"post": operation(
+        "Replay dead deliveries (one id or a filter) at once; dry_run counts", "operator", "replayDeadLetters",
+        {"oneOf": [DRY_RUN_ANSWER, {"type": "object", "required": ["replayed", "deliveries"], "properties": {
+            "replayed": {"type": "integer"}, "deliveries": _PAIRS}}]},
+        parameters=[DRY_RUN], body=selection_schema(), errors=(400, 408, 413, 422))},
+    f"{PREFIX}/deadletters/discard": {"post": operation(
+        "Give up on dead deliveries with a reason; what waited behind them goes at once", "operator",
+        "discardDeadLetters",
+        {"oneOf": [DRY_RUN_ANSWER, {"type": "object", "required": ["discarded", "deliveries"], "properties": {
+            "discarded": {"type": "integer"}, "deliveries": _PAIRS}}]},
+        parameters=[DRY_RUN], errors=(400, 408, 413, 422),
+        body=selection_schema(reason=({"type": "string", "minLength": 1, "maxLength": 200,
+                                       "description": "Why (kept with the delivery; no patient data)."},)))},
+}  # fmt: skip

@@ -17,13 +17,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from engine.api.admin import PREFIX, Admin, Role, json, read_json
-from engine.api.admin.selecting import selection
+from engine.api.admin.selecting import selection, selection_schema
+from engine.api.admin.spec import operation
 from engine.api.problems import Problem
 from engine.errors import ConfigError
 from engine.store import operations as ops
 from engine.transform.diff import Replay, summarize
 
-__all__ = ["routes"]
+__all__ = ["OPENAPI", "routes"]
 
 MAX_LIMIT = 500
 
@@ -58,3 +59,62 @@ def routes(admin: Admin) -> list[BaseRoute]:
         return json(out)
 
     return [Route(f"{PREFIX}/diff", diff, methods=["POST"])]
+
+
+_CHANGE = {
+    "type": "object",
+    "required": ["path", "op"],
+    "properties": {
+        "path": {"type": "string", "description": "FHIRPath-like, in the entry (`name[0].given[1]`, `request.url`)."},
+        "op": {"enum": ["added", "removed", "changed"]},
+        "old": {},
+        "new": {},
+    },
+}
+_RESOURCE = {
+    "type": "object",
+    "required": ["resource_type", "key", "op", "changes"],
+    "properties": {
+        "resource_type": {"type": "string"},
+        "key": {"type": "string", "description": "The entry's fullUrl (old -> new)."},
+        "op": {"enum": ["added", "removed", "changed"]},
+        "changes": {"type": "array", "items": _CHANGE},
+    },
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["message_id", "channel", "message_type", "before", "now", "error", "changed", "resources"],
+    "properties": {
+        "message_id": {"type": "string"},
+        "channel": {"type": "string"},
+        "message_type": {"type": "string"},
+        "before": {"type": "string", "description": "The stored status."},
+        "now": {"enum": ["transformed", "error", "filtered", "skipped"]},
+        "error": {"type": ["string", "null"]},
+        "changed": {"type": "boolean"},
+        "resources": {"type": "array", "items": _RESOURCE},
+    },
+}
+
+_SUMMARY = {
+    "type": "object",
+    "required": ["resource_type", "path", "op", "count"],
+    "properties": {
+        "resource_type": {"type": "string"},
+        "path": {"type": "string"},
+        "op": {"type": "string"},
+        "count": {"type": "integer"},
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    f"{PREFIX}/diff": {"post": operation(
+        "What the mappings on disk now would change in stored messages' FHIR (content: audited)", "operator",
+        "diffMappings",
+        {"type": "object", "required": ["messages", "changed", "summary"], "properties": {
+            "messages": {"type": "array", "items": _MESSAGE}, "changed": {"type": "integer"},
+            "summary": {"type": "array", "items": _SUMMARY}}},
+        body=selection_schema(limit={"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 20,
+                                     "description": "How many stored messages, newest first."}),
+        errors=(400, 408, 413, 422))},
+}  # fmt: skip

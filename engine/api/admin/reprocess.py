@@ -11,17 +11,19 @@ original (it was never mapped). Audited: ``message.reprocess`` (one row per batc
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from engine.api.admin import PREFIX, Admin, Role, json, read_json
-from engine.api.admin.selecting import act_in_batches, dry_run, selection
+from engine.api.admin.selecting import DRY_RUN, DRY_RUN_ANSWER, act_in_batches, dry_run, selection, selection_schema
+from engine.api.admin.spec import operation, param
 from engine.api.problems import Problem
 from engine.store import operations as ops
 
-__all__ = ["routes"]
+__all__ = ["OPENAPI", "routes"]
 
 _STATUS = {"not-found": 404, "unknown-destination": 422, "no-bundle": 409, "conflict": 409}
 
@@ -71,3 +73,24 @@ def routes(admin: Admin) -> list[BaseRoute]:
         Route(f"{PREFIX}/messages/reprocess", reprocess, methods=["POST"]),
         Route(f"{PREFIX}/messages/{{message_id}}/redeliver", redeliver, methods=["POST"]),
     ]
+
+
+OPENAPI: dict[str, Any] = {
+    f"{PREFIX}/messages/reprocess": {"post": operation(
+        "Run messages again from raw (in error or dead by default) at once; dry_run counts", "operator",
+        "reprocessMessages",
+        {"oneOf": [DRY_RUN_ANSWER, {"type": "object", "required": ["reprocessed", "message_ids"], "properties": {
+            "reprocessed": {"type": "integer"}, "message_ids": {"type": "array", "items": {"type": "string"}}}}]},
+        parameters=[DRY_RUN], body=selection_schema(), errors=(400, 408, 413, 422))},
+    f"{PREFIX}/messages/{{message_id}}/redeliver": {"post": operation(
+        "Deliver a sent message's bundle again to a destination of its channel (a duplicate: its original's)",
+        "operator", "redeliverMessage",
+        {"type": "object", "required": ["message_id", "destination", "duplicate_of_it"], "properties": {
+            "message_id": {"type": "string", "description": "The message whose bundle goes out."},
+            "destination": {"type": "string"},
+            "duplicate_of_it": {"type": ["string", "null"], "description": "The duplicate asked for, if one."}}},
+        status=202, parameters=[param("message_id", "path", "The message id.")],
+        body={"type": "object", "required": ["destination"], "additionalProperties": False, "properties": {
+            "destination": {"type": "string", "description": "A destination of the message's channel."}}},
+        errors=(400, 404, 408, 409, 413, 422))},
+}  # fmt: skip

@@ -17,7 +17,8 @@ from engine.api.admin.access import Access, Principal
 from engine.api.problems import Problem
 from engine.store.operations import Selection
 
-__all__ = ["act_in_batches", "dry_run", "query_selection", "selection", "validation_problem"]
+__all__ = ["DRY_RUN", "act_in_batches", "dry_run", "query_selection", "selection", "selection_schema",
+           "validation_problem"]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -87,3 +88,32 @@ async def act_in_batches(
         return done
 
     return await asyncio.to_thread(run)
+
+
+def selection_schema(**extra: Any) -> dict[str, Any]:
+    """The JSON Schema of a selection body (from :class:`Selection` itself) with a route's ``extra`` properties;
+    a property whose value is a tuple ``(schema,)`` is required."""
+    schema = Selection.model_json_schema()
+    defs = schema.pop("$defs", {})
+    props: dict[str, Any] = schema["properties"]
+    for name, prop in props.items():
+        prop.pop("title", None)
+        for alt in prop.get("anyOf", []):
+            ref = alt.pop("$ref", "").rsplit("/", 1)[-1]
+            if ref:
+                alt.update({k: v for k, v in defs[ref].items() if k != "title"})
+            if name in ("since", "until"):
+                alt.pop("format", None)  # an age such as 2h is no date-time
+    props["message_id"] = {"type": "string", "description": "One message id (the same as `ids: [id]`)."}
+    required = [k for k, v in extra.items() if isinstance(v, tuple)]
+    props.update({k: v[0] if isinstance(v, tuple) else v for k, v in extra.items()})
+    schema.pop("title", None)
+    return {**schema, **({"required": required} if required else {})}
+
+
+#: the ``dry_run`` query parameter of an action (OpenAPI)
+DRY_RUN = {"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+           "description": "Only count what would be taken (exactly what the action then takes)."}  # fmt: skip
+#: the answer of a dry run (OpenAPI)
+DRY_RUN_ANSWER = {"type": "object", "required": ["dry_run", "count"],
+                  "properties": {"dry_run": {"const": True}, "count": {"type": "integer"}}}  # fmt: skip
