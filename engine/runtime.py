@@ -23,7 +23,6 @@ from engine.api.health import Check, Readiness
 from engine.api.server import HttpServer
 from engine.api.webhooks import WebhookRoutes
 from engine.backpressure import Backlog, channel_bounds
-from engine.channel_watch import watch
 from engine.config.channel import Channel, load_channels
 from engine.destinations import Destination
 from engine.errors import ConfigError, HL7Error, ListenError, TransformError
@@ -37,7 +36,6 @@ from engine.queue.sweeper import Sweeper
 from engine.settings import Settings
 from engine.sources import Source, SourceContext, build_source
 from engine.store import Store
-from engine.store.access import AuditTrail
 from engine.store.retention import Pruner
 from engine.transform import MappingSet
 from engine.transform.mappingset import load_site_mappings
@@ -133,10 +131,10 @@ class Engine:
         self.paused: set[str] = set()
         self._routes: WebhookRoutes | None = None
         self.sources: dict[str, Source] = {}
-        self._watch: asyncio.Task[None] | None = None
         self.sweeper: Sweeper | None = None
         self.pruner: Pruner | None = None
         self.http: HttpServer | None = None
+        self.admin: Admin | None = None
         self.feeds: list[EventFeed] = []
         self.alerts: Evaluator | None = None
 
@@ -195,11 +193,6 @@ class Engine:
             # the HTTP server carries sources (webhooks) and the listener's probes: `interlink worker`
             # processes, often beside a listener on the same host, do not bind it
             await self._start_http(routes)
-            if self.settings.channels_watch_s > 0:
-                self._watch = asyncio.create_task(
-                    watch(self._channel_paths, self.settings.channels_watch_s, self.reload_channels,
-                          self._audit_watch), name="channel-watch",
-                )  # fmt: skip
             for ch in self.channels:  # event feeds run beside their channel's source (engine/events_feed.py)
                 if ch.enabled and ch.events is not None:
                     self.feeds.append(EventFeed(self.store, ch.name, ch.events))
@@ -227,16 +220,9 @@ class Engine:
         self.sources[ch.name] = src
         log.info("channel %s started (%s source)", ch.name, ch.source.type)
 
-    def _audit_watch(self, target: str, outcome: str) -> None:
-        AuditTrail(self.store).append(token_id="", actor="engine", role="engine", action="channel.reload",
-                                      target=target, peer="watch", outcome=outcome)  # fmt: skip
-
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        if self.admin is not None:
+            self.admin.closing.set()  # the dashboards' event streams end now
         if self.http is not None:
             await self.http.stop()  # no new requests; those in progress finish their commits first
             self.http = None
@@ -288,7 +274,8 @@ class Engine:
             return
         s = self.settings
         access = Access(self.store)
-        app = create_app(self._readiness(), routes, Admin(self.store, access, s, self))
+        self.admin = Admin(self.store, access, s, self)
+        app = create_app(self._readiness(), routes, self.admin)
         self.http = HttpServer(
             app,
             host=s.http_host,

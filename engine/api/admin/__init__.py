@@ -14,9 +14,10 @@ merges them).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import orjson
@@ -95,6 +96,9 @@ class Admin:
     access: Access
     settings: Settings
     control: EngineControl
+    #: set when the engine begins to stop: long-lived answers (the live event stream) end at once instead of
+    #: holding the server's shutdown for its whole grace period (measured: 5.4 s with one dashboard open)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def read_json(request: Request, *, max_bytes: int = 64 * 1024) -> dict[str, Any]:

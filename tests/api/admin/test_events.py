@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
+
+import httpx
 import orjson
 import pytest
 
+from engine.store.access import Tokens
 from tests.api.admin.conftest import AdminAPI
+from tests.api.running import RunningEngine, webhook_channel
 from tests.integration.harness import wait_until
 
 pytestmark = [pytest.mark.integration]
@@ -57,3 +64,26 @@ def test_stream_carries_the_channel_and_queue_tables(admin_api: AdminAPI) -> Non
 def test_described_in_the_openapi_document(admin_api: AdminAPI) -> None:
     doc = admin_api.client(None).get("/openapi.json").json()
     assert "text/event-stream" in doc["paths"]["/api/v1/events"]["get"]["responses"]["200"]["content"]
+
+
+def test_an_open_stream_does_not_hold_the_engine_stop(tmp_path: Path) -> None:
+    """The stream ends as the engine begins to stop (before: the server's 5 s shutdown grace, then a cancel)."""
+    lines: list[str] = []
+    with RunningEngine(tmp_path, [webhook_channel(out=tmp_path / "out")]) as eng:
+        _, secret = Tokens(eng.engine.store).create("viewer", "dash")
+
+        def read() -> None:
+            with httpx.stream("GET", f"{eng.url}/api/v1/events", headers={"Authorization": f"Bearer {secret}"},
+                              timeout=30) as r:  # fmt: skip
+                lines.extend(r.iter_lines())
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("data:") for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(line.startswith("data:") for line in lines)
+        started = time.monotonic()
+    assert time.monotonic() - started < 2.5
+    reader.join(5)
+    assert not reader.is_alive()  # the response ended cleanly (no error in the reader)
