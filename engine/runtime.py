@@ -23,6 +23,7 @@ from engine.api.health import Check, Readiness
 from engine.api.server import HttpServer
 from engine.api.webhooks import WebhookRoutes
 from engine.backpressure import Backlog, channel_bounds
+from engine.channel_watch import watch
 from engine.config.channel import Channel, load_channels
 from engine.destinations import Destination
 from engine.errors import ConfigError, HL7Error, ListenError, TransformError
@@ -36,6 +37,7 @@ from engine.queue.sweeper import Sweeper
 from engine.settings import Settings
 from engine.sources import Source, SourceContext, build_source
 from engine.store import Store
+from engine.store.access import AuditTrail
 from engine.store.retention import Pruner
 from engine.transform import MappingSet
 from engine.transform.mappingset import load_site_mappings
@@ -131,6 +133,7 @@ class Engine:
         self.paused: set[str] = set()
         self._routes: WebhookRoutes | None = None
         self.sources: dict[str, Source] = {}
+        self._watch: asyncio.Task[None] | None = None
         self.sweeper: Sweeper | None = None
         self.pruner: Pruner | None = None
         self.http: HttpServer | None = None
@@ -193,6 +196,11 @@ class Engine:
             # the HTTP server carries sources (webhooks) and the listener's probes: `interlink worker`
             # processes, often beside a listener on the same host, do not bind it
             await self._start_http(routes)
+            if self.settings.channels_watch_s > 0:
+                self._watch = asyncio.create_task(
+                    watch(self._channel_paths, self.settings.channels_watch_s, self.reload_channels,
+                          self._audit_watch), name="channel-watch",
+                )  # fmt: skip
             for ch in self.channels:  # event feeds run beside their channel's source (engine/events_feed.py)
                 if ch.enabled and ch.events is not None:
                     self.feeds.append(EventFeed(self.store, ch.name, ch.events))
@@ -220,7 +228,16 @@ class Engine:
         self.sources[ch.name] = src
         log.info("channel %s started (%s source)", ch.name, ch.source.type)
 
+    def _audit_watch(self, target: str, outcome: str) -> None:
+        AuditTrail(self.store).append(token_id="", actor="engine", role="engine", action="channel.reload",
+                                      target=target, peer="watch", outcome=outcome)  # fmt: skip
+
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         if self.admin is not None:
             self.admin.closing.set()  # the dashboards' event streams end now
         if self.http is not None:
