@@ -69,6 +69,12 @@ def _store(config: Path | None) -> Store:
     return Store(url)
 
 
+def engine_url(s: Settings) -> str:
+    """The base URL of the running engine's HTTP server (webhooks, admin API) as the settings name it."""
+    host = "127.0.0.1" if s.http_host in ("0.0.0.0", "::", "") else s.http_host
+    return f"{'https' if s.http_tls else 'http'}://{f'[{host}]' if ':' in host else host}:{s.http_port}"
+
+
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -772,9 +778,7 @@ def reload_channels(
     if not token:
         _fail("an admin token is needed: --token or INTERLINK_TOKEN (make one: interlink token create --role admin)")
     if url is None:
-        s = _settings(config)
-        host = "127.0.0.1" if s.http_host in ("0.0.0.0", "::", "") else s.http_host
-        url = f"{'https' if s.http_tls else 'http'}://{f'[{host}]' if ':' in host else host}:{s.http_port}"
+        url = engine_url(_settings(config))
     try:
         r = httpx.post(f"{url.rstrip('/')}/api/v1/channels/reload", headers={"Authorization": f"Bearer {token}"},
                        timeout=120)  # fmt: skip

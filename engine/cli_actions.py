@@ -24,7 +24,18 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from engine.cli import ConfigOpt, _audit, _fail, _message_id, _settings, _store, app, dlq_app, messages_app
+from engine.cli import (
+    ConfigOpt,
+    _audit,
+    _fail,
+    _message_id,
+    _settings,
+    _store,
+    app,
+    dlq_app,
+    engine_url,
+    messages_app,
+)
 from engine.store import operations as ops
 from engine.store.operations import Selection
 
@@ -83,14 +94,12 @@ class Via:
         s = self.settings
         if not token or not s.http_port:
             return None
-        host = "127.0.0.1" if s.http_host in ("0.0.0.0", "::", "") else s.http_host
         verify: Any = True
-        scheme = "http"
-        if s.http_tls is not None:
+        if s.http_tls is not None:  # the server's own certificate (or chain) as the one to trust
             import ssl
 
-            scheme, verify = "https", ssl.create_default_context(cafile=str(s.http_tls.cert_file))
-        client = httpx.Client(base_url=f"{scheme}://{host}:{s.http_port}", verify=verify, timeout=600,
+            verify = ssl.create_default_context(cafile=str(s.http_tls.cert_file))
+        client = httpx.Client(base_url=engine_url(s), verify=verify, timeout=600,
                               headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         try:
             client.get("/healthz", timeout=3)
