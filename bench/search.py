@@ -13,7 +13,8 @@
    p50/p95 over ``--queries`` random values each, and prints each query's plan (EXPLAIN) once.
 3. Ingest with and without the 0007 search indexes (``ix_messages_control_id``, ``ix_messages_received``):
    ``Store.insert_messages`` in batches of 50 from one thread into a fresh database, alternating the two,
-   ``--rounds`` times ``--ingest`` messages; prints messages/s (median of rounds) and the ratio.
+   ``--rounds`` times ``--ingest`` messages; prints messages/s (median of rounds) and the ratio, and the
+   WAL bytes written per message (PostgreSQL's own count of the work, whatever else runs on the machine).
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ def run_searches(
 # -- 3. ingest with and without the search indexes ----------------------------------------------------
 
 
-def ingest_rate(admin: Engine, admin_url: str, name: str, messages_n: int, with_indexes: bool) -> float:
+def ingest_rate(admin: Engine, admin_url: str, name: str, messages_n: int, with_indexes: bool) -> tuple[float, float]:
+    """Messages/s and WAL bytes per message of ``Store.insert_messages`` (the WAL: load-independent work)."""
     create_database(admin, name)
     store = Store(url_of(admin_url, name))
     try:
@@ -233,10 +235,16 @@ def ingest_rate(admin: Engine, admin_url: str, name: str, messages_n: int, with_
             for b in range(messages_n // 50)
         ]  # fmt: skip
         store.insert_messages(batches[0])  # the writer's connection
+        with store.work.connect() as c:
+            lsn0 = c.exec_driver_sql("SELECT pg_current_wal_lsn()").scalar()
         t0 = time.perf_counter()
         for batch in batches[1:]:
             store.insert_messages(batch)
-        return (len(batches) - 1) * 50 / (time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        with store.work.connect() as c:
+            wal = c.exec_driver_sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).scalar()
+        n = (len(batches) - 1) * 50
+        return n / took, float(wal) / n
     finally:
         store.close()
         drop_database(admin, name)
@@ -270,14 +278,24 @@ def main() -> None:
                 drop_database(admin, name)
         if not args.skip_ingest:
             rates: dict[bool, list[float]] = {True: [], False: []}
+            wal: dict[bool, list[float]] = {True: [], False: []}
             for r in range(args.rounds):
                 for with_ix in (False, True) if r % 2 == 0 else (True, False):
-                    rates[with_ix].append(ingest_rate(admin, args.pg, f"{name}_ingest", args.ingest, with_ix))
+                    rate, per = ingest_rate(admin, args.pg, f"{name}_ingest", args.ingest, with_ix)
+                    rates[with_ix].append(rate)
+                    wal[with_ix].append(per)
             without, with_ = statistics.median(rates[False]), statistics.median(rates[True])
+            wal_without, wal_with = statistics.median(wal[False]), statistics.median(wal[True])
             print(f"Store.insert_messages, batches of 50, fresh database, {args.rounds} rounds of {args.ingest:,}:")
-            print(f"  without the search indexes {without:8.0f} msg/s  {[round(x) for x in rates[False]]}")
-            print(f"  with the search indexes    {with_:8.0f} msg/s  {[round(x) for x in rates[True]]}")
-            print(f"  with/without {with_ / without:.3f} (target ≥ 0.90)")
+            print(
+                f"  without the search indexes {without:8.0f} msg/s  {[round(x) for x in rates[False]]}"
+                f"  WAL {wal_without:,.0f} B/message"
+            )
+            print(
+                f"  with the search indexes    {with_:8.0f} msg/s  {[round(x) for x in rates[True]]}"
+                f"  WAL {wal_with:,.0f} B/message"
+            )
+            print(f"  with/without: throughput {with_ / without:.3f} (target ≥ 0.90), WAL {wal_with / wal_without:.3f}")
     finally:
         drop_database(admin, name)
         admin.dispose()
