@@ -34,9 +34,10 @@ __all__ = ["ACTIONS", "routes", "rows"]
 ACTIONS = ("start", "stop", "pause", "resume")
 
 
-def rows(admin: Admin) -> list[dict[str, Any]]:
-    """The channel table (blocking: the store is read)."""
-    counts = channel_counters(admin.store)
+def rows(admin: Admin, *, max_age_s: float = 1.0) -> list[dict[str, Any]]:
+    """The channel table (blocking: the store is read); counters at most ``max_age_s`` old (a live feed's
+    viewers share one count per second; ``GET /api/v1/channels`` counts afresh)."""
+    counts = channel_counters(admin.store, max_age_s=max_age_s)
     zero = {"received": 0, **{name: 0 for name in COUNTERS}}
     destinations = {c.name: [d.name for d in c.destinations] for c in admin.control.channels}
     return [
@@ -51,7 +52,7 @@ def routes(admin: Admin) -> list[BaseRoute]:
 
     async def listing(request: Request) -> Response:
         await access.require(request, Role.viewer)
-        return json({"channels": await asyncio.to_thread(rows, admin)})
+        return json({"channels": await asyncio.to_thread(rows, admin, max_age_s=0.0)})
 
     async def act(request: Request) -> Response:
         who = await access.require(request, Role.admin)
