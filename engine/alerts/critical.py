@@ -16,14 +16,18 @@ message id + the entry's fullUrl), whose PHI-free ``detail`` holds the entry's `
 :class:`CriticalResults` is the pipeline hook (``Pipeline(hooks=…)``): it sees each processed batch
 *before* the claim transaction, so a crash between the two cannot lose an alert — the message stays
 ``received``, is processed again, and the dedupe key keeps the alert single. Bundles of channels without
-``critical:`` are not looked at; others are parsed only when their bytes hold a critical code or, with
-rules, an Observation (measured: a byte search of a 10 KB bundle is well under a microsecond per code).
+``critical:`` are not looked at; others are parsed only when their bytes hold ``"code": "<critical code>"``
+or, with rules, an Observation. Measured on a 6 KB bundle of 20 normal Observations (best of 7, two runs
+on the loaded 2-core machine): that regular expression 6.4 / 17 µs, three ``bytes in`` searches for the
+quoted codes 16 / 32 µs, parsing it (``orjson.loads``) 31 / 53 µs.
 A store that cannot record the alerts fails the batch like the claim itself would (it is retried).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,11 +111,17 @@ def findings(bundle: Any, config: CriticalConfig) -> list[Finding]:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _codes_pattern(codes: tuple[str, ...]) -> re.Pattern[bytes]:
+    alternatives = b"|".join(re.escape(c.encode()) for c in codes) or b"(?!)"
+    return re.compile(rb'"code"\s*:\s*"(?:' + alternatives + rb')"')
+
+
 def _may_hold(bundle: bytes, config: CriticalConfig) -> bool:
     """Cheap test on the bytes before parsing: could this bundle hold a critical Observation at all?"""
     if config.rules:
         return b'"Observation"' in bundle
-    return INTERPRETATION_SYSTEM.encode() in bundle and any(f'"{c}"'.encode() in bundle for c in config.interpretations)
+    return _codes_pattern(tuple(config.interpretations)).search(bundle) is not None
 
 
 class CriticalResults:

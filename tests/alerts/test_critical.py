@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy import delete, update
 
 from engine.alerts.book import AlertBook
 from engine.alerts.config import CriticalConfig
-from engine.alerts.critical import INTERPRETATION_SYSTEM, CriticalResults, findings
+from engine.alerts.critical import INTERPRETATION_SYSTEM, CriticalResults, _may_hold, findings
 from engine.alerts.evaluator import Evaluator
 from engine.config.channel import Channel
 from engine.errors import ConfigError
@@ -201,3 +202,13 @@ def test_a_target_without_its_secret_stops_the_start_naming_it(tmp_path: Path, m
         asyncio.run(eng.engine.start())
     eng.loop.close()
     assert eng.engine.sources == {} and eng.engine.http is None
+
+
+def test_the_byte_prefilter_never_hides_a_critical_result() -> None:
+    config = CriticalConfig(target="t", interpretations=["HH", "LL", "AA", "<"])
+    for flag in ("HH", "LL", "AA", "<"):
+        bundle = {"entry": [obs("urn:uuid:a", flag=flag)]}
+        for raw in (orjson.dumps(bundle), json.dumps(bundle, indent=2).encode(), json.dumps(bundle).encode()):
+            assert _may_hold(raw, config) and findings(orjson.loads(raw), config)
+    assert not _may_hold(orjson.dumps({"entry": [obs("urn:uuid:a", flag="H")]}), config)
+    assert not _may_hold(b"{}", CriticalConfig(target="t", interpretations=[]))
