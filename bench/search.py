@@ -37,8 +37,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
 from engine.store import NewMessage, Store  # noqa: E402
-from engine.store.schema import messages  # noqa: E402
-from engine.store.search import MessageQuery, conditions, search  # noqa: E402
+from engine.store.search import MessageQuery, search, statement  # noqa: E402
 
 CHANNELS = ("lab", "adt", "imaging")
 TYPES = ("ORU^R01", "ADT^A01", "ADT^A08", "ADT^A03", "ORM^O01", "SIU^S12", "study", "MDM^T02")
@@ -162,13 +161,10 @@ def fill(store: Store, n: int, now: float) -> dict[str, Any]:
 
 
 def explain(store: Store, q: MessageQuery) -> str:
-    from sqlalchemy import select
     from sqlalchemy.dialects import postgresql
 
-    from engine.store.search import COLUMNS
-
-    stmt = select(*COLUMNS).where(*conditions(store, q)).order_by(messages.c.received_at.desc(), messages.c.id.desc())
-    sql = str(stmt.limit(q.limit + 1).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    stmt = statement(store, q)
+    sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
     with store.work.connect() as c:
         return "\n".join(r[0] for r in c.exec_driver_sql("EXPLAIN (ANALYZE, COSTS OFF) " + sql))
 

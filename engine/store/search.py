@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 
 from engine.store import codec
 from engine.store.repository import Store
@@ -154,8 +154,8 @@ def conditions(store: Store, q: MessageQuery) -> list[Any]:
     return where
 
 
-def search(store: Store, q: MessageQuery) -> Page:
-    """The page of messages matching ``q`` after its cursor (or the first page), newest first."""
+def statement(store: Store, q: MessageQuery) -> Select[Any]:
+    """The SELECT of one page of ``q`` (one row more than ``limit``: it tells whether a next page exists)."""
     if not 1 <= q.limit <= MAX_LIMIT:
         raise BadQuery("limit", f"must be between 1 and {MAX_LIMIT}")
     if q.since is not None and q.until is not None and q.until <= q.since:
@@ -164,12 +164,14 @@ def search(store: Store, q: MessageQuery) -> Page:
     if q.cursor:
         at, last = decode_cursor(q.cursor)
         where.append(and_(messages.c.received_at <= at, or_(messages.c.received_at < at, messages.c.id < last)))
-    stmt = (
-        select(*COLUMNS)
-        .where(*where)
-        .order_by(messages.c.received_at.desc(), messages.c.id.desc())
-        .limit(q.limit + 1)  # one more tells whether a next page exists
+    return (
+        select(*COLUMNS).where(*where).order_by(messages.c.received_at.desc(), messages.c.id.desc()).limit(q.limit + 1)
     )
+
+
+def search(store: Store, q: MessageQuery) -> Page:
+    """The page of messages matching ``q`` after its cursor (or the first page), newest first."""
+    stmt = statement(store, q)
     with store.work.connect() as conn:
         rows = list(conn.execute(stmt))
     more = len(rows) > q.limit
