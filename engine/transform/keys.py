@@ -11,6 +11,10 @@ anyway, so the engine never parses a message a second time for them:
 - from the parsed HL7 v2 message when its mapping failed (no bundle): PID-3, ORC-2/3 and OBR-2/3, first
   component, unescaped — the same values the maps would have written.
 
+Only processed messages have keys: one refused on receipt (unreadable, over a cap, a refused MSH) or kept as
+a ``duplicate`` is never mapped (the ingest path parses nothing for search), and is found by its control id,
+time or sender instead. A message reprocessed with another mapping keeps its earlier keys beside the new.
+
 Values are plain here (patient data): they travel only from the mapping process to the engine over its pipe,
 and the store keeps a keyed hash of each (``Store.pseudonym``), never the value. Surrounding blanks are
 dropped; nothing else is normalised, so a search gives the value as the sender wrote it.
