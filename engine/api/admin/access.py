@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
 from engine.api.problems import Problem
@@ -63,7 +64,11 @@ class Access:
         if scheme.lower() != "bearer" or not secret:
             raise Problem(401, "unauthenticated", "a bearer token is required (Authorization header)",
                           headers=_CHALLENGE)  # fmt: skip
-        token = await asyncio.to_thread(self.tokens.verify, secret)
+        try:
+            token = await asyncio.to_thread(self.tokens.verify, secret)
+        except SQLAlchemyError:
+            raise Problem(503, "store-unavailable", "tokens cannot be checked now",
+                          headers={"Retry-After": "5"}) from None  # fmt: skip
         if token is None:
             raise Problem(401, "unauthenticated", "unknown or revoked token", headers=_INVALID)
         have = Role[token.role]

@@ -24,6 +24,7 @@ _WHY = {
     409: "The channel could not be started (its address; see `detail`).",
     413: "The body is too large.",
     422: "Readable but refused (`detail` names the field, or the file and line of a channel file).",
+    503: "The store cannot be read now (tokens cannot be checked); try again after Retry-After.",
 }
 
 
@@ -55,7 +56,7 @@ def operation(
         "parameters": parameters or [],
         "responses": {
             str(status): {"description": "Done.", "content": {"application/json": {"schema": ok}}},
-            **problems(*sorted({401, 403, *errors})),
+            **problems(*sorted({401, 403, 503, *errors})),
         },
     }
     if body is not None:

@@ -1,4 +1,5 @@
-"""``/api/v1/tokens`` (admin): list tokens, create one (its secret shown once, in that answer only), revoke one.
+"""``/api/v1/tokens`` (admin): list tokens, create one (its secret shown once, in that answer only), revoke one;
+``/api/v1/me`` (any role): the caller's token id, name and role.
 
 Revocation keeps the row (the audit trail names token ids); there is no deletion. Listings never carry a
 secret or its hash. Creating and revoking are audited (``token.create``, ``token.revoke``; target = the id).
@@ -28,6 +29,10 @@ def token_json(t: Token) -> dict[str, Any]:
 
 def routes(admin: Admin) -> list[BaseRoute]:
     access = admin.access
+
+    async def me(request: Request) -> Response:
+        who = await access.require(request, Role.viewer)
+        return json({"token_id": who.token_id, "name": who.name, "role": who.role.name})
 
     async def list_tokens(request: Request) -> Response:
         await access.require(request, Role.admin)
@@ -60,6 +65,7 @@ def routes(admin: Admin) -> list[BaseRoute]:
         return json(token_json(revoked))
 
     return [
+        Route(f"{PREFIX}/me", me, methods=["GET"]),
         Route(f"{PREFIX}/tokens", list_tokens, methods=["GET"]),
         Route(f"{PREFIX}/tokens", create, methods=["POST"]),
         Route(f"{PREFIX}/tokens/{{token_id}}", revoke, methods=["DELETE"]),
@@ -78,6 +84,12 @@ _TOKEN: dict[str, Any] = {
 }  # fmt: skip
 
 OPENAPI: dict[str, Any] = {
+    f"{PREFIX}/me": {
+        "get": operation("The caller's token: id, name and role (a login check)", "viewer", "whoAmI",
+                         {"type": "object", "required": ["token_id", "name", "role"], "properties": {
+                             "token_id": {"type": "string"}, "name": {"type": "string"},
+                             "role": {"enum": list(ROLES)}}}),
+    },
     f"{PREFIX}/tokens": {
         "get": operation("List tokens (never their secrets)", "admin", "listTokens",
                          {"type": "object", "required": ["tokens"],

@@ -49,3 +49,26 @@ def test_unauthenticated_post_is_refused_before_its_body_is_read(admin_api: Admi
     assert head.startswith(b"HTTP/1.1 401"), head[:40]
     assert b"\r\nwww-authenticate: bearer\r\n" in head.lower()
     assert time.monotonic() - started < 10  # answered without waiting for the 10 MB that never come
+
+
+def test_me_says_who_the_caller_is(admin_api: AdminAPI) -> None:
+    assert admin_api.client(None).get("/api/v1/me").status_code == 401
+    for role in ("viewer", "operator", "admin"):
+        assert admin_api.client(role).get("/api/v1/me").json() == {
+            "token_id": admin_api.token_ids[role], "name": f"test-{role}", "role": role
+        }  # fmt: skip
+
+
+def test_a_store_that_cannot_be_read_is_a_503_not_a_500(admin_api: AdminAPI) -> None:
+    viewer = admin_api.client("viewer")
+    admin_api.store.work.dispose()
+    (admin_api.tmp / "store.db").rename(admin_api.tmp / "moved.db")
+    (admin_api.tmp / "store.db").mkdir()  # the database is now a folder: every connection fails
+    try:
+        r = viewer.get("/api/v1/me")
+        assert (r.status_code, r.json()["type"], r.headers["retry-after"]) == (
+            503, "urn:interlink:problem:store-unavailable", "5"
+        )  # fmt: skip
+    finally:
+        (admin_api.tmp / "store.db").rmdir()
+        (admin_api.tmp / "moved.db").rename(admin_api.tmp / "store.db")
