@@ -4,14 +4,17 @@
 
 Runs a real ``interlink run`` (SQLite store, in-process queue, NDJSON destination), sends the messages,
 waits until all are delivered, stops the engine, then reads the database's pages per table and index
-(SQLite's ``dbstat``) and the bytes of the ``contents`` column by kind. Prints bytes per message: the
-target is ≤ 3 KB in the store (issue 10). Not a timing benchmark: the figure does not depend on load.
+(SQLite's ``dbstat``) and the bytes of the ``contents`` column by kind. ``--fhir``: delivered to the FHIR
+test server (tests/fhir_server) instead, which adds the requests and responses kept per attempt. Prints
+bytes per message: the target is ≤ 3 KB in the store (issue 10). Not a timing benchmark: the figure does
+not depend on load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
 import sys
 import tempfile
@@ -26,8 +29,8 @@ from tests.integration.harness import EngineProcess  # noqa: E402
 from tests.integration.messages import oru  # noqa: E402
 
 
-def measure(workdir: Path, n: int, conns: int) -> dict[str, float]:
-    eng = EngineProcess(workdir)
+def measure(workdir: Path, n: int, conns: int, fhir_base_url: str | None = None) -> dict[str, float]:
+    eng = EngineProcess(workdir, fhir_base_url=fhir_base_url)
     eng.start()
     try:
         store = eng.store()
@@ -50,11 +53,12 @@ def measure(workdir: Path, n: int, conns: int) -> dict[str, float]:
     for name, size in con.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC"):
         if size >= 4096 * 4:
             figures[f"table/index {name}"] = size / n
-    for kind, size in con.execute("SELECT kind, sum(length(data)) FROM contents GROUP BY kind"):
-        figures[f"contents.data {kind}"] = size / n
+    for kind, size, rows in con.execute("SELECT kind, sum(length(data)), count(*) FROM contents GROUP BY kind"):
+        figures[f"contents.data {kind} ({rows / n:.2f} rows)"] = size / n
     figures["database file"] = db.stat().st_size / n
     out = workdir / "out" / "lab-results.ndjson"
-    figures["NDJSON file"] = out.stat().st_size / n
+    if out.exists():
+        figures["NDJSON file"] = out.stat().st_size / n
     con.close()
     return figures
 
@@ -63,10 +67,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--conns", type=int, default=4)
+    ap.add_argument("--fhir", action="store_true", help="Deliver to the FHIR test server (tests/fhir_server).")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="interlink-storage-") as tmp:
-        figures = measure(Path(tmp), args.messages, args.conns)
-    print(f"bytes per message, {args.messages} ORU^R01 with 8 OBX (after VACUUM):")
+    with contextlib.ExitStack() as stack:
+        base_url = None
+        if args.fhir:
+            from tests.fhir_server.launch import FhirTestServer
+
+            base_url = stack.enter_context(FhirTestServer()).base_url
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="interlink-storage-"))
+        figures = measure(Path(tmp), args.messages, args.conns, base_url)
+    where = "the FHIR test server" if args.fhir else "an NDJSON file"
+    print(f"bytes per message, {args.messages} ORU^R01 with 8 OBX delivered to {where} (after VACUUM):")
     for name, value in figures.items():
         print(f"  {name:<40} {value:>9,.0f}")
 

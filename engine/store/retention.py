@@ -27,6 +27,7 @@ start-up, to catch messages that finished since (e.g. a dead letter replayed and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -35,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from engine.config.model import Model
@@ -105,10 +107,10 @@ class RetentionSettings(Model):
     )
     interval_s: float = Field(600, gt=0, description="How often `interlink run` prunes.")
     batch_size: int = Field(
-        500, ge=1, le=10_000, description="Messages deleted per transaction (each holds the store's write lock)."
+        100, ge=1, le=10_000, description="Messages deleted per transaction (each holds the store's write lock)."
     )
     pause_ms: float = Field(
-        5, ge=0, le=10_000, description="Pause between two batches, leaving the write lock to ingest and workers."
+        10, ge=0, le=10_000, description="Pause between two batches, leaving the write lock to ingest and workers."
     )
     rescan_s: float = Field(
         86_400,
@@ -161,6 +163,9 @@ class Report:
     channels: dict[str, Pruned] = field(default_factory=dict)
     writes: int = 0
     batches: int = 0
+    #: the longest delete transaction (what ingest may have waited for the write lock), milliseconds
+    longest_ms: float = 0.0
+    locked_ms: float = 0.0  # all delete transactions together
 
     def total(self) -> Pruned:
         return Pruned(sum(p.messages for p in self.channels.values()), sum(p.contents for p in self.channels.values()))
@@ -218,13 +223,13 @@ class Pruner:
                 continue
             if meta_cutoff is not None:
                 for ids in self._batches(name, meta_cutoff, None, report):
-                    n_msgs, n_contents = self._delete_messages(ids)
+                    n_msgs, n_contents = self._delete_messages(ids, report)
                     done.messages += n_msgs
                     done.contents += n_contents
             if content_cutoff is not None and (meta_cutoff is None or content_cutoff > meta_cutoff):
                 start = self._floors.get(name)
                 for ids in self._batches(name, content_cutoff, start, report, with_content=True):
-                    done.contents += self._delete_contents(ids)
+                    done.contents += self._delete_contents(ids, report)
                 if not self._stop.is_set():  # a complete scan: the next one starts here
                     self._floors[name] = content_cutoff
         if not channel:
@@ -258,7 +263,8 @@ class Pruner:
         while not self._stop.is_set():
             cond: list[ColumnElement[bool]] = list(_prunable(name, cutoff))
             if after is not None:
-                cond.append(or_(m.received_at > after[0], and_(m.received_at == after[0], m.id > after[1])))
+                # the range (>=) for the index, the tie-break on id as a filter (an OR alone is not a range)
+                cond += [m.received_at >= after[0], or_(m.received_at > after[0], m.id > after[1])]
             query = select(m.id, m.received_at).where(*cond).order_by(m.received_at, m.id)
             if with_content:
                 query = query.where(select(contents.c.id).where(contents.c.message_id == m.id).exists())
@@ -271,14 +277,34 @@ class Pruner:
             yield [r[0] for r in rows]
             if len(rows) < self.settings.batch_size:
                 return
+            self._checkpoint()
             if pause:
                 time.sleep(pause)
 
-    def _delete_messages(self, ids: list[str]) -> tuple[int, int]:
+    def _checkpoint(self) -> None:
+        """SQLite: copy what the batch wrote back into the database file now, outside the write lock.
+        Otherwise the WAL the deletes grow is checkpointed by whichever commit crosses SQLite's threshold,
+        often an ingest commit (synchronous=FULL), which then waits for it. PASSIVE never blocks a writer."""
+        if self.store.work.dialect.name == "sqlite":
+            with self.store.work.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    @contextlib.contextmanager
+    def _transaction(self, report: Report) -> Iterator[Connection]:
+        """One delete transaction under the store's write lock, timed from the lock taken to the commit."""
+        with self.store._write_lock:
+            t0 = time.perf_counter()
+            with self.store.work.begin() as conn:
+                yield conn
+            ms = (time.perf_counter() - t0) * 1000
+        report.longest_ms = max(report.longest_ms, ms)
+        report.locked_ms += ms
+
+    def _delete_messages(self, ids: list[str], report: Report) -> tuple[int, int]:
         """One transaction: the messages still prunable among ``ids``, with what hangs off them (deleted
         here rather than left to the foreign keys' cascade, which SQLite applies only with its pragma on)."""
         m = messages.c
-        with self.store._writing(self.store.work) as conn:
+        with self._transaction(report) as conn:
             gone = list(conn.execute(select(m.id).where(m.id.in_(ids), m.status.in_(PRUNABLE))).scalars())
             if not gone:
                 return 0, 0
@@ -288,11 +314,11 @@ class Pruner:
             n_msgs = int(conn.execute(delete(messages).where(m.id.in_(gone))).rowcount)
         return n_msgs, n_contents
 
-    def _delete_contents(self, ids: list[str]) -> int:
+    def _delete_contents(self, ids: list[str], report: Report) -> int:
         """One transaction: the content of the messages still prunable among ``ids``."""
         m = messages.c
         still = select(m.id).where(m.id.in_(ids), m.status.in_(PRUNABLE))
-        with self.store._writing(self.store.work) as conn:
+        with self._transaction(report) as conn:
             return int(conn.execute(delete(contents).where(contents.c.message_id.in_(still))).rowcount)
 
     def _prune_writes(
@@ -315,7 +341,7 @@ class Pruner:
             if not keys:
                 break
             report.batches += 1
-            with self.store._writing(self.store.work) as conn:
+            with self._transaction(report) as conn:
                 for target in {k[0] for k in keys}:
                     resources = [k[1] for k in keys if k[0] == target]
                     removed += conn.execute(
@@ -370,4 +396,6 @@ def describe(report: Report, *, dry_run: bool) -> list[str]:
     total = report.total()
     lines.append(f"{'total':<24} {verb} {total.messages} message(s), {total.contents} content row(s), "
                  f"{report.writes} stale-write record(s)")  # fmt: skip
+    if not dry_run and report.batches:
+        lines.append(f"{report.batches} batch(es), the longest transaction {report.longest_ms:.1f} ms")
     return lines
