@@ -118,10 +118,11 @@ class Evaluator:
         self.targets: dict[tuple[str, str], HttpDestination] = {}
         self._retired: list[HttpDestination] = []
         self.interval_s = 5.0
-        self.use(channels)
         self._failures: dict[tuple[str, str], int] = {}  # (alert id, notice) → failed attempts, for the backoff
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by stop() and use(): the next pass starts now
         self._thread: threading.Thread | None = None
+        self.use(channels)
 
     def use(self, channels: list[Channel]) -> None:
         """Take the channels' (new) alert settings: at start and after a reload. Targets it replaces are closed
@@ -139,6 +140,7 @@ class Evaluator:
         self._retired.extend(self.targets.values())
         self.configs, self.targets = configs, targets
         self.interval_s = min((c.interval_s for c in configs.values()), default=5.0)
+        self._wake.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="interlink-alerts", daemon=True)
@@ -146,6 +148,7 @@ class Evaluator:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         for dest in [*self.targets.values(), *self._retired]:
@@ -157,7 +160,8 @@ class Evaluator:
                 self.step()
             except Exception as exc:  # the store is down or busy: try again next time, never die
                 log.warning("alerts: check failed (%s); will try again", type(exc).__name__)
-            self._stop.wait(self.interval_s)
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
 
     def step(self) -> int:
         """One pass: rules, escalations, notices. Returns the notices sent."""

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import yaml
 from sqlalchemy import delete, update
 
 from engine.alerts.book import AlertBook
@@ -212,3 +213,21 @@ def test_the_byte_prefilter_never_hides_a_critical_result() -> None:
             assert _may_hold(raw, config) and findings(orjson.loads(raw), config)
     assert not _may_hold(orjson.dumps({"entry": [obs("urn:uuid:a", flag="H")]}), config)
     assert not _may_hold(b"{}", CriticalConfig(target="t", interpretations=[]))
+
+
+def test_alerts_added_by_a_reload_apply_to_hook_and_evaluator(tmp_path: Path, receiver: Receiver) -> None:
+    ch = webhook_channel(out=tmp_path / "out")
+    body = orjson.dumps({**obs("x", flag="AA")["resource"], "identifier": [{"system": "urn:lab", "value": "R2"}]})
+    fhir = {"content-type": "application/fhir+json"}
+    with running(tmp_path, [ch]) as eng:
+        first = httpx.post(f"{eng.url}/webhooks/events", content=body, headers=fhir).json()["message_id"]
+        wait_until(lambda: eng.engine.store.message(first).status == "sent", 20, "the first delivery")
+        targets = [{"type": "http", "name": "t", "url": f"{receiver.url}/t", "signing": {"secret_env": SECRET_ENV}}]
+        ch["alerts"] = {"targets": targets, "interval_s": 0.1, "critical": {"target": "t"}}
+        (tmp_path / "channels" / "events.yaml").write_text(yaml.safe_dump(ch))
+        assert asyncio.run_coroutine_threadsafe(eng.engine.reload_channels(), eng.loop).result(30) == ["events"]
+        body = body.replace(b"R2", b"R3")
+        second = httpx.post(f"{eng.url}/webhooks/events", content=body, headers=fhir).json()["message_id"]
+        wait_until(lambda: len(receiver.requests) == 1, 20, "the critical result notice")
+    [notice] = receiver.notices("/t")
+    assert notice["alert"]["message_id"] == second  # the result before the reload raised nothing
