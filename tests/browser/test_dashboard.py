@@ -19,7 +19,7 @@ import pytest
 
 from engine.api.dashboard import CSP
 from engine.sources.mllp_client import send
-from engine.store.access import Tokens
+from engine.store.access import AuditTrail, Tokens
 from tests.api.running import RunningEngine
 from tests.integration.harness import free_port, wait_until
 from tests.integration.messages import adt, oru
@@ -211,6 +211,24 @@ def test_search_by_mrn_and_detail(page: Any, site: Site, shots: Path) -> None:
     assert '"resourceType": "Bundle"' in bundle
     page.wait_for_selector("#attempts li.ok")
     page.screenshot(path=str(shots / "detail.png"), full_page=True)
+
+
+def test_reprocess_errors_after_a_dry_run_count(page: Any, site: Site) -> None:
+    site.send_lab(oru("NOPID1", pid=False))  # no patient: the mapping refuses it
+    wait_until(lambda: site.status(site.id_of("NOPID1")) == "error", 20, "the message to end in error")
+    login(page, site, "operator")
+    page.click("#nav a[data-view=messages]")
+    page.select_option("#search select[name=status]", "error")
+    page.select_option("#search select[name=channel]", "lab")
+    page.click("#search button[type=submit]")
+    page.wait_for_selector("#results tbody tr")
+    errors = page.locator("#results tbody tr").count()
+    page.click("#reprocess-matching")
+    page.wait_for_selector(f"#reprocess-matching:text-is('Reprocess {errors} messages: confirm')")
+    page.click("#reprocess-matching")
+    page.wait_for_selector(f"#toast:has-text('Reprocessing {errors} messages now.')")
+    done = AuditTrail(site.eng.engine.store).page(action="message.reprocess", limit=10).entries
+    assert site.id_of("NOPID1") in [m for e in done for m in e.message_ids]
 
 
 def test_dead_letter_replayed_becomes_sent(page: Any, site: Site, shots: Path) -> None:

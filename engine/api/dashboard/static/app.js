@@ -400,8 +400,13 @@ function messagesView() {
     field("Status", statusSel),
     field("Channel", channelSelect("channel", f.channel)),
     field("Type", h("input", { name: "type", value: f.type ?? "", placeholder: "ORU^R01", autocomplete: "off" })),
+    field("Since", h("input", { name: "since", value: f.since ?? "", placeholder: "2h or 2024-03-01T10:00", size: 14,
+      autocomplete: "off" })),
+    field("Until", h("input", { name: "until", value: f.until ?? "", placeholder: "ISO time or age", size: 14,
+      autocomplete: "off" })),
     h("button", { type: "submit" }, "Search"));
   const results = h("div", { id: "results" });
+  const actions = h("div", { class: "toolbar" });
   const run = async (filter, cursor) => {
     const body = await api("GET", `/api/v1/messages${query({ ...filter, cursor, limit: 50 })}`);
     return { items: listOf(body, "messages"), next: body?.next_cursor ?? body?.cursor ?? null };
@@ -411,9 +416,11 @@ function messagesView() {
     const tbody = h("tbody");
     const more = h("button", { type: "button", hidden: true }, "More");
     let next = null;
+    const listed = [];
     const page = async (cursor) => {
       const { items, next: n } = await run(filter, cursor);
       for (const m of items) tbody.append(messageRow(m));
+      listed.push(...items.map(messageId));
       next = n;
       more.hidden = !n;
       return items.length;
@@ -421,6 +428,7 @@ function messagesView() {
     more.addEventListener("click", () => page(next).catch((err) => toast(explain(err), "bad")));
     try {
       const n = await page(null);
+      armReprocess(actions, filter, listed);
       clear(results).append(
         n ? h("table", { class: "grid clickable" }, h("thead", {}, h("tr", {}, h("th", {}, "Received"),
           h("th", {}, "Channel"), h("th", {}, "Type"), h("th", {}, "Control id"), h("th", {}, "Status"),
@@ -438,7 +446,47 @@ function messagesView() {
     show(filter);
   });
   if (Object.keys(f).length) show(f);
-  return section("Messages", form, results);
+  return section("Messages", form, actions, results);
+}
+
+/** The reprocess selection of a search: its filter when the store can select by it (channel, status, type, time),
+ * else the ids listed (an MRN, control id or accession search). */
+function reprocessSelection(filter, listed) {
+  if (filter.mrn || filter.control_id || filter.accession || filter.sender) return listed.length ? { ids: listed } : null;
+  const sel = {};
+  for (const [k, to] of [["channel", "channel"], ["status", "status"], ["type", "message_type"], ["since", "since"],
+    ["until", "until"]]) if (filter[k]) sel[to] = filter[k];
+  return Object.keys(sel).length ? sel : null;
+}
+
+/** "Reprocess matching…": a dry-run count first, then the action on a second click. */
+function armReprocess(box, filter, listed) {
+  clear(box);
+  if (!reprocessSelection(filter, listed)) return;
+  const fresh = h("button", { type: "button", id: "reprocess-matching" });
+  const reset = () => {
+    fresh.textContent = "Reprocess matching…";
+    fresh.dataset.confirm = "";
+  };
+  reset();
+  box.append(fresh);
+  fresh.addEventListener("click", async () => {
+    const sel = reprocessSelection(filter, listed);
+    try {
+      if (fresh.dataset.confirm !== "1") {
+        const dry = await api("POST", "/api/v1/messages/reprocess?dry_run=true", sel);
+        fresh.textContent = `Reprocess ${fmtNum(dry?.count ?? 0)} messages: confirm`;
+        fresh.dataset.confirm = "1";
+        return;
+      }
+      const done = await api("POST", "/api/v1/messages/reprocess", sel);
+      toast(`Reprocessing ${fmtNum(done?.reprocessed ?? 0)} messages now.`);
+      reset();
+    } catch (err) {
+      toast(explain(err), "bad");
+      reset();
+    }
+  });
 }
 
 function deliveriesText(m) {
@@ -576,7 +624,7 @@ function messageView(id) {
       append(clear(body), [
         h("dl", { class: "meta" }, meta.filter(([, v]) => v !== undefined && v !== null && v !== "")
           .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
-        messageActions(messageId(m)),
+        messageActions(messageId(m), m.channel),
         content ? [h("h2", {}, "Raw"), rawView(content.raw), h("h2", {}, "FHIR bundle"), prettyJson(content.transformed)]
           : h("p", { class: "muted" }, "Message content needs an operator token."),
         h("h2", {}, "Attempts"), attemptsView(listOf(m.attempts ?? [], "attempts"))]);
@@ -586,8 +634,11 @@ function messageView(id) {
   return section("Message", h("p", {}, h("a", { href: "#/messages" }, "← back to the search")), body);
 }
 
-function messageActions(id) {
-  const dest = h("input", { name: "destination", placeholder: "destination", autocomplete: "off" });
+function messageActions(id, channel) {
+  const known = state.latest.channels.find((c) => c.name === channel)?.destinations ?? [];
+  const dest = known.length
+    ? h("select", { name: "destination" }, known.map((d) => h("option", { value: d }, d)))
+    : h("input", { name: "destination", placeholder: "destination", autocomplete: "off" });
   const run = (path, body, label) => async () => {
     try {
       await api("POST", path, body());
@@ -599,9 +650,8 @@ function messageActions(id) {
   return h("div", { class: "toolbar" },
     h("button", { type: "button", onclick: run("/api/v1/messages/reprocess", () => ({ message_id: id }), "Reprocess") },
       "Reprocess"),
-    dest,
     h("button", { type: "button", onclick: run(`/api/v1/messages/${encodeURIComponent(id)}/redeliver`,
-      () => ({ destination: dest.value.trim() }), "Redeliver") }, "Redeliver"));
+      () => ({ destination: dest.value.trim() }), "Redeliver") }, "Redeliver to"), dest);
 }
 
 // -- dead letters
