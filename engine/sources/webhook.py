@@ -134,12 +134,12 @@ def _answer(status: int, payload: dict[str, Any], headers: dict[str, str] | None
     return Answer(status, orjson.dumps(payload), "application/json", tuple((headers or {}).items()))
 
 
-def _not_committed(busy: bool) -> Problem:
-    """The 503 of a message not committed: the channel's backlog is full (back-pressure: retry soon), or the
-    store failed."""
+def _not_committed(busy: bool, why: str = "") -> Problem:
+    """The 503 of a message not committed: the channel is busy (its backlog is full, or an operator paused
+    it: ``why``, the engine's own words; retry soon), or the store failed."""
     if busy:
-        return Problem(503, "busy", "the channel's backlog is full; nothing was accepted, retry later",
-                       headers={"Retry-After": "1"})  # fmt: skip
+        return Problem(503, "busy", f"{why}; nothing was accepted" if why else "the channel's backlog is full; "
+                       "nothing was accepted, retry later", headers={"Retry-After": "1"})  # fmt: skip
     return Problem(503, "store-unavailable", "the message store cannot commit now; nothing was accepted",
                    headers={"Retry-After": "5"})  # fmt: skip
 
@@ -243,7 +243,7 @@ class WebhookSource:
         except StoreUnavailable as exc:
             if meta.error is not None and not isinstance(exc, Busy):
                 raise self._refusal(meta.error, None) from None
-            raise _not_committed(isinstance(exc, Busy)) from None
+            raise _not_committed(isinstance(exc, Busy), str(exc)) from None
         if meta.error is not None:
             raise self._refusal(meta.error, receipt.message_id)
         if after and receipt.status == MessageStatus.received and self.ctx.transform_now is not None:
@@ -258,7 +258,7 @@ class WebhookSource:
             return await self._accept_hl7_batch(body, peer)
         d = await self._hl7.decide(body, peer)
         if d.status in ("unavailable", "busy"):
-            raise _not_committed(d.status == "busy")
+            raise _not_committed(d.status == "busy", d.error.message if d.error else "")
         if d.code == "AA":
             assert d.message_id is not None
             return self._accepted(d.duplicate_of or d.message_id)
@@ -276,7 +276,7 @@ class WebhookSource:
     async def _accept_hl7_batch(self, body: bytes, peer: str) -> Answer:
         bd = await self._hl7.decide_batch(body, peer)
         if bd.status in ("unavailable", "busy"):
-            raise _not_committed(bd.status == "busy")
+            raise _not_committed(bd.status == "busy", bd.refusal.message if bd.refusal else "")
         if bd.refusal is not None:
             raise Problem(422, "hl7-batch-refused", explain(bd.refusal), message_id=bd.message_id,
                           extra={"hl7_code": bd.refusal.code})  # fmt: skip

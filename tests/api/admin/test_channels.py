@@ -59,6 +59,7 @@ def test_stop_start_pause_resume_take_effect_and_are_audited(admin_api: AdminAPI
     stored = len(admin_api.store.list_messages(limit=100))
     refused = sender.post("/webhooks/events", json=PATIENT, headers=FHIR)
     assert (refused.status_code, "retry-after" in refused.headers) == (503, True)
+    assert refused.json()["detail"] == "channel paused, send again later; nothing was accepted"
     assert len(admin_api.store.list_messages(limit=100)) == stored  # nothing committed while paused
     assert admin.get("/api/v1/channels").json()["channels"][0]["state"] == "paused"
     assert admin.post("/api/v1/channels/events/resume").json()["state"] == "running"
