@@ -1,15 +1,21 @@
 """Whether a channel rule's condition holds now: one cheap, indexed query per rule.
 
-    silence       max(received_at) of the channel                     ix_messages_channel_received
-    error_rate    messages received in the window                     ix_messages_channel_received
-                  of them in error or dead (changed in the window)    ix_messages_status (status, updated_at)
-    dead_letters  dead deliveries of the channel's messages           ix_deliveries_status
-    queue_age     min(received_at) of its received/transformed ones   ix_messages_status
+    rule          query                                                indexes PostgreSQL's plans used
+    silence       max(received_at) of the channel                      ix_messages_channel_received (a quiet
+                                                                       channel), ix_messages_received (a busy one)
+    error_rate    messages received in the window                      ix_messages_received
+                  of them in error or dead (changed in the window)     ix_messages_status + _channel_received
+    dead_letters  dead deliveries of the channel's messages            ix_deliveries_changed, messages_pkey
+    queue_age     min(received_at) of its received/transformed ones    ix_messages_status
 
 ``check`` returns a :class:`Condition`: ``holds`` True (raise, or keep), False (resolve) or None (not
 judged now: a silence rule outside business hours keeps its alert, unless traffic came back), and a
 PHI-free ``detail`` (figures only). Silence counts from the opening of the business window at the
 earliest, so a quiet night does not raise an alert the moment the window opens.
+
+Measured on PostgreSQL, 200,000 messages of 4 channels over two days (500 unfinished, 200 dead letters), one
+check each on the loaded 2-core machine: silence 1.1 ms, error_rate (15 min) 2.8 ms, dead_letters 3.2 ms,
+queue_age 1.8 ms.
 """
 
 from __future__ import annotations
@@ -74,7 +80,9 @@ def _dead_letters(conn: Connection, channel: str, rule: DeadLettersRule, now: fl
 
 def _queue_age(conn: Connection, channel: str, rule: QueueAgeRule, now: float) -> Condition:
     m = messages.c
-    query = select(func.min(m.received_at)).where(m.status.in_(_UNFINISHED), m.channel == channel)
+    # `+ 0`: with min(received_at) PostgreSQL walks ix_messages_received from the oldest message until an
+    # unfinished one (93 ms at 200k messages, 500 unfinished); through ix_messages_status it takes 0.15 ms
+    query = select(func.min(m.received_at + 0)).where(m.status.in_(_UNFINISHED), m.channel == channel)
     oldest = conn.execute(query).scalar()
     age = now - oldest if oldest is not None else 0.0
     return Condition(age > rule.seconds, {"oldest_s": round(age, 1), "seconds": rule.seconds})
