@@ -110,18 +110,22 @@ class Via:
             return None
         return client
 
-    def post(self, path: str, body: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
-        """An admin API call; a refusal is printed as the problem's status and detail (exit 1)."""
+    def call(self, path: str, body: dict[str, Any], *, dry_run: bool = False) -> tuple[int, dict[str, Any]]:
+        """An admin API POST: its status and JSON answer (a problem's, when refused)."""
         assert self.api is not None
         r = self.api.post(path, json=body, params={"dry_run": "true"} if dry_run else None)
-        if r.status_code >= 400:
-            try:
-                problem = r.json()
-            except ValueError:
-                problem = {}
-            _fail(f"{r.status_code} {problem.get('title', '')}: {problem.get('detail', problem.get('type', ''))}")
-        out: dict[str, Any] = r.json()
-        return out
+        try:
+            answer = r.json()
+        except ValueError:
+            answer = {}
+        return r.status_code, answer if isinstance(answer, dict) else {}
+
+    def post(self, path: str, body: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """An admin API call; a refusal is printed as the problem's status and detail (exit 1)."""
+        status, answer = self.call(path, body, dry_run=dry_run)
+        if status >= 400:
+            _fail(_problem(status, answer))
+        return answer
 
     def __enter__(self) -> Via:
         return self
@@ -165,6 +169,10 @@ class Via:
             return "enqueued"
         return (f"marked for the running engine, which takes them within {self.settings.sweeper.interval_s:g} s "
                 "(set INTERLINK_TOKEN to act through its API at once)")  # fmt: skip
+
+
+def _problem(status: int, answer: dict[str, Any]) -> str:
+    return f"{status} {answer.get('title', '')}: {answer.get('detail', answer.get('type', ''))}"
 
 
 def _ids(pairs: list[tuple[str, str]]) -> list[str]:
@@ -354,43 +362,56 @@ messages_app.command("reprocess", help="Same as `interlink reprocess`.")(reproce
 
 @app.command()
 def redeliver(
-    message_id: Annotated[str, typer.Argument(help="A sent (or duplicate) message: id or unique prefix.")],
-    destination: Annotated[str, typer.Option(help="The destination of its channel to deliver it to.")],
+    message_ids: Annotated[list[str], typer.Argument(help="Sent (or duplicate) messages: ids or unique prefixes.")],
+    destination: Annotated[str, typer.Option(help="The destination of their channel to deliver them to.")],
     config: ConfigOpt = None,
 ) -> None:
-    """Deliver a message's stored bundle again, on purpose, to one destination of its channel (e.g. one added
-    since); a duplicate goes out as its original."""
+    """Deliver messages' stored bundles again, on purpose, to one destination of their channel (e.g. one added
+    since); a duplicate goes out as its original. One line per message; exit 1 when any was refused."""
+    settings, store = _settings(config), _store(config)
+    ids = [_message_id(store, m) for m in message_ids]
+    refused = 0
+    with Via(settings, store) as via:
+        for mid in ids:
+            line = (
+                _redeliver_api(via, mid, destination) if via.api is not None else _redeliver_here(via, mid, destination)
+            )
+            refused += line.startswith("refused")
+            typer.echo(f"{mid}: {line}")
+        if via.api is None and not via.shared_queue and refused < len(ids):
+            typer.echo("the running engine must have the destination: reload its channels if it was added since it "
+                       "started", err=True)  # fmt: skip
+    if refused:
+        raise typer.Exit(1)
+
+
+def _redeliver_api(via: Via, mid: str, destination: str) -> str:
+    status, answer = via.call(f"/api/v1/messages/{mid}/redeliver", {"destination": destination})
+    if status >= 400:
+        return f"refused: {_problem(status, answer)}"
+    original = f" as its original {answer['message_id']}" if answer.get("duplicate_of_it") else ""
+    return f"→ {destination}{original}: {via.handover()}"
+
+
+def _redeliver_here(via: Via, mid: str, destination: str) -> str:
     from engine.config.channel import load_channels
     from engine.errors import ConfigError
 
-    settings, store = _settings(config), _store(config)
-    mid = _message_id(store, message_id)
-    with Via(settings, store) as via:
-        if via.api is not None:
-            out = via.post(f"/api/v1/messages/{mid}/redeliver", {"destination": destination})
-            typer.echo(f"{out['message_id']} → {destination}: {via.handover()}")
-            return
-        row = store.message(mid)
-        assert row is not None
-        try:
-            channels = load_channels([settings.channels_dir])
-            target = ops.destination_target(channels, row.channel, destination)
-            done = ops.redeliver(store, mid, destination, target=target, for_sweeper=via.for_sweeper)
-        except ConfigError as exc:
-            _fail(str(exc))
-        except ops.Refused as exc:
-            _fail(f"{mid}: {exc.detail}")
-        via.enqueue_deliver([(done.message_id, done.destination)])
-        _audit(
-            store, "message.redeliver", [done.message_id, *([done.duplicate] if done.duplicate else [])], destination
-        )
-        note = f" (the original of duplicate {done.duplicate})" if done.duplicate else ""
-        typer.echo(f"{done.message_id}{note} → {destination}: {via.handover()}")
-        if not via.shared_queue:
-            typer.echo(
-                "the running engine must have the destination: reload its channels if it was added since it started",
-                err=True,
-            )
+    row = via.store.message(mid)
+    assert row is not None
+    try:
+        channels = load_channels([via.settings.channels_dir])
+        target = ops.destination_target(channels, row.channel, destination)
+        done = ops.redeliver(via.store, mid, destination, target=target, for_sweeper=via.for_sweeper)
+    except ConfigError as exc:
+        _fail(str(exc))
+    except ops.Refused as exc:
+        return f"refused: {exc.detail}"
+    via.enqueue_deliver([(done.message_id, done.destination)])
+    _audit(via.store, "message.redeliver", [done.message_id, *([done.duplicate] if done.duplicate else [])],
+           destination)  # fmt: skip
+    original = f" as its original {done.message_id}" if done.duplicate else ""
+    return f"→ {destination}{original}: {via.handover()}"
 
 
 # -- the mapping diff --------------------------------------------------------------------------------------

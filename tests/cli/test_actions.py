@@ -129,8 +129,8 @@ def test_redeliver_and_discard_and_reprocess_through_the_api(
     wait_until(lambda: _status(api, mid) == "sent", 10, "sent")
     config = _config(api, tmp_path)
     token = api.tokens["operator"]
-    code, _, err = cli(config, "redeliver", mid, "--destination", "second", token=token)
-    assert code == 1 and "422" in err and "ndjson" in err
+    code, out, _ = cli(config, "redeliver", mid, "--destination", "second", token=token)
+    assert code == 1 and f"{mid}: refused: 422" in out and "ndjson" in out
     second = tmp_path / "out" / "second.ndjson"
     channel["destinations"].append({"name": "second", "type": "file", "path": str(second)})
     (tmp_path / "channels" / "events.yaml").write_text(yaml.safe_dump(channel))
@@ -161,3 +161,33 @@ def test_diff_prints_paths_and_values_only_when_asked(
     assert code == 0 and '"1984-07-19"' in out
     [row] = _audit(api.store, "message.diff")
     assert (row.token_id, row.message_ids) == ("", mid)
+
+
+def test_redeliver_on_the_store_a_duplicate_as_its_original(tmp_path: Path) -> None:
+    from engine.store import AttemptRecord, DeliveryStatus, NewMessage
+
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    dup_key = {"control_id": "C1", "dedupe": "S\x1fC1", "dedupe_window_s": 3600.0, "enqueue": False}
+    [orig] = store.insert_messages([NewMessage("events", b"MSH|x", **dup_key)])
+    store.mark_transformed(orig.id, b'{"entry": []}', ["ndjson"])
+    sent = AttemptRecord(1, 0.0, 1.0, "sent", None, None, None, None)
+    store.record_attempt(orig.id, "ndjson", sent, status=DeliveryStatus.sent, next_attempt_at=0)
+    [dup] = store.insert_messages([NewMessage("events", b"MSH|x", **dup_key)])
+    [err] = store.insert_messages([NewMessage("events", b"MSH|y", enqueue=False)])
+    store.mark_error(err.id, "PID-3: required")
+    channel = webhook_channel(out=tmp_path / "out")
+    channel["destinations"].append({"name": "fhir", "type": "file", "path": str(tmp_path / "out" / "fhir.ndjson")})
+    (tmp_path / "channels").mkdir()
+    (tmp_path / "channels" / "events.yaml").write_text(yaml.safe_dump(channel))
+    config = tmp_path / "engine.yaml"
+    config.write_text(yaml.safe_dump({"database_url": store.url, "channels_dir": str(tmp_path / "channels")}))
+    code, out, err_out = cli(config, "redeliver", dup.id, err.id, "--destination", "fhir")
+    assert code == 1
+    assert f"{dup.id}: → fhir as its original {orig.id}: marked for the running engine" in out
+    assert f"{err.id}: refused: a message error has no bundle to deliver" in out
+    assert "reload its channels" in err_out
+    d = store.delivery(orig.id, "fhir")
+    assert (d.status, d.updated_at) == ("pending", 0.0)
+    [row] = _audit(store, "message.redeliver")
+    assert (row.token_id, row.message_ids, row.target) == ("", f"{orig.id} {dup.id}", "fhir")
+    store.close()
