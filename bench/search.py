@@ -212,8 +212,17 @@ def run_searches(
 # -- 3. ingest with and without the search indexes ----------------------------------------------------
 
 
-def ingest_rate(admin: Engine, admin_url: str, name: str, messages_n: int, with_indexes: bool) -> tuple[float, float]:
-    """Messages/s and WAL bytes per message of ``Store.insert_messages`` (the WAL: load-independent work)."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ingest_rate(
+    admin: Engine, admin_url: str, name: str, messages_n: int, with_indexes: bool
+) -> tuple[float, float, float]:
+    """Messages/s, WAL bytes and the server process's CPU µs per message of ``Store.insert_messages`` (WAL
+    and CPU: the work itself, far less sensitive than wall time to what else runs on the machine)."""
     create_database(admin, name)
     store = Store(url_of(admin_url, name))
     try:
@@ -231,16 +240,22 @@ def ingest_rate(admin: Engine, admin_url: str, name: str, messages_n: int, with_
             for b in range(messages_n // 50)
         ]  # fmt: skip
         store.insert_messages(batches[0])  # the writer's connection
+        cur = store._ingest_connection().cursor()
+        cur.execute("SELECT pg_backend_pid()")
+        backend = int(cur.fetchone()[0])
+        cur.close()
         with store.work.connect() as c:
             lsn0 = c.exec_driver_sql("SELECT pg_current_wal_lsn()").scalar()
+        cpu0 = _cpu_s(backend)
         t0 = time.perf_counter()
         for batch in batches[1:]:
             store.insert_messages(batch)
         took = time.perf_counter() - t0
+        cpu = _cpu_s(backend) - cpu0
         with store.work.connect() as c:
             wal = c.exec_driver_sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).scalar()
         n = (len(batches) - 1) * 50
-        return n / took, float(wal) / n
+        return n / took, float(wal) / n, cpu / n * 1e6
     finally:
         store.close()
         drop_database(admin, name)
@@ -275,23 +290,29 @@ def main() -> None:
         if not args.skip_ingest:
             rates: dict[bool, list[float]] = {True: [], False: []}
             wal: dict[bool, list[float]] = {True: [], False: []}
+            cpu: dict[bool, list[float]] = {True: [], False: []}
             for r in range(args.rounds):
                 for with_ix in (False, True) if r % 2 == 0 else (True, False):
-                    rate, per = ingest_rate(admin, args.pg, f"{name}_ingest", args.ingest, with_ix)
+                    rate, per, us = ingest_rate(admin, args.pg, f"{name}_ingest", args.ingest, with_ix)
                     rates[with_ix].append(rate)
                     wal[with_ix].append(per)
+                    cpu[with_ix].append(us)
             without, with_ = statistics.median(rates[False]), statistics.median(rates[True])
             wal_without, wal_with = statistics.median(wal[False]), statistics.median(wal[True])
+            cpu_without, cpu_with = statistics.median(cpu[False]), statistics.median(cpu[True])
             print(f"Store.insert_messages, batches of 50, fresh database, {args.rounds} rounds of {args.ingest:,}:")
             print(
                 f"  without the search indexes {without:8.0f} msg/s  {[round(x) for x in rates[False]]}"
-                f"  WAL {wal_without:,.0f} B/message"
+                f"  WAL {wal_without:,.0f} B/message  server CPU {cpu_without:.1f} µs/message"
             )
             print(
                 f"  with the search indexes    {with_:8.0f} msg/s  {[round(x) for x in rates[True]]}"
-                f"  WAL {wal_with:,.0f} B/message"
+                f"  WAL {wal_with:,.0f} B/message  server CPU {cpu_with:.1f} µs/message"
             )
-            print(f"  with/without: throughput {with_ / without:.3f} (target ≥ 0.90), WAL {wal_with / wal_without:.3f}")
+            print(
+                f"  with/without: throughput {with_ / without:.3f} (target ≥ 0.90), WAL {wal_with / wal_without:.3f},"
+                f" server CPU {cpu_with / cpu_without:.3f}"
+            )
     finally:
         drop_database(admin, name)
         admin.dispose()
