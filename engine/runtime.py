@@ -131,6 +131,9 @@ class Engine:
         self.ingest: Ingest | None = None
         #: channels whose source refuses new messages for now ("try later"; see EngineControl)
         self.paused: set[str] = set()
+        # one control action at a time (API, CLI, watcher): a start during a reload's restart binds once
+        self._control = asyncio.Lock()
+        self._ready: Readiness | None = None
         self._routes: WebhookRoutes | None = None
         self.sources: dict[str, Source] = {}
         self._watch: asyncio.Task[None] | None = None
@@ -292,7 +295,8 @@ class Engine:
         s = self.settings
         access = Access(self.store)
         self.admin = Admin(self.store, access, s, self)
-        app = create_app(self._readiness(), routes, self.admin)
+        self._ready = self._readiness()
+        app = create_app(self._ready, routes, self.admin)
         self.http = HttpServer(
             app,
             host=s.http_host,
@@ -335,6 +339,15 @@ class Engine:
         }
         return Readiness(required, informational)
 
+    def _refresh_readiness(self) -> None:
+        """The probes follow channel control and reloads: running channels' listeners, current destinations."""
+        if self._ready is not None:
+            fresh = self._readiness()
+            self._ready.required.clear()
+            self._ready.required.update(fresh.required)
+            self._ready.informational.clear()
+            self._ready.informational.update(fresh.informational)
+
     # -- control (engine.api.admin.EngineControl) -------------------------------------------------------
 
     def channel_states(self) -> list[ChannelState]:
@@ -355,12 +368,19 @@ class Engine:
         ch = self._channel(name)
         if self.ingest is None:
             raise ConfigError(f"channel {name}: this process runs no sources")
-        self.paused.discard(name)
-        if name not in self.sources:
-            await self._start_source(ch)
+        async with self._control:
+            self.paused.discard(name)
+            if name not in self.sources:
+                await self._start_source(ch)
+            self._refresh_readiness()
 
     async def stop_channel(self, name: str) -> None:
         self._channel(name)
+        async with self._control:
+            await self._stop_source(name)
+            self._refresh_readiness()
+
+    async def _stop_source(self, name: str) -> None:
         src = self.sources.pop(name, None)
         if src is not None:
             await src.stop()
@@ -384,6 +404,13 @@ class Engine:
         if it ran (paused ones stay paused), with their new destinations and backlog bounds. A removed channel
         stops; its queued work still goes out. A listener that cannot start raises ListenError (its channel
         stays stopped, the others are applied)."""
+        async with self._control:
+            try:
+                return await self._reload()
+            finally:
+                self._refresh_readiness()
+
+    async def _reload(self) -> list[str]:
         new = await asyncio.to_thread(load_channels, self._channel_paths)
         check_mappings(new, self.mappings)
         bounds = channel_bounds(self.settings.backlog, new)  # ConfigError before anything changes
@@ -391,14 +418,14 @@ class Engine:
         changed = [c for c in new if old.get(c.name) != c]
         removed = [name for name in old if name not in {c.name for c in new}]
         for name in removed:
-            await self.stop_channel(name)
+            await self._stop_source(name)
         self.channels = [c for c in self.channels if c.name not in removed]
         self.backlog.use(bounds)
         failed: ListenError | ConfigError | None = None
         for ch in changed:
             running, paused = ch.name in self.sources, ch.name in self.paused
             if running:
-                await self.stop_channel(ch.name)
+                await self._stop_source(ch.name)
             self.pipeline.use_channel(ch)
             self.channels = [ch if c.name == ch.name else c for c in self.channels]
             if ch.name not in old:

@@ -200,3 +200,22 @@ def test_a_paused_mllp_channel_naks_ae_and_stores_nothing(
     with pytest.raises(OSError):
         send("127.0.0.1", port, [oru("C4")], timeout_s=5)
     assert len(api.store.list_messages()) == 2
+
+
+def test_readiness_follows_channel_control_and_reload(admin_api: AdminAPI) -> None:
+    admin, probe = admin_api.client("admin"), admin_api.client(None)
+
+    def checks() -> set[str]:
+        r = probe.get("/readyz")
+        assert r.status_code == 200  # a channel an operator stopped does not make the engine unready
+        return set(r.json()["checks"])
+
+    assert {"channel:events", "destination:events/ndjson"} <= checks()
+    admin.post("/api/v1/channels/events/stop")
+    assert "channel:events" not in checks()
+    admin.post("/api/v1/channels/events/start")
+    assert "channel:events" in checks()
+    second = webhook_channel("second", out=admin_api.tmp / "out")
+    (admin_api.tmp / "channels" / "second.yaml").write_text(yaml.safe_dump(second))
+    assert admin.post("/api/v1/channels/reload").json() == {"changed": ["second"]}
+    assert {"channel:second", "destination:second/ndjson"} <= checks()
