@@ -339,7 +339,14 @@ class Store:
                 .order_by(contents.c.id.desc())
                 .limit(1)
             ).first()
-        return codec.decode(row[0], row[1]) if row is not None else None
+            if row is None:
+                return None
+            ref = codec.reference_of(row[0], row[1])
+            reference = None
+            if ref is not None:  # compressed against the message's bundle (what an attempt sent, its response)
+                found = conn.execute(select(contents.c.data, contents.c.codec).where(contents.c.id == ref)).first()
+                reference = codec.decode(found[0], found[1]) if found is not None else None
+        return codec.decode(row[0], row[1], reference)
 
     def delivery(self, message_id: str, destination: str) -> Row[Any] | None:
         with self.work.connect() as conn:
@@ -584,10 +591,18 @@ class Store:
         """Record several (message id, destination, attempt, new status, next attempt at) in one transaction,
         and what successful ones wrote (message id, Written) for the stale-write guard."""
         now = time.time()
-        # what was sent (when not the stored bundle) and the reply, compressed before the write lock
+        # what was sent (when not the stored bundle) and the reply, compressed before the write lock, against
+        # the message's bundle when they are large enough to repeat it (a split FHIR transaction and its
+        # transaction-response: engine/store/codec.py)
+        large = [m for m, _, a, _, _ in batch if max(len(a.sent or b""), len(a.response or b"")) >= 512]
+        bundles = self._bundles(large)
         packed = [
-            [(k, *codec.encode(d)) for k, d in ((ContentKind.sent, a.sent), (ContentKind.response, a.response)) if d]
-            for _, _, a, _, _ in batch
+            [
+                (k, *(codec.encode_against(d, *bundles[m]) if m in bundles else codec.encode(d)))
+                for k, d in ((ContentKind.sent, a.sent), (ContentKind.response, a.response))
+                if d
+            ]
+            for m, _, a, _, _ in batch
         ]
         with self._writing(self.work) as conn:
             for (message_id, destination, attempt, status, next_attempt_at), stored in zip(batch, packed, strict=True):
@@ -595,6 +610,19 @@ class Store:
             rows = [(w.target, self.pseudonym(r), w.source_time, mid, now) for mid, w in written for r in w.resources]
             if rows:
                 conn.exec_driver_sql(self.sql.upsert_write, rows)
+
+    def _bundles(self, message_ids: Sequence[str]) -> dict[str, tuple[bytes, int]]:
+        """The newest stored bundle of each message: (content, its contents id)."""
+        if not message_ids:
+            return {}
+        c = contents.c
+        with self.work.connect() as conn:
+            rows = conn.execute(
+                select(c.message_id, c.id, c.data, c.codec)
+                .where(c.message_id.in_(set(message_ids)), c.kind == ContentKind.transformed)
+                .order_by(c.id)
+            ).all()
+        return {m: (codec.decode(data, kind) or b"", i) for m, i, data, kind in rows}  # the newest last: it wins
 
     def _record(
         self,

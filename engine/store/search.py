@@ -231,10 +231,12 @@ def contents_of(store: Store, message_id: str) -> list[Content]:
     """Every content row of a message, oldest first (what a detail view shows: raw, bundle, each attempt's
     request and response, errors)."""
     stmt = (
-        select(contents.c.kind, contents.c.destination, contents.c.created_at, contents.c.data, contents.c.codec)
+        select(contents.c.id, contents.c.kind, contents.c.destination, contents.c.created_at, contents.c.data,
+               contents.c.codec)
         .where(contents.c.message_id == message_id)
         .order_by(contents.c.id)
-    )
+    )  # fmt: skip
     with store.work.connect() as conn:
         rows = conn.execute(stmt).all()
-    return [Content(k, d, at, codec.decode(data, c) or b"") for k, d, at, data, c in rows]
+    decoded = codec.decode_rows([(r.id, r.data, r.codec) for r in rows])  # some are compressed against the bundle
+    return [Content(r.kind, r.destination, r.created_at, decoded.get(r.id, b"")) for r in rows]

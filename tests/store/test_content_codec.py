@@ -10,10 +10,10 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, insert, select
 
-from engine.store import AttemptRecord, ContentKind, DeliveryStatus, MessageStatus, NewMessage, Store
-from engine.store import codec, migrate
+from engine.store import AttemptRecord, ContentKind, DeliveryStatus, MessageStatus, NewMessage, Store, codec, migrate
 from engine.store.repository import ProcessResult
 from engine.store.schema import contents
+from engine.store.search import contents_of
 from tests.integration.messages import oru
 
 RAW = oru("CODEC-1", obx=8)
@@ -50,17 +50,54 @@ def test_every_content_kind_is_compressed_and_read_back(store: Store) -> None:
     record = AttemptRecord(1, time.time(), 2.0, "sent", 200, None, sent, response)
     store.record_attempt(acc.id, "ehr", record, status=DeliveryStatus.sent, next_attempt_at=0)
     rows = stored_rows(store, acc.id)
-    assert {k: c for k, (c, _) in rows.items()} == {
+    assert {k: c for k, (c, _) in rows.items() if k != "response/ehr"} == {
         "raw": codec.ZSTD,
         "transformed": codec.ZSTD,
-        "sent/ehr": codec.ZSTD,
-        "response/ehr": codec.ZSTD,
+        "sent/ehr": codec.ZSTD_REF,  # what was sent repeats the bundle: stored against it
     }
+    assert rows["response/ehr"][0] in (codec.ZSTD, codec.ZSTD_REF)
     assert rows["raw"][1] < len(RAW) / 2 and rows["transformed"][1] < len(BUNDLE) / 5
     assert store.content(acc.id, ContentKind.raw) == RAW
     assert store.content(acc.id, ContentKind.transformed) == BUNDLE
     assert store.content(acc.id, ContentKind.sent, "ehr") == sent
     assert store.content(acc.id, ContentKind.response, "ehr") == response
+
+
+def test_requests_and_responses_are_stored_against_the_bundle_they_repeat(store: Store) -> None:
+    """A split FHIR transaction is the bundle's entries again: it costs a fraction of storing it alone, and
+    still reads back after the message was reprocessed into a new bundle."""
+    [acc] = store.insert_messages([NewMessage("lab", RAW)])
+    store.finish_processing([ProcessResult(acc.id, MessageStatus.transformed, bundle=BUNDLE, destinations=("ehr",))])
+    entries = orjson.loads(BUNDLE)["entry"]
+    sent = orjson.dumps(
+        [{"type": "transaction", "entry": entries[:100]}, {"type": "transaction", "entry": entries[100:]}]
+    )
+    response = orjson.dumps({"type": "transaction-response", "entry": [{"resource": e} for e in entries]})
+    record = AttemptRecord(1, time.time(), 2.0, "retry", 503, "HTTP 503", sent, response)
+    store.record_attempt(acc.id, "ehr", record, status=DeliveryStatus.retrying, next_attempt_at=0)
+    rows = stored_rows(store, acc.id)
+    assert rows["sent/ehr"][0] == rows["response/ehr"][0] == codec.ZSTD_REF
+    assert rows["sent/ehr"][1] < len(codec.encode(sent)[0]) / 2
+    # reprocessed: a new bundle row; the attempt's rows still name the one they were written against
+    store.mark_error(acc.id, "x", from_status=MessageStatus.transformed)
+    store.reprocess(acc.id)
+    store.finish_processing([ProcessResult(acc.id, MessageStatus.transformed, bundle=b'{"other": 1}' * 50)])
+    assert store.content(acc.id, ContentKind.sent, "ehr") == sent
+    assert store.content(acc.id, ContentKind.response, "ehr") == response
+    by_kind = {(c.kind, c.destination): c.data for c in contents_of(store, acc.id)}
+    assert by_kind[("sent", "ehr")] == sent and by_kind[("response", "ehr")] == response
+
+
+def test_a_reference_that_is_not_there_is_damage_not_garbage() -> None:
+    packed, kind = codec.encode_against(BUNDLE[::-1] + BUNDLE, BUNDLE, 41)
+    assert kind == codec.ZSTD_REF and codec.reference_of(packed, kind) == 41
+    assert (
+        codec.decode_rows([(41, codec.encode(BUNDLE)[0], codec.ZSTD), (42, packed, kind)])[42] == BUNDLE[::-1] + BUNDLE
+    )
+    with pytest.raises(codec.ContentDamaged):
+        codec.decode_rows([(42, packed, kind)])
+    with pytest.raises(codec.ContentDamaged):
+        codec.decode(packed, kind)
 
 
 def test_error_content_round_trip(store: Store) -> None:
