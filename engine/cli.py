@@ -760,6 +760,7 @@ def token_revoke(
 
 # the operator actions (dlq list/replay/discard, reprocess, redeliver, diff) register themselves on the apps above
 from engine import cli_actions as _cli_actions  # noqa: E402, F401
+from engine import cli_alerts as _cli_alerts  # noqa: E402, F401  (interlink alerts list|ack)
 
 
 @app.command("reload")

@@ -175,6 +175,14 @@ class AlertBook:
         with self.store.work.connect() as conn:
             return conn.execute(select(alerts).where(alerts.c.id == alert_id)).first()
 
+    def ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids of alerts starting with ``prefix`` (at most ``limit``: two tell an ambiguous prefix)."""
+        if not prefix or not all(c in "0123456789abcdef" for c in prefix):
+            return []
+        with self.store.work.connect() as conn:
+            q = select(alerts.c.id).where(alerts.c.id >= prefix, alerts.c.id < prefix + "g").limit(limit)
+            return list(conn.execute(q).scalars())
+
     def listing(
         self,
         *,
