@@ -16,10 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from engine.api.dashboard import CSP
 from engine.sources.mllp_client import send
 from engine.store.access import AuditTrail, Tokens
+from engine.store.schema import messages
 from tests.api.running import RunningEngine
 from tests.integration.harness import free_port, wait_until
 from tests.integration.messages import adt, oru
@@ -141,6 +143,19 @@ def cell(page: Any, channel: str, counter: str) -> int:
     return int(text.replace(",", ""))
 
 
+COUNTED = ("received", "filtered", "queued", "sent", "errored", "dead")
+
+
+def sql_count(site: Site, channel: str, counter: str) -> int:
+    """A counter as a plain SQL count of the store's messages."""
+    statuses = {"queued": ("received", "transformed", "held"), "errored": ("error",)}.get(counter, (counter,))
+    with site.eng.engine.store.work.connect() as conn:
+        q = select(func.count()).select_from(messages).where(messages.c.channel == channel)
+        if counter != "received":
+            q = q.where(messages.c.status.in_(statuses))
+        return int(conn.execute(q).scalar_one())
+
+
 def test_security_headers_and_no_inline_code(site: Site) -> None:
     page = httpx.get(site.url + "/")
     assert page.status_code == 200
@@ -177,6 +192,11 @@ def test_login_then_counters_move_live(page: Any, site: Site, shots: Path) -> No
     site.send_lab(*(oru(f"LIVE{i}", mrn=f"LIVE-MRN-{i}") for i in range(3, 5)))
     wait_until(lambda: cell(page, "lab", "received") >= before + 5, 10, "the received counter to move again")
     wait_until(lambda: cell(page, "lab", "sent") >= before + 5, 20, "the sent counter to move")
+    wait_until(
+        lambda: {k: cell(page, "lab", k) for k in COUNTED} == {k: sql_count(site, "lab", k) for k in COUNTED},
+        5,
+        "every counter of the page to equal the SQL count",
+    )
     assert page.locator("#channels tr[data-channel='lab'] svg.chart polyline.received").count() == 1
     page.screenshot(path=str(shots / "channels.png"), full_page=True)
 
@@ -265,6 +285,15 @@ def test_admin_pauses_a_channel_and_makes_a_token(page: Any, site: Site, shots: 
     page.wait_for_selector(f"{state}:text-is('paused')")  # through the live stream
     page.click("#channels tr[data-channel='adt'] button:text-is('resume')")
     page.wait_for_selector(f"{state}:text-is('running')")
+    bad = site.eng.settings.channels_dir / "broken.yaml"
+    bad.write_text("name: broken\nsource: {type: mllp, port: nope}\n")
+    try:
+        page.click("#reload")
+        page.wait_for_selector("#toast:has-text('broken.yaml:')")  # refused, naming the file and line
+    finally:
+        bad.unlink()
+    page.click("#reload")
+    page.wait_for_selector("#toast:has-text('Reloaded: nothing changed.')")
     page.click("#nav a[data-view=tokens]")
     page.fill("#main input[name=name]", "night-shift")
     page.select_option("#main select[name=role]", "viewer")

@@ -334,7 +334,17 @@ function channelsView() {
       .then((body) => state.latest.channels.length || draw({ channels: listOf(body, "channels") }))
       .catch((err) => stamp.replaceWith(errorBox(err)));
   state.onTick = draw;
-  return section("Channels", stamp, table, h("p", { class: "legend" },
+  const reload = h("button", { type: "button", id: "reload", class: "small" }, "Reload channel files");
+  reload.addEventListener("click", async () => {
+    try {
+      const done = await api("POST", "/api/v1/channels/reload");
+      const changed = listOf(done?.changed ?? []);
+      toast(changed.length ? `Reloaded: ${changed.join(", ")}.` : "Reloaded: nothing changed.");
+    } catch (err) {
+      toast(explain(err), "bad"); // an invalid file: the problem names file:line; the running version stays
+    }
+  });
+  return section("Channels", h("div", { class: "toolbar" }, stamp, reload), table, h("p", { class: "legend" },
     h("span", { class: "key received" }, "received/s"), " ", h("span", { class: "key sent" }, "sent/s")));
 }
 
@@ -361,7 +371,7 @@ function queuesView() {
   const tbody = h("tbody");
   const table = h("table", { class: "grid", id: "queues" },
     h("thead", {}, h("tr", {}, h("th", {}, "Channel"), h("th", {}, "Destination"),
-      h("th", { class: "num" }, "Depth"), h("th", { class: "num" }, "Oldest waiting"))),
+      h("th", { class: "num" }, "Depth"), h("th", {}, "By status"), h("th", { class: "num" }, "Oldest waiting"))),
     tbody);
   const draw = (latest) => {
     clear(tbody);
@@ -369,9 +379,10 @@ function queuesView() {
       const age = q.oldest_age_s ?? q.oldest_age ?? q.age_s ?? null;
       tbody.append(h("tr", {}, h("td", {}, q.channel ?? ""), h("td", {}, q.destination ?? h("span", { class: "muted" }, "(to be processed)")),
         h("td", { class: "num depth" }, fmtNum(q.depth)),
+        h("td", { class: "muted" }, Object.entries(q.by_status ?? {}).map(([k, n]) => `${k} ${n}`).join(" · ")),
         h("td", { class: `num age${age > 300 ? " warn" : ""}` }, fmtAge(age))));
     }
-    if (!latest.queues.length) tbody.append(h("tr", {}, h("td", { colspan: 4, class: "muted" }, "Nothing waiting.")));
+    if (!latest.queues.length) tbody.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "Nothing waiting.")));
   };
   if (state.latest.at) draw(state.latest);
   else api("GET", "/api/v1/queues").then((b) => draw({ queues: listOf(b, "queues") })).catch(() => {});
