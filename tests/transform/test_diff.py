@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from engine.transform.diff import Change, MessageDiff, ResourceDiff, diff_bundles, summarize
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def entry(url: str, resource: dict[str, Any], method: str = "PUT") -> dict[str, Any]:
@@ -58,3 +61,23 @@ def test_summary_has_paths_without_indices_and_no_values() -> None:
     assert "old" not in str(d.as_json(values=False)) and d.as_json()["resources"][0]["changes"][0]["old"] == "C"
     assert d.changed and not MessageDiff("m2", "lab", "", "error", "error").changed
     assert MessageDiff("m3", "lab", "", "sent", "error").changed
+
+
+def test_replays_compile_again_only_when_a_file_changed(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from engine.settings import Settings
+    from engine.transform.diff import Replays
+
+    maps = tmp_path / "maps"
+    (maps / "hl7v2").mkdir(parents=True)
+    shutil.copytree(ROOT / "mappings" / "json", maps / "json")
+    (tmp_path / "channels").mkdir()
+    settings = Settings.model_validate({"mappings_dir": maps, "channels_dir": tmp_path / "channels"})
+    replays = Replays(settings)
+    first = replays.current()
+    assert replays.current() is first
+    touched = maps / "json" / "segments" / "patient-Patient.yaml"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 1_000_000))
+    assert replays.current() is not first

@@ -1,10 +1,10 @@
 """``POST /api/v1/diff`` (operator): what the mappings on disk now would change in the FHIR of stored messages.
 
 The body is a selection (``operations.Selection``) and ``limit`` (newest first, default 20, at most
-``MAX_LIMIT``). The mappings and channel files are compiled afresh for the request (seconds; in a thread),
-never the running engine's: nothing it runs changes. The answer holds, per message, each resource that
-differs with its paths and the old and new values (message content: audited as ``message.diff`` with the
-ids) and a summary per resource type, path and change.
+``MAX_LIMIT``). The mappings and channel files on disk are compiled for the diff (seconds; in a thread; kept
+until a file changes: ``diff.Replays``), never the running engine's: nothing it runs changes. The answer
+holds, per message, each resource that differs with its paths and the old and new values (message content:
+audited as ``message.diff`` with the ids) and a summary per resource type, path and change.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from engine.api.admin.spec import operation
 from engine.api.problems import Problem
 from engine.errors import ConfigError
 from engine.store import operations as ops
-from engine.transform.diff import Replay, summarize
+from engine.transform.diff import Replays, summarize
 
 __all__ = ["OPENAPI", "routes"]
 
@@ -30,7 +30,8 @@ MAX_LIMIT = 500
 
 
 def routes(admin: Admin) -> list[BaseRoute]:
-    access, store, settings = admin.access, admin.store, admin.settings
+    access, store = admin.access, admin.store
+    replays = Replays(admin.settings)
 
     async def diff(request: Request) -> Response:
         who = await access.require(request, Role.operator)
@@ -42,7 +43,7 @@ def routes(admin: Admin) -> list[BaseRoute]:
 
         def run() -> dict[str, Any]:
             stored = ops.for_diff(store, sel, limit=limit)
-            diffs = Replay(settings).diff(stored)
+            diffs = replays.current().diff(stored)
             return {
                 "messages": [d.as_json() for d in diffs],
                 "changed": sum(d.changed for d in diffs),
