@@ -72,3 +72,36 @@ def test_a_store_that_cannot_be_read_is_a_503_not_a_500(admin_api: AdminAPI) -> 
     finally:
         (admin_api.tmp / "store.db").rmdir()
         (admin_api.tmp / "moved.db").rename(admin_api.tmp / "store.db")
+
+
+#: every route of the foundation modules and the lowest role it takes (actions that change nothing here:
+#: unknown names and ids, so the matrix can run in any order)
+ROUTES = [
+    ("GET", "/api/v1/me", "viewer"),
+    ("GET", "/api/v1/channels", "viewer"),
+    ("GET", "/api/v1/queues", "viewer"),
+    ("POST", "/api/v1/channels/nosuch/stop", "admin"),
+    ("POST", "/api/v1/channels/nosuch/pause", "admin"),
+    ("POST", "/api/v1/channels/reload", "admin"),
+    ("GET", "/api/v1/tokens", "admin"),
+    ("POST", "/api/v1/tokens", "admin"),
+    ("DELETE", "/api/v1/tokens/nosuch", "admin"),
+    ("GET", "/api/v1/audit", "admin"),
+]
+ORDER = ["viewer", "operator", "admin"]
+
+
+def test_role_matrix_and_bad_or_revoked_tokens(admin_api: AdminAPI) -> None:
+    admin = admin_api.client("admin")
+    made = admin.post("/api/v1/tokens", json={"role": "admin", "name": "soon revoked"}).json()
+    admin.delete(f"/api/v1/tokens/{made['id']}")
+    bad = {"wrong": "Bearer il_" + "A" * 43, "revoked": f"Bearer {made['token']}", "malformed": "Basic abc"}
+    refused = {what: admin_api.client(None, headers={"Authorization": v}) for what, v in bad.items()}
+    callers = {role: admin_api.client(role) for role in ORDER}
+    for method, path, lowest in ROUTES:
+        for what, c in refused.items():
+            assert c.request(method, path, json={}).status_code == 401, (method, path, what)
+        for role, c in callers.items():
+            r = c.request(method, path, json={"role": "nosuch"})
+            allowed = ORDER.index(role) >= ORDER.index(lowest)
+            assert (r.status_code not in (401, 403)) == allowed, (method, path, role, r.status_code)
