@@ -674,19 +674,30 @@ function deadLettersView() {
   const load = async () => {
     clear(list).append(h("p", { class: "muted" }, "Loading…"));
     try {
-      const body = await api("GET", `/api/v1/deadletters${query({ channel: sel.value, limit: 100 })}`);
-      const items = listOf(body, "deadletters", "dead_letters");
-      const tbody = h("tbody", {}, items.map((d) => deadRow(d, load, reason)));
-      clear(list).append(items.length
+      const tbody = h("tbody");
+      const more = h("button", { type: "button", hidden: true }, "More");
+      let next = null;
+      const page = async () => {
+        const body = await api("GET", `/api/v1/deadletters${query({ channel: sel.value, cursor: next, limit: 100 })}`);
+        const items = listOf(body, "deadletters", "dead_letters");
+        for (const d of items) tbody.append(deadRow(d, load, reason));
+        next = body?.next ?? null;
+        more.hidden = !next;
+        return items.length;
+      };
+      more.addEventListener("click", () => page().catch((err) => toast(explain(err), "bad")));
+      const n = await page();
+      clear(list).append(n
         ? h("table", { class: "grid", id: "deadletters" }, h("thead", {}, h("tr", {}, h("th", {}, "Message"),
-          h("th", {}, "Channel"), h("th", {}, "Destination"), h("th", {}, "Since"), h("th", {}, "Error"),
+          h("th", {}, "Channel"), h("th", {}, "Destination"), h("th", {}, "Type"), h("th", {}, "Since"),
+          h("th", { class: "num" }, "Attempts"), h("th", {}, "Error"), h("th", { class: "num" }, "Holding"),
           h("th", {}, "Actions"))), tbody)
-        : h("p", { class: "muted", id: "no-deadletters" }, "No dead letter."));
+        : h("p", { class: "muted", id: "no-deadletters" }, "No dead letter."), more);
     } catch (err) {
       clear(list).append(errorBox(err));
     }
   };
-  const bulk = h("button", { type: "button" }, "Replay all shown…");
+  const bulk = h("button", { type: "button" }, "Replay all matching…");
   bulk.addEventListener("click", async () => {
     const filter = sel.value ? { channel: sel.value } : { all: true };
     try {
@@ -699,7 +710,7 @@ function deadLettersView() {
       const done = await api("POST", "/api/v1/deadletters/replay", filter);
       toast(`Replayed ${fmtNum(done?.count ?? done?.replayed ?? 0)}.`);
       bulk.dataset.confirm = "";
-      bulk.textContent = "Replay all shown…";
+      bulk.textContent = "Replay all matching…";
       load();
     } catch (err) {
       toast(explain(err), "bad");
@@ -707,7 +718,7 @@ function deadLettersView() {
   });
   sel.addEventListener("change", () => {
     bulk.dataset.confirm = "";
-    bulk.textContent = "Replay all shown…";
+    bulk.textContent = "Replay all matching…";
     load();
   });
   load();
@@ -745,9 +756,11 @@ function deadRow(d, reload, reason) {
   });
   return h("tr", { "data-id": id },
     h("td", {}, h("a", { href: `#/message/${encodeURIComponent(id)}` }, id.slice(0, 12))),
-    h("td", {}, d.channel ?? ""), h("td", {}, d.destination ?? ""),
-    h("td", {}, fmtTime(d.dead_at ?? d.received_at)),
+    h("td", {}, d.channel ?? ""), h("td", {}, d.destination ?? ""), h("td", {}, d.message_type ?? ""),
+    h("td", {}, fmtTime(d.dead_at ?? d.received_at)), h("td", { class: "num" }, fmtNum(d.attempts)),
     h("td", { class: "error-text" }, d.last_error ?? (d.last_status_code ? `HTTP ${d.last_status_code}` : "")),
+    h("td", { class: "num", title: "Later messages of this patient held behind it (per-patient order)" },
+      d.holding ? fmtNum(d.holding) : ""),
     h("td", { class: "actions" }, replay, discard));
 }
 
