@@ -4,13 +4,13 @@ depths equal to SQL counts of the store."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import create_engine, text
 
 from engine.sources.mllp_client import send
 from engine.store import MessageStatus, ProcessResult
@@ -106,16 +106,23 @@ def refuser() -> Iterator[Receiver]:
         yield r
 
 
-def sql_counts(tmp: Path) -> dict[tuple[str, str], int]:
-    with sqlite3.connect(tmp / "store.db") as db:
-        return {(c, s): n for c, s, n in db.execute("SELECT channel, status, count(*) FROM messages GROUP BY 1, 2")}
+def sql_counts(url: str) -> dict[tuple[str, str], int]:
+    """The store's own count, by a connection of the test's (not the engine's code)."""
+    db = create_engine(url)
+    try:
+        with db.connect() as conn:
+            rows = conn.execute(text("SELECT channel, status, count(*) FROM messages GROUP BY channel, status"))
+            return {(c, s): n for c, s, n in rows}
+    finally:
+        db.dispose()
 
 
-def test_counters_equal_sql_counts_after_a_mixed_run(admin_api_factory: Callable[..., AdminAPI],
-                                                     refuser: Receiver, tmp_path: Path) -> None:  # fmt: skip
+def test_counters_equal_sql_counts_after_a_mixed_run(
+    admin_api_factory: Callable[..., AdminAPI], refuser: Receiver, tmp_path: Path, store_url: str
+) -> None:
     hook = webhook_channel("hook", out=tmp_path / "out")
     hook["destinations"] = [{"name": "ehr", "type": "http", "url": refuser.url + "/", "timeout_s": 5}]
-    api = admin_api_factory([webhook_channel(out=tmp_path / "out"), hook])
+    api = admin_api_factory([webhook_channel(out=tmp_path / "out"), hook], database_url=store_url)
     sender = api.client(None)
     for _ in range(3):
         assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 202  # sent
@@ -125,10 +132,10 @@ def test_counters_equal_sql_counts_after_a_mixed_run(admin_api_factory: Callable
     assert sender.post("/webhooks/events", json=empty, headers=FHIR).status_code == 202  # -> filtered
     assert sender.post("/webhooks/hook", json=PATIENT, headers=FHIR).status_code == 202  # -> dead (400)
     finished = {MessageStatus.sent, MessageStatus.error, MessageStatus.dead, MessageStatus.filtered}
-    wait_until(lambda: all(s in finished for _, s in sql_counts(tmp_path)) and
-               sum(sql_counts(tmp_path).values()) == 6, 30, "the messages finished")  # fmt: skip
+    wait_until(lambda: all(s in finished for _, s in sql_counts(store_url)) and
+               sum(sql_counts(store_url).values()) == 6, 30, "the messages finished")  # fmt: skip
 
-    expected = sql_counts(tmp_path)
+    expected = sql_counts(store_url)
     assert expected == {("events", "sent"): 3, ("events", "error"): 1, ("events", "filtered"): 1, ("hook", "dead"): 1}
     got = {c["name"]: c["counters"] for c in api.client("viewer").get("/api/v1/channels").json()["channels"]}
     for name in ("events", "hook"):
@@ -154,8 +161,7 @@ def test_queue_depth_and_oldest_age_from_the_store(admin_api_factory: Callable[.
     assert set(rows) == {("events", None), ("events", "ndjson")}
     assert (rows["events", None]["depth"], rows["events", "ndjson"]["depth"]) == (2, 1)
     assert rows["events", "ndjson"]["by_status"] == {"pending": 1}
-    with sqlite3.connect(api.tmp / "store.db") as db:
-        oldest = db.execute("SELECT min(received_at) FROM messages WHERE status = 'received'").fetchone()[0]
+    oldest = min(api.store.message(i).received_at for i in ids[1:])  # type: ignore[union-attr]
     # the age of the oldest message waiting, as of some moment while the request was answered
     assert asked - oldest - 0.001 <= rows["events", None]["oldest_age_s"] <= answered - oldest + 0.001
 
