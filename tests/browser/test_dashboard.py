@@ -186,6 +186,10 @@ def test_login_then_counters_move_live(page: Any, site: Site, shots: Path) -> No
     assert site.token["viewer"] not in page.url
     assert page.evaluate("sessionStorage.getItem('interlink.token')") == site.token["viewer"]
     page.wait_for_selector("#live.on")
+    button = page.query_selector("#channels tr[data-channel='lab'] td.actions button")
+    stamp = page.inner_text("#main .toolbar p")
+    wait_until(lambda: page.inner_text("#main .toolbar p") != stamp, 5, "the next live sample")
+    assert button.evaluate("b => b.isConnected")  # rows are updated in place: a button survives each sample
     before = cell(page, "lab", "received")
     site.send_lab(*(oru(f"LIVE{i}", mrn=f"LIVE-MRN-{i}") for i in range(3)))
     wait_until(lambda: cell(page, "lab", "received") >= before + 3, 10, "the received counter to move")

@@ -295,7 +295,8 @@ function errorBox(err) {
 }
 
 function channelsView() {
-  const tbody = h("tbody");
+  const empty = h("tr", { hidden: true }, h("td", { colspan: 11, class: "muted" }, "No channels."));
+  const tbody = h("tbody", {}, empty);
   const table = h(
     "table",
     { class: "grid", id: "channels" },
@@ -308,24 +309,38 @@ function channelsView() {
     tbody,
   );
   const stamp = h("p", { class: "muted" }, "Waiting for the first live sample…");
+  // rows are updated in place, not rebuilt: a button under the pointer must survive the next sample
+  const rows = new Map();
   const draw = (latest) => {
-    clear(tbody);
+    const seen = new Set();
     for (const ch of latest.channels) {
       const st = ch.state ?? "";
-      tbody.append(
-        h(
-          "tr",
-          { "data-channel": ch.name },
-          h("td", {}, ch.name),
-          h("td", {}, ch.source ?? ch.source_type ?? ""),
-          h("td", {}, h("span", { class: `state ${st}` }, st)),
-          COUNTERS.map((k) => h("td", { class: `num ${k}`, "data-counter": k }, fmtNum(counter(ch, k)))),
-          h("td", {}, chart(ch.name)),
-          h("td", { class: "actions" }, channelActions(ch.name, st)),
-        ),
-      );
+      seen.add(ch.name);
+      let row = rows.get(ch.name);
+      if (!row) {
+        const cells = Object.fromEntries(COUNTERS.map((k) => [k, h("td", { class: `num ${k}`, "data-counter": k })]));
+        row = { tr: null, cells, state: h("span"), chart: h("td"), actions: h("td", { class: "actions" }), st: null };
+        row.tr = h("tr", { "data-channel": ch.name }, h("td", {}, ch.name), h("td", {}, ch.source ?? ""),
+          h("td", {}, row.state), COUNTERS.map((k) => cells[k]), row.chart, row.actions);
+        rows.set(ch.name, row);
+      }
+      if (row.tr.parentNode !== tbody) tbody.append(row.tr);
+      for (const k of COUNTERS) row.cells[k].textContent = fmtNum(counter(ch, k));
+      clear(row.chart).append(chart(ch.name));
+      if (row.st !== st) {
+        row.st = st;
+        row.state.textContent = st;
+        row.state.className = `state ${st}`;
+        append(clear(row.actions), channelActions(ch.name, st));
+      }
     }
-    if (!latest.channels.length) tbody.append(h("tr", {}, h("td", { colspan: 11, class: "muted" }, "No channels.")));
+    for (const [name, row] of rows) {
+      if (!seen.has(name)) {
+        row.tr.remove();
+        rows.delete(name);
+      }
+    }
+    empty.hidden = latest.channels.length > 0;
     if (latest.at) stamp.textContent = `Updated ${fmtTime(latest.at)}`;
   };
   if (state.latest.channels.length) draw(state.latest);
