@@ -231,6 +231,9 @@ def test_search_by_mrn_and_detail(page: Any, site: Site, shots: Path) -> None:
     assert segments.nth(1).inner_text().startswith("PID|")
     assert page.get_attribute("#raw .segment:nth-child(2) [title='PID-3'] >> nth=0", "title") == "PID-3"
     assert "FIND-MRN-77" in page.inner_text("#raw [title='PID-3']")
+    assert page.inner_text("#raw [title='MSH-10']") == "FIND1"  # MSH-1 is the separator: MSH-3 onwards shift
+    assert page.inner_text("#raw [title='MSH-9.1']") == "ORU"
+    assert page.inner_text("#raw [title='PID-3.4']") == "HOSP"
     bundle = page.inner_text("#bundle")
     assert '"resourceType": "Bundle"' in bundle
     page.wait_for_selector("#attempts li.ok")
