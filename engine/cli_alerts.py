@@ -28,7 +28,7 @@ STATES = ("active", *(s.value for s in AlertState), "all")
 
 @alerts_app.command("list")
 def alerts_list(
-    state: Annotated[str, typer.Option(help=f"One of {', '.join(STATES)} (active: open, acknowledged, escalated).")] = (
+    state: Annotated[str, typer.Option(help=f"One of {', '.join(STATES)} (active: what needs attention).")] = (
         "active"
     ),
     channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,

@@ -117,6 +117,9 @@ class Engine:
         self.metrics.gauge(
             "interlink_backlog", "Messages received or transformed, not yet finished.", self.store.backlog
         )
+        self.metrics.gauge(
+            "interlink_alerts_active", "Alerts needing attention (engine/alerts/).", AlertBook(self.store).count_active
+        )
         for queue_name in (PROCESS_QUEUE, DELIVER_QUEUE):
             self.metrics.gauge(
                 f"interlink_queue_{queue_name}_waiting",

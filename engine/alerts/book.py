@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import case, func, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 
@@ -50,6 +50,15 @@ class NewAlert:
     dedupe: str
     detail: dict[str, Any]
     message_id: str | None = None
+
+
+def _needs_attention() -> Any:
+    """Open or escalated alerts, and acknowledged ones still holding (a rule's condition that has not cleared):
+    an acknowledged critical result is done."""
+    return or_(
+        alerts.c.state.in_([AlertState.open.value, AlertState.escalated.value]),
+        and_(alerts.c.state == AlertState.acknowledged.value, alerts.c.kind != "critical"),
+    )
 
 
 class AlertBook:
@@ -195,7 +204,7 @@ class AlertBook:
         """Alerts newest first (ids sort by creation time); ``before``: the last id of the previous page."""
         q = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
         if state == "active":
-            q = q.where(alerts.c.state.in_([s.value for s in ACTIVE_ALERT_STATES]))
+            q = q.where(_needs_attention())
         elif state:
             q = q.where(alerts.c.state == state)
         if channel:
@@ -206,6 +215,11 @@ class AlertBook:
             q = q.where(alerts.c.id < before)
         with self.store.work.connect() as conn:
             return list(conn.execute(q))
+
+    def count_active(self) -> int:
+        """How many alerts need attention (``listing(state="active")``), for the metrics."""
+        with self.store.work.connect() as conn:
+            return conn.execute(select(func.count()).select_from(alerts).where(_needs_attention())).scalar_one()
 
     # -- the outbox ------------------------------------------------------------------------------------
 

@@ -27,7 +27,9 @@ identifiers and name of its subject Patient, read from the stored bundle when th
 the clinician told can act on it. It goes to the configured target only: the log names alert ids,
 channels, rules and HTTP statuses, never a value.
 
-The clock is injectable (``clock``), so tests move time instead of sleeping.
+Every ``interlink run`` process runs one. Two of them never raise one condition twice (the dedupe key), but
+may both send one notice (the same ``webhook-id``: receivers deduplicate by it). The clock is injectable
+(``clock``), so tests move time instead of sleeping.
 """
 
 from __future__ import annotations

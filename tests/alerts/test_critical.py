@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from sqlalchemy import delete, update
 
 from engine.alerts.book import AlertBook
@@ -186,6 +187,7 @@ def test_engine_raises_and_notifies_a_critical_fhir_result(tmp_path: Path, recei
         answer = httpx.post(f"{eng.url}/webhooks/events", content=body, headers=fhir)
         assert answer.status_code == 202, answer.text
         wait_until(lambda: len(receiver.requests) == 1, 20, "the critical result notice")
+        assert b"interlink_alerts_active 1.0" in generate_latest(eng.engine.metrics.registry)
     [notice] = receiver.notices("/first")
     assert notice["alert"]["message_id"] == answer.json()["message_id"]
     assert notice["alert"]["detail"]["interpretation"] == "LL"

@@ -172,6 +172,8 @@ def test_acknowledged_alert_gets_no_reminder(store: Store, tmp_path: Path, recei
     ev.step()
     [alert] = AlertBook(store).listing()
     assert AlertBook(store).acknowledge(alert.id, "night-operator", T0 + 1).state == "acknowledged"
+    assert [a.id for a in AlertBook(store).listing(state="active")] == [alert.id]  # still holds: still active
+    assert AlertBook(store).count_active() == 1
     clock.now += 10 * 60
     ev.step()
     assert events(receiver) == [("raised", "queue_age", "open")]

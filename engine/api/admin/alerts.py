@@ -1,12 +1,14 @@
 """``/api/v1/alerts``: the alerts of every channel (engine/alerts/), and acknowledging one.
 
 ``GET /api/v1/alerts`` (viewer) — newest first, ``{"items": [alert…], "next": cursor | null}``; filters
-``state`` (``open``, ``acknowledged``, ``escalated``, ``resolved``, or ``active``: the first three),
-``channel``, ``kind`` (``silence``, ``error_rate``, ``dead_letters``, ``queue_age``, ``critical``),
-``limit`` (1-500, default 100) and ``cursor`` (``next`` of the previous page: alerts raised meanwhile never
-shift a page). An alert is ``{id, channel, kind, rule, state, raised_at, acked_at, acked_by, escalated_at,
-resolved_at, message_id, detail}`` (times ISO 8601 UTC; ``detail``: figures, or a critical result's
-observation fullUrl, interpretation code or rule name and codes): metadata only, never message content.
+``state`` (``open``, ``acknowledged``, ``escalated``, ``resolved``, or ``active``: what needs attention —
+open, escalated, and acknowledged rule alerts whose condition still holds; an acknowledged critical result
+is done), ``channel``, ``kind`` (``silence``, ``error_rate``, ``dead_letters``, ``queue_age``,
+``critical``), ``limit`` (1-500, default 100) and ``cursor`` (``next`` of the previous page: alerts raised
+meanwhile never shift a page). An alert is ``{id, channel, kind, rule, state, raised_at, acked_at,
+acked_by, escalated_at, resolved_at, message_id, detail}`` (times ISO 8601 UTC; ``detail``: figures, or
+a critical result's observation fullUrl, interpretation code or rule name and codes): metadata only, never
+message content.
 
 ``POST /api/v1/alerts/{id}/ack`` (operator) — open or escalated → ``acknowledged`` by the token's name: no
 reminder and no escalation follow. Acknowledging an acknowledged alert changes nothing (200); a resolved one
@@ -117,7 +119,8 @@ OPENAPI: dict[str, Any] = {
             {"type": "object", "required": ["items", "next"],
              "properties": {"items": {"type": "array", "items": _ALERT}, "next": {"type": ["string", "null"]}}},
             parameters=[
-                param("state", description="open, acknowledged, escalated, resolved, or active (the first three)",
+                param("state", description="open, acknowledged, escalated, resolved, or active (open, escalated, and "
+                      "acknowledged rule alerts not yet resolved)",
                       type="string", enum=list(STATES)),
                 param("channel"),
                 param("kind", type="string", enum=list(KINDS)),

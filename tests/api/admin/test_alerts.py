@@ -46,6 +46,8 @@ def test_ack_is_for_operators_and_audited(admin_api: AdminAPI) -> None:
     body = answer.json()
     assert (body["state"], body["acked_by"]) == ("acknowledged", "test-operator") and body["acked_at"]
     assert operator.post(f"/api/v1/alerts/{alert_id}/ack").json()["acked_at"] == body["acked_at"]  # no change
+    assert admin_api.client("viewer").get("/api/v1/alerts", params={"state": "active"}).json()["items"] == []
+    assert AlertBook(admin_api.store).count_active() == 0  # an acknowledged critical result is done
     entries = AuditTrail(admin_api.store).page(action="alert.ack").entries
     assert len(entries) == 2
     assert entries[0].target == alert_id and entries[0].token_id == admin_api.token_ids["operator"]
