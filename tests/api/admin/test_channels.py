@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pynetdicom import AE, StoragePresentationContexts
 from sqlalchemy import create_engine, text
 
 from engine.sources.mllp_client import send
@@ -17,6 +18,7 @@ from engine.store import MessageStatus, ProcessResult
 from tests.alerts.receiver import Receiver
 from tests.api.admin.conftest import AdminAPI
 from tests.api.running import webhook_channel
+from tests.integration.dicom_data import make_study
 from tests.integration.harness import free_port, wait_until
 from tests.integration.messages import oru
 
@@ -225,3 +227,33 @@ def test_readiness_follows_channel_control_and_reload(admin_api: AdminAPI) -> No
     (admin_api.tmp / "channels" / "second.yaml").write_text(yaml.safe_dump(second))
     assert admin.post("/api/v1/channels/reload").json() == {"changed": ["second"]}
     assert {"channel:second", "destination:second/ndjson"} <= checks()
+
+
+def test_a_paused_dicom_channel_answers_a700_and_still_assembles_what_it_took(
+    admin_api_factory: Callable[..., AdminAPI], tmp_path: Path
+) -> None:
+    imaging = {"name": "imaging", "source": {"type": "dicom", "port": 0, "objects_dir": str(tmp_path / "objects"),
+                                             "fsync": False, "quiet_period_s": 0.2},
+               "destinations": [{"name": "out", "type": "file", "path": str(tmp_path / "imaging.ndjson")}]}  # fmt: skip
+    api = admin_api_factory([imaging], workers=False, sweeper={"interval_s": 3600, "grace_s": 3600})
+    files = make_study(tmp_path / "in", 1, 3)
+
+    def store_one(f: Path) -> int:
+        ae = AE(ae_title="MODALITY")
+        ae.requested_contexts = StoragePresentationContexts[:120]
+        port = api.engine.sources["imaging"].port  # type: ignore[attr-defined]
+        assoc = ae.associate("127.0.0.1", port, ae_title="INTERLINK")
+        assert assoc.is_established
+        try:
+            return int(assoc.send_c_store(f).Status)
+        finally:
+            assoc.release()
+
+    assert store_one(files[0]) == 0
+    assert api.client("admin").post("/api/v1/channels/imaging/pause").status_code == 200
+    assert store_one(files[1]) == 0xA700
+    # the instance taken before the pause still becomes its study's message (assembly is not refused)
+    wait_until(lambda: any(m.message_type == "study" for m in api.store.list_messages()), 30, "the study")
+    assert len([m for m in api.store.list_messages() if m.message_type != "study"]) == 1
+    assert api.client("admin").post("/api/v1/channels/imaging/resume").status_code == 200
+    assert store_one(files[2]) == 0
