@@ -181,6 +181,7 @@ def test_login_then_counters_move_live(page: Any, site: Site, shots: Path) -> No
     page.click("#login button[type=submit]")
     page.wait_for_selector("#login-error:has-text('not accepted')")
     page.console_errors.clear()  # the browser logs the 401 of that attempt
+    page.screenshot(path=str(shots / "login.png"))
 
     login(page, site, "viewer")
     assert site.token["viewer"] not in page.url

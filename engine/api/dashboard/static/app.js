@@ -1003,7 +1003,8 @@ function loginView(reason) {
   const note = h("p", { class: "error", id: "login-error" }, reason ?? "");
   const form = h("form", { class: "login", id: "login" },
     h("h1", {}, "Sign in"),
-    h("p", { class: "muted" }, "Paste an API token (interlink token create --role viewer|operator|admin)."),
+    h("p", { class: "muted" }, "Paste an API token. An administrator makes one with ",
+      h("code", {}, "interlink token create --role viewer"), " (or operator, admin)."),
     input, h("button", { type: "submit" }, "Sign in"), note);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
