@@ -8,7 +8,8 @@ writes      per target system and resource, the newest source time written there
 install     per-installation values (the key of the keyed hashes in non-content columns)
 feed_cursors  per channel with an event feed, how far the feed has delivered (engine/events_feed.py)
 api_tokens  admin API tokens: role and a hash of the secret (migration 0007)
-audit       append-only trail of content reads and actions through the admin API and CLI (0007)
+audit       append-only trail of content reads and actions through the admin API and CLI (0007; triggers
+            refuse UPDATE and DELETE: 0010)
 message_keys  keyed hashes of what a message is searched by (MRN, accession number) (0007)
 alerts      channel-rule and critical-result alerts, their state and notification outbox (0008)
 """

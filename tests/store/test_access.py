@@ -8,7 +8,8 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from engine.store import Store
 from engine.store.access import USE_WRITE_EVERY_S, AuditTrail, Tokens
@@ -81,3 +82,12 @@ def test_audit_pages_and_filters(store: Store) -> None:
     assert trail.page(since=newest.at).entries[0].id == newest.id
     with pytest.raises(ValueError):
         trail.page(cursor="1 OR 1=1")
+
+
+def test_audit_rows_cannot_be_changed_or_deleted_in_the_database(store: Store) -> None:
+    row = AuditTrail(store).append(token_id="", actor="a", role="admin", action="token.create")
+    for statement in ("UPDATE audit SET actor = 'someone else' WHERE id = :id", "DELETE FROM audit WHERE id = :id"):
+        with pytest.raises(DBAPIError, match="append-only"), store.work.begin() as conn:
+            conn.execute(text(statement), {"id": row})
+    [entry] = [e for e in AuditTrail(store).page(limit=5).entries if e.id == row]
+    assert entry.actor == "a"
