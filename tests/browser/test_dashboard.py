@@ -230,11 +230,14 @@ def test_search_by_mrn_and_detail(page: Any, site: Site, shots: Path) -> None:
     segments = page.locator("#raw .segment")
     assert segments.count() == 5  # MSH, PID, PV1, OBR, OBX: one per row
     assert segments.nth(1).inner_text().startswith("PID|")
-    assert page.get_attribute("#raw .segment:nth-child(2) [title='PID-3'] >> nth=0", "title") == "PID-3"
-    assert "FIND-MRN-77" in page.inner_text("#raw [title='PID-3']")
-    assert page.inner_text("#raw [title='MSH-10']") == "FIND1"  # MSH-1 is the separator: MSH-3 onwards shift
-    assert page.inner_text("#raw [title='MSH-9.1']") == "ORU"
-    assert page.inner_text("#raw [title='PID-3.4']") == "HOSP"
+    pid3 = "#raw .segment:nth-child(2) [data-place='PID-3']"
+    assert page.get_attribute(pid3, "title") == "PID-3 · Patient Identifier List"  # the field's tooltip
+    page.hover(pid3)
+    assert re.fullmatch(r"PID-3(\.\d)? · Patient Identifier List", page.inner_text("#place"))  # under the pointer
+    assert "FIND-MRN-77" in page.inner_text("#raw [data-place='PID-3']")
+    assert page.inner_text("#raw [data-place='MSH-10']") == "FIND1"  # MSH-1 is the separator: MSH-3 onwards shift
+    assert page.inner_text("#raw [data-place='MSH-9.1']") == "ORU"
+    assert page.inner_text("#raw [data-place='PID-3.4']") == "HOSP"
     bundle = page.inner_text("#bundle")
     assert '"resourceType": "Bundle"' in bundle
     page.wait_for_selector("#attempts li.ok")

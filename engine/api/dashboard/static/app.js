@@ -532,6 +532,61 @@ function messageRow(m) {
 
 // -- message detail
 
+/** Names of the fields of common segments (HL7 v2.5.1), shown beside their place in the raw view. */
+const FIELD_NAMES = {
+  MSH: ["Field Separator", "Encoding Characters", "Sending Application", "Sending Facility", "Receiving Application",
+    "Receiving Facility", "Date/Time of Message", "Security", "Message Type", "Message Control ID", "Processing ID",
+    "Version ID", "Sequence Number", "Continuation Pointer", "Accept Acknowledgment Type",
+    "Application Acknowledgment Type", "Country Code", "Character Set", "Principal Language of Message",
+    "Alternate Character Set Handling Scheme", "Message Profile Identifier"],
+  EVN: ["Event Type Code", "Recorded Date/Time", "Date/Time Planned Event", "Event Reason Code", "Operator ID",
+    "Event Occurred", "Event Facility"],
+  PID: ["Set ID", "Patient ID", "Patient Identifier List", "Alternate Patient ID", "Patient Name",
+    "Mother's Maiden Name", "Date/Time of Birth", "Administrative Sex", "Patient Alias", "Race", "Patient Address",
+    "County Code", "Phone Number - Home", "Phone Number - Business", "Primary Language", "Marital Status", "Religion",
+    "Patient Account Number", "SSN Number", "Driver's License Number", "Mother's Identifier", "Ethnic Group",
+    "Birth Place", "Multiple Birth Indicator", "Birth Order", "Citizenship", "Veterans Military Status", "Nationality",
+    "Patient Death Date and Time", "Patient Death Indicator"],
+  PV1: ["Set ID", "Patient Class", "Assigned Patient Location", "Admission Type", "Preadmit Number",
+    "Prior Patient Location", "Attending Doctor", "Referring Doctor", "Consulting Doctor", "Hospital Service",
+    "Temporary Location", "Preadmit Test Indicator", "Re-admission Indicator", "Admit Source", "Ambulatory Status",
+    "VIP Indicator", "Admitting Doctor", "Patient Type", "Visit Number", "Financial Class"],
+  ORC: ["Order Control", "Placer Order Number", "Filler Order Number", "Placer Group Number", "Order Status",
+    "Response Flag", "Quantity/Timing", "Parent", "Date/Time of Transaction", "Entered By", "Verified By",
+    "Ordering Provider", "Enterer's Location", "Call Back Phone Number", "Order Effective Date/Time",
+    "Order Control Code Reason", "Entering Organization", "Entering Device", "Action By"],
+  OBR: ["Set ID", "Placer Order Number", "Filler Order Number", "Universal Service Identifier", "Priority",
+    "Requested Date/Time", "Observation Date/Time", "Observation End Date/Time", "Collection Volume",
+    "Collector Identifier", "Specimen Action Code", "Danger Code", "Relevant Clinical Information",
+    "Specimen Received Date/Time", "Specimen Source", "Ordering Provider", "Order Callback Phone Number",
+    "Placer Field 1", "Placer Field 2", "Filler Field 1", "Filler Field 2", "Results Rpt/Status Chng - Date/Time",
+    "Charge to Practice", "Diagnostic Serv Sect ID", "Result Status", "Parent Result", "Quantity/Timing",
+    "Result Copies To", "Parent", "Transportation Mode", "Reason for Study", "Principal Result Interpreter"],
+  OBX: ["Set ID", "Value Type", "Observation Identifier", "Observation Sub-ID", "Observation Value", "Units",
+    "References Range", "Abnormal Flags", "Probability", "Nature of Abnormal Test", "Observation Result Status",
+    "Effective Date of Reference Range", "User Defined Access Checks", "Date/Time of the Observation",
+    "Producer's ID", "Responsible Observer", "Observation Method", "Equipment Instance Identifier",
+    "Date/Time of the Analysis"],
+  NTE: ["Set ID", "Source of Comment", "Comment", "Comment Type"],
+  AL1: ["Set ID", "Allergen Type Code", "Allergen Code/Mnemonic/Description", "Allergy Severity Code",
+    "Allergy Reaction Code", "Identification Date"],
+  DG1: ["Set ID", "Diagnosis Coding Method", "Diagnosis Code", "Diagnosis Description", "Diagnosis Date/Time",
+    "Diagnosis Type"],
+  MSA: ["Acknowledgment Code", "Message Control ID", "Text Message"],
+};
+
+/** The attributes of a span holding the value at ``place``: its place, and a tooltip naming the field. */
+function at(place) {
+  return { "data-place": place, title: describePlace(place) };
+}
+
+/** "PID-5.1 · Patient Name" for a place such as PID-5.1 or PID-3[2].4 (the name when the segment is known). */
+function describePlace(place) {
+  const m = /^([A-Z][A-Z0-9]{2})-(\d+)/.exec(place);
+  const name = m ? FIELD_NAMES[m[1]]?.[Number(m[2]) - 1] : undefined;
+  return name ? `${place} · ${name}` : place;
+}
+
 /** One HL7 v2 segment as spans per field and component, each titled with its place (PID-3, PID-5.1). */
 function hl7Segment(seg, enc) {
   const name = seg.slice(0, 3);
@@ -543,7 +598,7 @@ function hl7Segment(seg, enc) {
     const n = header ? i + 1 : i;
     row.append(h("span", { class: "sep" }, fs));
     if (header && i === 1) {
-      row.append(h("span", { class: "field", title: `${name}-2` }, parts[i]));
+      row.append(h("span", { class: "field", ...at(`${name}-2`) }, parts[i]));
       continue;
     }
     row.append(hl7Field(parts[i], `${name}-${n}`, enc));
@@ -552,19 +607,19 @@ function hl7Segment(seg, enc) {
 }
 
 function hl7Field(value, place, enc) {
-  const el = h("span", { class: "field", title: place });
+  const el = h("span", { class: "field", ...at(place) });
   const reps = value.split(enc.repetition);
   reps.forEach((rep, r) => {
     if (r) el.append(h("span", { class: "sep" }, enc.repetition));
     const where = reps.length > 1 ? `${place}[${r + 1}]` : place;
     const comps = rep.split(enc.component);
     if (comps.length === 1) {
-      el.append(reps.length > 1 ? h("span", { title: where }, rep) : rep);
+      el.append(reps.length > 1 ? h("span", at(where), rep) : rep);
       return;
     }
     comps.forEach((c, i) => {
       if (i) el.append(h("span", { class: "sep" }, enc.component));
-      el.append(h("span", { class: "comp", title: `${where}.${i + 1}` }, c));
+      el.append(h("span", { class: "comp", ...at(`${where}.${i + 1}`) }, c));
     });
   });
   return el;
@@ -595,8 +650,8 @@ function rawView(raw) {
     const place = h("div", { class: "place", id: "place" }, "Point at a field to see its place (PID-3, OBX-5…).");
     const box = h("div", { class: "hl7", id: "raw" }, segs.map((seg) => hl7Segment(seg, enc)));
     box.addEventListener("mouseover", (ev) => {
-      const at = ev.target instanceof Element ? ev.target.closest("[title]") : null;
-      if (at) place.textContent = at.getAttribute("title");
+      const over = ev.target instanceof Element ? ev.target.closest("[data-place]") : null;
+      if (over) place.textContent = describePlace(over.dataset.place);
     });
     return h("div", {}, place, box);
   }
