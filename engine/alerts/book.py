@@ -110,6 +110,17 @@ class AlertBook:
                 == 1
             )
 
+    def active_rule_alerts(self) -> list[Row[Any]]:
+        """Every active alert of a channel rule (not critical results): what a changed configuration may orphan."""
+        with self.store.work.connect() as conn:
+            return list(
+                conn.execute(
+                    select(alerts.c.id, alerts.c.channel, alerts.c.rule).where(
+                        alerts.c.state.in_([s.value for s in ACTIVE_ALERT_STATES]), alerts.c.kind != "critical"
+                    )
+                )
+            )
+
     def acknowledge(self, alert_id: str, by: str, now: float | None = None) -> Row[Any] | None:
         """Someone took it: open or escalated → acknowledged (no reminder, no escalation any more).
         Returns the alert afterwards (None: no such alert); acknowledging twice changes nothing."""

@@ -3,6 +3,7 @@ results nobody acknowledged, and sends the notices due.
 
 Every ``interval_s`` (the smallest of the channels' ``alerts.interval_s``), :meth:`Evaluator.step`:
 
+0. at start and after a reload, an active alert whose rule is no longer configured is resolved;
 1. **rules** — for each rule of each channel, ``rules.check`` (one indexed query). A condition that holds
    with no active alert raises one (unless the rule resolved less than ``cooldown_min`` ago); one that no
    longer holds resolves the active alert; an open alert not acknowledged and last notified
@@ -142,6 +143,7 @@ class Evaluator:
         self._retired.extend(self.targets.values())
         self.configs, self.targets = configs, targets
         self.interval_s = min((c.interval_s for c in configs.values()), default=5.0)
+        self._orphans_checked = False
         self._wake.set()
 
     def start(self) -> None:
@@ -168,6 +170,8 @@ class Evaluator:
     def step(self) -> int:
         """One pass: rules, escalations, notices. Returns the notices sent."""
         now = self.clock()
+        if not self._orphans_checked:
+            self._resolve_orphans(now)
         for channel, config in list(self.configs.items()):
             self._rules(channel, config, now)
             critical = config.critical
@@ -176,6 +180,16 @@ class Evaluator:
                 if n:
                     log.warning("alerts: %d critical result alert(s) of channel %s escalated", n, channel)
         return self.notify(now)
+
+    def _resolve_orphans(self, now: float) -> None:
+        """At start and after a reload: an active alert of a rule no longer configured (its channel or rule
+        removed or renamed) would never be judged again; it is resolved."""
+        for row in self.book.active_rule_alerts():
+            config = self.configs.get(row.channel)
+            if (config is None or config.rule(row.rule) is None) and self.book.resolve(row.id, now):
+                log.info("alert %s resolved: its rule (channel %s, %s) is no longer configured", row.id, row.channel,
+                         row.rule)  # fmt: skip
+        self._orphans_checked = True
 
     def _rules(self, channel: str, config: AlertsConfig, now: float) -> None:
         for rule in config.rules:

@@ -210,3 +210,14 @@ def test_an_unreachable_target_is_logged_without_content(
     assert "raised" in caplog.text and "not taken" in caplog.text
     assert "SECRET-CONTENT" not in caplog.text
     ev.stop()
+
+
+def test_an_alert_whose_rule_was_removed_is_resolved(store: Store, tmp_path: Path, receiver: Receiver) -> None:
+    clock = Clock(T0)
+    ev = evaluator(store, tmp_path, receiver, clock, rules=[{"kind": "queue_age", "seconds": 60, "target": "first"}])
+    receive(store, T0 - 120)
+    ev.step()
+    ev.use([channel(tmp_path, receiver.url, {"rules": [{"kind": "dead_letters", "target": "first"}]})])  # a reload
+    ev.step()
+    assert [(a.rule, a.state) for a in AlertBook(store).listing()] == [("queue_age", "resolved")]
+    assert events(receiver) == [("raised", "queue_age", "open")]  # its target is gone with its rule: nobody to tell
