@@ -2,7 +2,8 @@
 
 - ``PLAIN`` (0): the bytes as they are: every row written before 0009, and content zstd does not shrink
   (a short error reason, an object that is compressed already).
-- ``ZSTD`` (1): one zstd frame, level 1, no dictionary, the content size in the frame header.
+- ``ZSTD`` (1): one zstd frame, no dictionary, the content size in the frame header; level 1, except the
+  raw message on the ingest path: level -1 (zstd's first fast level).
 - ``ZSTD_REF`` (2): what an attempt sent or got back, compressed against the message's stored bundle (the
   bundle as zstd's raw-content dictionary): the 8-byte id of that bundle's ``contents`` row, then the frame.
   A FHIR destination splits a bundle of more than ``max_entries_per_transaction`` entries (8) into several
@@ -15,18 +16,21 @@
 Every write of content goes through :func:`encode` and every read through :func:`decode`; nothing else
 in the engine reads ``contents.data`` (the admin API and CLI read through the store's verbs).
 
-Measured on an ORU^R01 with 8 OBX, bench/storage.py and bench/codec_instructions.py (callgrind):
+Measured on an ORU^R01 with 8 OBX (bench/storage.py end to end; bench/codec_instructions.py and
+bench/accept_instructions.py, callgrind):
 
-- raw message 1,064 B -> 338 B; its FHIR bundle 10,803 B -> 1,476 B. Per message at level 1: 55k
-  instructions to compress the raw message, 157k the bundle; 21k and 67k to read them back (the accept
-  path spends ~740k per message, the mapping ~4 M). Level 3 stores the bundle 2 % smaller for 18 % more
-  instructions (184k), level 2 no smaller than level 1.
+- the bundle, 10,803 B -> 1,487 B at level 1 for 157k instructions (67k to read back); level 3 stores it
+  2 % smaller for 18 % more (184k), level 2 no smaller.
+- the raw message, 1,068 B -> 409 B at level -1 for 31k instructions (340 B at level 1 for 55k). Counted
+  on the whole accept path (MLLP frame to ACK, 1,000 messages): 0.811 -> 0.844 M instructions per message
+  on 1 connection (+4 %), 0.629 -> 0.633 M on 4, against storing it plain: 660 B less per message for
+  that. The compression runs in the ingest writer thread before it takes the write lock, and zstd
+  releases the GIL while it works.
 - A 16 KB dictionary trained on the 83 corpus bundles of other message types would take the ORU bundle
-  from 1,474 B to 1,045 B. Not used: every dictionary ever written with must be kept to read its rows, a
-  dictionary trained on third-party sample messages would ship their text, and the store meets its
-  target (≤ 3 KB per 1 KB ORU) without one. The codec column leaves room for one (a new code).
+  from 1,474 B to 1,045 B. Not used: every dictionary ever written with must be kept to read its rows,
+  and one trained on third-party sample messages would ship their text; a new codec value can add one.
 
-A frame is only ever read from a row this module marked ``ZSTD``; decoding still refuses a frame
+A frame is only ever read from a row this module marked ``ZSTD`` or ``ZSTD_REF``; decoding still refuses a frame
 declaring more than :data:`MAX_CONTENT` bytes, so a damaged row cannot make a read allocate gigabytes.
 """
 
@@ -50,15 +54,18 @@ MAX_CONTENT: Final = 1 << 30
 #: Below this size compression cannot pay for its frame header (measured: a 40-byte error reason grows).
 _MIN_SIZE: Final = 64
 _LEVEL: Final = 1
+#: zstd's first fast level, for the raw message on the ingest path (see the module docstring)
+_FAST: Final = -1
 
 _local = threading.local()
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    # one per thread: a ZstdCompressor must not be used by two threads at once
-    c: zstandard.ZstdCompressor | None = getattr(_local, "c", None)
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # one per thread and level: a ZstdCompressor must not be used by two threads at once
+    c: zstandard.ZstdCompressor | None = getattr(_local, f"c{level}", None)
     if c is None:
-        c = _local.c = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=False, write_content_size=True)
+        c = zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True)
+        setattr(_local, f"c{level}", c)
     return c
 
 
@@ -73,11 +80,11 @@ class ContentDamaged(ValueError):
     """A row marked compressed is not a frame this store could have written."""
 
 
-def encode(data: bytes) -> tuple[bytes, int]:
-    """``(stored bytes, codec)`` for content about to be written."""
+def encode(data: bytes, *, fast: bool = False) -> tuple[bytes, int]:
+    """``(stored bytes, codec)`` for content about to be written; ``fast``: on the ingest path."""
     if len(data) < _MIN_SIZE:
         return data, PLAIN
-    packed = _compressor().compress(data)
+    packed = _compressor(_FAST if fast else _LEVEL).compress(data)
     return (packed, ZSTD) if len(packed) < len(data) else (data, PLAIN)
 
 

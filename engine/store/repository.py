@@ -238,7 +238,8 @@ class Store:
         SQLAlchemy Core constructs cost more than the commit itself).
         """
         now = time.time()
-        packed = [codec.encode(m.raw) for m in batch]  # before the lock: the writer's turn stays short
+        # before the lock, at zstd's fast level: the writer's turn stays short (engine/store/codec.py)
+        packed = [codec.encode(m.raw, fast=True) for m in batch]
         with self._write_lock:
             conn = self._ingest_connection()
             try:

@@ -126,7 +126,8 @@ contents = Table(
     Column("destination", String(100), nullable=False, default=""),
     Column("data", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
-    # how data is encoded: 0 as is, 1 a zstd frame (engine/store/codec.py; migration 0009)
+    # how data is encoded: 0 as is, 1 a zstd frame, 2 one compressed against the message's bundle
+    # (engine/store/codec.py; migration 0009)
     Column("codec", SmallInteger, nullable=False, default=0, server_default="0"),
     Index("ix_contents_message", "message_id", "kind", "destination"),
 )
