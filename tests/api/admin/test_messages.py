@@ -144,3 +144,26 @@ def test_a_fhir_message_is_found_by_its_patient_identifier(admin_api: AdminAPI) 
     wait_until(found, 20, "the message found by its patient identifier")
     detail = admin_api.client("admin").get(f"/api/v1/messages/{mid}").json()
     assert detail["content"]["raw"] == {"format": "fhir", "json": patient}
+
+
+def test_raw_views_by_kind(tmp_path) -> None:
+    from engine.api.admin.messages import raw_view
+    from engine.sources.dicom_study import read_instance, study_document
+    from engine.store.objects import ObjectStore
+    from tests.integration.dicom_data import make_study
+
+    objects = ObjectStore(tmp_path / "objects", fsync=False)
+    docs = []
+    for f in make_study(tmp_path / "in", 1, 2, patient="PAT-V"):
+        instance, error = read_instance(f, objects.put_file(f), "CT01")
+        assert error is None and instance is not None
+        docs.append(instance.document)
+    study = raw_view(study_document(docs, 1.0)[0], "dicom", "")
+    assert study["format"] == "dicom-study" and study["calling_ae"] == "CT01" and len(study["instances"]) == 2
+    dataset = study["instances"][0]["dataset"]
+    assert dataset["PatientID"] == "PAT-V" and dataset["AccessionNumber"] == "ACC-1" and "StudyInstanceUID" in dataset
+    assert raw_view(docs[0], "dicom", "")["format"] == "dicom-instance"
+    assert raw_view(b'{"type": "t"}', "json", "utf-8") == {"format": "json", "json": {"type": "t"}}
+    assert raw_view(b"not json", "fhir", "utf-8") == {"format": "text", "text": "not json"}
+    latin = raw_view(b"MSH|^~\\&|A|B|||||ADT^A01|1|P|2.5||||||8859/1\rPID|1||1||M\xfcller\r", "hl7v2", "utf-8")
+    assert latin["segments"][1] == "PID|1||1||Müller"  # decoded by its MSH-18, one string per segment
