@@ -216,9 +216,10 @@ def detail(store: Store, message_id: str, *, content: bool) -> dict[str, Any] | 
     bundle = newest.get((ContentKind.transformed, ""))
     # an attempt's request and response are the rows its destination stored after it started (and before
     # the next attempt to it): attempts and their contents are written in one transaction, in that order
-    for view, a in zip(out["attempts"], attempts, strict=True):
+    # (attempts are in id order; numbers restart after a replay, so the next attempt is the next row)
+    for i, (view, a) in enumerate(zip(out["attempts"], attempts, strict=True)):
         later = [c for c in stored if c.destination == a.destination and c.created_at >= a.started_at]
-        nxt = [b.started_at for b in attempts if b.destination == a.destination and b.number == a.number + 1]
+        nxt = [b.started_at for b in attempts[i + 1 :] if b.destination == a.destination]
         mine = [c for c in later if not nxt or c.created_at < nxt[0]]
         view["request"] = _body(next((c.data for c in mine if c.kind == ContentKind.sent), None))
         view["response"] = _body(next((c.data for c in mine if c.kind == ContentKind.response), None))
