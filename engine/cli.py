@@ -6,6 +6,8 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -17,6 +19,8 @@ from engine.errors import ConfigError, HL7Error, explain
 from engine.settings import Settings
 
 if TYPE_CHECKING:
+    import ssl
+
     from engine.config.channel import Channel
     from engine.runtime import Engine
     from engine.store import Store
@@ -358,13 +362,29 @@ def send(
         int, typer.Option(min=1, max=32, help="DICOM: concurrent associations the files are shared among.")
     ] = 1,
     calling_ae: Annotated[str, typer.Option(help="DICOM: this sender's AE title.")] = "INTERLINK-SCU",
+    tls: Annotated[bool, typer.Option("--tls", help="MLLP over TLS (implied by --ca, --cert, a TLS channel).")] = False,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="MLLP TLS: PEM CA certificates to trust (default: the system's; with "
+            "--channel, the channel's own cert_file)."
+        ),
+    ] = None,
+    cert: Annotated[Path | None, typer.Option(help="MLLP mutual TLS: this sender's PEM certificate (chain).")] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="MLLP mutual TLS: the private key of --cert (default: in it).")
+    ] = None,
+    reconnects: Annotated[
+        int, typer.Option(min=0, help="MLLP: times in a row to reconnect and resend a message left without ACK.")
+    ] = 3,
     config: ConfigOpt = None,
 ) -> None:
-    """Send message files over MLLP and print each acknowledgement code; to a webhook channel, sign (Standard
-    Webhooks, with the channel's secret) and POST each file over HTTP and print each answer; to a DICOM
-    channel, C-STORE each instance (files, or folders walked) as it is on disk and print each response status."""
-    from engine.sources.mllp_client import send as mllp_send
-
+    """Send message files over MLLP (TLS and mutual TLS with --tls/--ca/--cert/--key or the channel's TLS)
+    and print each file's acknowledgement as it arrives, reconnecting when the connection drops; to a webhook
+    channel, sign (Standard Webhooks, with the channel's secret) and POST each file over HTTP and print each
+    answer; to a DICOM channel, C-STORE each instance (files, or folders walked) as it is on disk and print each
+    response status."""
+    found: list[Channel] = []
     if channel:
         from engine.config.channel import load_channels
 
@@ -390,15 +410,91 @@ def send(
         except OSError as exc:
             _fail(f"{f}: cannot read ({exc.strerror})")
     host = host or "127.0.0.1"
+    context = _mllp_tls(found[0] if found else None, tls, ca, cert, key)
+    _send_mllp(host, port, files, payloads, timeout_s, context, reconnects)
+
+
+def _mllp_tls(
+    channel: Channel | None, tls: bool, ca: Path | None, cert: Path | None, key: Path | None
+) -> ssl.SSLContext | None:
+    """The client TLS context ``send`` asks for (None: plain TCP): trusting ``ca`` (else a TLS channel's own
+    certificate, else the system's CAs), presenting ``cert``/``key`` for mutual TLS."""
+    import ssl
+
+    from engine.config.tls import describe
+
+    channel_tls = getattr(channel.source, "tls", None) if channel is not None else None
+    if key is not None and cert is None:
+        _fail("--key needs --cert")
+    if not (tls or ca or cert or channel_tls):
+        return None
+    if channel is not None and channel_tls is not None and channel_tls.require_client_cert and cert is None:
+        _fail(f"channel {channel.name!r} requires a client certificate: pass --cert (and --key)")
+    cafile = ca or (channel_tls.cert_file if channel_tls is not None else None)
     try:
-        replies = mllp_send(host, port, payloads, timeout_s=timeout_s)
-    except OSError as exc:
-        _fail(f"cannot send to {host}:{port}: {exc}")
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        _fail(f"--ca: cannot load {cafile}: {describe(exc)}")
+    if cert is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            _fail(f"--cert/--key: cannot load: {describe(exc)}")
+    return context
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on standard error while it is a terminal (lines printed meanwhile show above it);
+    yields the function that advances it by one."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as progress:
+        task = progress.add_task("send", total=total)
+        yield lambda: progress.advance(task)
+
+
+def _send_mllp(
+    host: str,
+    port: int,
+    files: list[Path],
+    payloads: list[bytes],
+    timeout_s: float,
+    tls: ssl.SSLContext | None,
+    reconnects: int,
+) -> None:
+    """Send each file on one MLLP connection, printing its ACK as it arrives; a connection lost before an ACK
+    is opened again and that file resent (``engine.sources.mllp_client.send``). Exit 1 when any was refused."""
+    import ssl
+
+    from engine.config.tls import describe
+    from engine.sources.mllp_client import send as mllp_send
+
     bad = 0
-    for f, reply in zip(files, replies, strict=True):
-        code, text = _ack_code(reply)
-        bad += code not in ("AA", "CA")
-        typer.echo(f"{f}: {code}" + (f" {text}" if text else ""))
+    with _progress("MLLP", len(files)) as advance:
+
+        def on_reply(i: int, reply: bytes) -> None:
+            nonlocal bad
+            code, text = _ack_code(reply)
+            bad += code not in ("AA", "CA")
+            typer.echo(f"{files[i]}: {code}" + (f" {text}" if text else ""))
+            advance()
+
+        def on_reconnect(i: int, exc: BaseException) -> None:
+            typer.echo(f"{files[i]}: no ACK ({exc or type(exc).__name__}); reconnecting to {host}:{port} to send it "
+                       "again (if it was stored, the engine recognises its MSH-10 and keeps it as a duplicate)",
+                       err=True)  # fmt: skip
+
+        try:
+            mllp_send(host, port, payloads, timeout_s=timeout_s, tls=tls, reconnects=reconnects,
+                      on_reply=on_reply, on_reconnect=on_reconnect)  # fmt: skip
+        except ssl.SSLError as exc:
+            _fail(f"cannot send to {host}:{port}: TLS: {describe(exc)}")
+        except OSError as exc:
+            _fail(f"cannot send to {host}:{port}: {exc}")
     if bad:
         raise typer.Exit(1)
 
@@ -414,9 +510,6 @@ def _send_dicom(
 ) -> None:
     """C-STORE files (folders walked) to a DICOM channel, one line per file as its response arrives, with a
     progress bar on a terminal; exit 1 when any was not stored."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from engine.sources.dicom_client import StoreResult, send_files
     from engine.sources.dicom_files import instance_files
 
@@ -435,14 +528,11 @@ def _send_dicom(
         import ssl
 
         tls = ssl.create_default_context(cafile=str(tls_config.cert_file))
-    console = Console(stderr=True)
-    columns = (TextColumn("C-STORE"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as progress:
-        task = progress.add_task("send", total=len(files))
+    with _progress("C-STORE", len(files)) as advance:
 
         def on_result(r: StoreResult) -> None:
             typer.echo(f"{r.path}: {r.line()}")
-            progress.advance(task)
+            advance()
 
         results = send_files(host, port, files, called_ae=str(getattr(source, "ae_title", "")), calling_ae=calling_ae,
                              associations=associations, tls=tls, timeout_s=timeout_s, on_result=on_result)  # fmt: skip
