@@ -1,8 +1,9 @@
-"""Opt-in watching of the channel files (``channels_watch_s`` > 0): every ``interval_s`` the engine of
-``interlink run`` reads the channel files' bytes, and when they differ from the last look it reloads them as
-``POST /api/v1/channels/reload`` does (``EngineControl.reload_channels``). An invalid file is logged with its
+"""Opt-in watching of the channel and mapping files (``channels_watch_s`` > 0): every ``interval_s`` the engine
+of ``interlink run`` reads the files' bytes (channel files, ``mappings_dir`` and its overlays: ~11 ms for the
+project's 219 mapping files, in a thread), and when they differ from the last look it reloads them as
+``POST /api/v1/channels/reload`` does (``EngineControl.reload``). An invalid file is logged with its
 ``file:line`` and the running version stays; the same files are not tried again until they change. Each
-reload (or refusal) is an audit row with actor ``engine`` and peer ``watch``.
+reload (or refusal) is audited (``engine.reload.Reloaded.audit``) with actor ``engine`` and peer ``watch``.
 
 A file half-written when it is read is simply invalid for one look; the next change (its last write) is
 read again. Content, not modification times, decides: a file saved twice within a clock tick still counts.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from engine.config.channel import channel_files
 from engine.errors import ConfigError, ListenError
+from engine.reload import Reloaded
 
 __all__ = ["fingerprint", "watch"]
 
@@ -37,27 +39,28 @@ def fingerprint(paths: Sequence[Path]) -> str:
 
 
 async def watch(
-    paths: Sequence[Path],
+    look: Callable[[], str],
     interval_s: float,
-    reload: Callable[[], Awaitable[list[str]]],
-    audit: Callable[[str, str], None],
+    reload: Callable[[], Awaitable[Reloaded]],
+    audit: Callable[[Reloaded | None, str], None],
 ) -> None:
-    """Run until cancelled: reload on every change of the files. ``audit(target, outcome)`` records it."""
-    seen = await asyncio.to_thread(fingerprint, paths)
+    """Run until cancelled: reload on every change of what ``look()`` (blocking: run in a thread) digests.
+    ``audit(what was applied or None, outcome)`` records each try."""
+    seen = await asyncio.to_thread(look)
     while True:
         await asyncio.sleep(interval_s)
-        now = await asyncio.to_thread(fingerprint, paths)
+        now = await asyncio.to_thread(look)
         if now == seen:
             continue
         seen = now
         try:
-            changed = await reload()
+            reloaded = await reload()
         except ConfigError as exc:
-            log.warning("channel files changed but were not applied: %s", exc)
-            await asyncio.to_thread(audit, "", "refused")
+            log.warning("channel or mapping files changed but were not applied: %s", exc)
+            await asyncio.to_thread(audit, None, "refused")
             continue
         except ListenError as exc:
             log.warning("channel files applied, but a listener did not start: %s", exc)
-            await asyncio.to_thread(audit, "", "failed")
+            await asyncio.to_thread(audit, None, "failed")
             continue
-        await asyncio.to_thread(audit, " ".join(changed)[:200], "ok")
+        await asyncio.to_thread(audit, reloaded, "ok")

@@ -863,7 +863,8 @@ def reload_channels(
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Apply the channel files in the running engine; an invalid file is refused (file:line), nothing changes."""
+    """Apply the channel and mapping files in the running engine; an invalid file is refused (file:line), nothing
+    changes."""
     import httpx
 
     if not token:
@@ -878,5 +879,8 @@ def reload_channels(
     if r.status_code != 200:
         problem = r.json() if r.headers.get("content-type", "").endswith("json") else {}
         _fail(f"not reloaded ({r.status_code}): {problem.get('detail') or problem.get('title') or r.reason_phrase}")
-    changed = r.json()["changed"]
+    done = r.json()
+    changed, maps = done["changed"], done.get("mappings", [])
     typer.echo(f"reloaded: {', '.join(changed)}" if changed else "no channel changed")
+    if maps:
+        typer.echo(f"mapping files reloaded ({len(maps)}): {', '.join(maps)}")

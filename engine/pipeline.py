@@ -40,7 +40,7 @@ from engine.metrics import Metrics
 from engine.ordering import Gate
 from engine.store import AttemptRecord, ContentKind, DeliveryStatus, MessageStatus, ProcessResult, Store
 from engine.store.repository import Written
-from engine.transform.pool import InThreadMapper, Job, Mapped, channel_job
+from engine.transform.pool import InThreadMapper, Job, Mapped, Switch, channel_job
 
 if TYPE_CHECKING:
     from engine.transform import MappingSet
@@ -120,7 +120,7 @@ class Pipeline:
         self.hooks = tuple(hooks)
         self.store = store
         self.mappings = mappings
-        self.mapper = mapper or InThreadMapper(mappings)
+        self.mapper = Switch(mapper or InThreadMapper(mappings))
         self.channels = {c.name: c for c in channels}
         self.destinations: dict[tuple[str, str], Destination] = {
             (c.name, d.name): make(d) for c in channels for d in c.destinations
@@ -148,6 +148,12 @@ class Pipeline:
             self.destinations[key] = self._make(d)
             self.retry[key] = d.retry
             self.targets[key] = target_key(d)
+
+    def use_mappings(self, mappings: MappingSet, mapper: InThreadMapper | ProcessMapper) -> None:
+        """Map with new maps (a reload) from the next batch on; a batch being mapped finishes on the old ones,
+        whose processes then close (``pool.Switch``)."""
+        self.mappings = mappings
+        self.mapper.use(mapper)
 
     def close(self) -> None:
         self.mapper.close()

@@ -22,9 +22,10 @@ from engine.api.app import create_app
 from engine.api.health import Check, Readiness
 from engine.api.server import HttpServer
 from engine.api.webhooks import WebhookRoutes
-from engine.backpressure import Backlog, channel_bounds
-from engine.channel_watch import watch
-from engine.config.channel import Channel, load_channels
+from engine.backpressure import Backlog, Bounds, channel_bounds
+from engine.channel_watch import fingerprint, watch
+from engine.config import yamlfile
+from engine.config.channel import Channel, channel_files, load_channels
 from engine.destinations import Destination
 from engine.errors import ConfigError, HL7Error, ListenError, TransformError
 from engine.events_feed import EventFeed
@@ -34,6 +35,7 @@ from engine.pipeline import Pipeline
 from engine.queue.actors import DELIVER_QUEUE, PROCESS_QUEUE, Actors
 from engine.queue.broker import make_broker
 from engine.queue.sweeper import Sweeper
+from engine.reload import Reloaded, changed_files, mapping_digests, mapping_fingerprint
 from engine.settings import Settings
 from engine.sources import Source, SourceContext, build_source
 from engine.store import Store
@@ -41,7 +43,7 @@ from engine.store.access import AuditTrail
 from engine.store.retention import Pruner
 from engine.transform import MappingSet
 from engine.transform.mappingset import load_site_mappings
-from engine.transform.pool import ProcessMapper
+from engine.transform.pool import InThreadMapper, MapperUnavailable, ProcessMapper
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +51,30 @@ log = logging.getLogger(__name__)
 def load_config(settings: Settings, channel_paths: Sequence[Path] | None = None) -> tuple[list[Channel], MappingSet]:
     """Load channels and compile mappings; every error names its file and line."""
     mappings = load_site_mappings(settings)
-    channels = load_channels(list(channel_paths or [settings.channels_dir]))
-    check_mappings(channels, mappings)
+    paths = list(channel_paths or [settings.channels_dir])
+    channels = load_channels(paths)
+    check_mappings(channels, mappings, paths)
     return channels, mappings
 
 
-def check_mappings(channels: Sequence[Channel], mappings: MappingSet) -> None:
-    """ConfigError when a channel names a mapping the compiled set does not have."""
-    problems = [
-        f"channel {c.name}: mapping {c.mapping!r} does not exist"
+def check_mappings(channels: Sequence[Channel], mappings: MappingSet, paths: Sequence[Path] = ()) -> None:
+    """ConfigError when a channel names a mapping the compiled set does not have (at the ``mapping:`` line of
+    its file, when the file is among ``paths``)."""
+    missing = {
+        c.name: f"channel {c.name}: mapping {c.mapping!r} does not exist"
         for c in channels
         if c.mapping is not None and not _has_mapping(mappings, input_kind(c), c.mapping)
-    ]
-    if problems:
-        raise ConfigError("\n".join(problems))
+    }
+    if not missing:
+        return
+    problems = []
+    for f in channel_files(list(paths)):
+        with contextlib.suppress(ConfigError):
+            doc = yamlfile.load(f)
+            name = doc.data.get("name") if isinstance(doc.data, dict) else None
+            if name in missing:
+                problems.append(str(doc.error(missing.pop(name), ["mapping"])))
+    raise ConfigError("\n".join([*problems, *missing.values()]))
 
 
 def input_kind(channel: Channel) -> str:
@@ -92,11 +104,14 @@ class Engine:
     ) -> None:
         self.settings = settings
         self._channel_paths = list(channel_paths or [settings.channels_dir])
+        # read before compiling: a file changed meanwhile differs at the next reload and is compiled then
+        self._mapping_files = mapping_digests(settings)
         self.channels, self.mappings = load_config(settings, channel_paths)
         self.store = Store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        self._mapping_processes = settings.mapping_process_count() if workers else 0
         mapper = None
-        if workers and settings.mapping_process_count() > 0:
-            mapper = ProcessMapper(settings, processes=settings.mapping_process_count())
+        if self._mapping_processes > 0:
+            mapper = ProcessMapper(settings, processes=self._mapping_processes)
         self.metrics = Metrics()
         critical = CriticalResults(AlertBook(self.store), self._critical)  # engine/alerts/critical.py
         self.pipeline = Pipeline(
@@ -204,9 +219,9 @@ class Engine:
             await self._start_http(routes)
             if self.settings.channels_watch_s > 0:
                 self._watch = asyncio.create_task(
-                    watch(self._channel_paths, self.settings.channels_watch_s, self.reload_channels,
-                          self._audit_watch), name="channel-watch",
-                )  # fmt: skip
+                    watch(self._files_now, self.settings.channels_watch_s, self.reload, self._audit_watch),
+                    name="channel-watch",
+                )
             for ch in self.channels:  # event feeds run beside their channel's source (engine/events_feed.py)
                 if ch.enabled and ch.events is not None:
                     self.feeds.append(EventFeed(self.store, ch.name, ch.events))
@@ -221,7 +236,7 @@ class Engine:
                 SourceContext(
                     channel=ch,
                     ingest=self.ingest,
-                    has_mapping=self.mappings.has_mapping,
+                    has_mapping=self._has_mapping,
                     transform_now=self._transform_now,
                     metrics=self.metrics,
                     http=self._routes,
@@ -234,9 +249,20 @@ class Engine:
         self.sources[ch.name] = src
         log.info("channel %s started (%s source)", ch.name, ch.source.type)
 
-    def _audit_watch(self, target: str, outcome: str) -> None:
-        AuditTrail(self.store).append(token_id="", actor="engine", role="engine", action="channel.reload",
-                                      target=target, peer="watch", outcome=outcome)  # fmt: skip
+    def _has_mapping(self, message_type: str) -> bool:
+        """Whether the maps in force (after the last reload) map this message type."""
+        return self.mappings.has_mapping(message_type)
+
+    def _files_now(self) -> str:
+        """What the watcher compares: the channel files' and mapping files' bytes."""
+        return fingerprint(self._channel_paths) + mapping_fingerprint(mapping_digests(self.settings))
+
+    def _audit_watch(self, reloaded: Reloaded | None, outcome: str) -> None:
+        """The watcher's reload (None: refused or failed) in the audit trail, as the API records one."""
+        trail = AuditTrail(self.store)
+        for action, target in (reloaded or Reloaded()).audit():
+            trail.append(token_id="", actor="engine", role="engine", action=action, target=target, peer="watch",
+                         outcome=outcome)  # fmt: skip
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -402,21 +428,56 @@ class Engine:
             self.paused.discard(name)
             log.info("channel %s resumed", name)
 
-    async def reload_channels(self) -> list[str]:
-        """Re-read the channel files (mappings stay as compiled at start); changed channels restart their source
-        if it ran (paused ones stay paused), with their new destinations and backlog bounds. A removed channel
-        stops; its queued work still goes out. A listener that cannot start raises ListenError (its channel
-        stays stopped, the others are applied)."""
+    async def reload(self) -> Reloaded:
+        """Re-read the mapping files and the channel files and apply them. Nothing changes when either is invalid
+        (ConfigError naming file:line), or a channel names a map that is no longer there.
+
+        Mappings (only when a file changed): compiled in a thread, then new mapping processes are started with
+        them (which compile them too, checking they read the same bytes); then new batches map with the new
+        maps, and the old processes finish the batches they hold before they close (``pool.Switch``).
+        Channels: changed ones restart their source if it ran (paused ones stay paused), with their new
+        destinations and backlog bounds; a removed channel stops, its queued work still goes out. A listener
+        that cannot start raises ListenError (its channel stays stopped, the rest is applied)."""
         async with self._control:
             try:
                 return await self._reload()
             finally:
                 self._refresh_readiness()
 
-    async def _reload(self) -> list[str]:
+    async def _reload(self) -> Reloaded:
+        files = await asyncio.to_thread(mapping_digests, self.settings)
+        changed_maps = changed_files(self._mapping_files, files)
+        mappings = self.mappings
+        if changed_maps:
+            mappings = await asyncio.to_thread(self._compile, files)
         new = await asyncio.to_thread(load_channels, self._channel_paths)
-        check_mappings(new, self.mappings)
+        check_mappings(new, mappings, self._channel_paths)
         bounds = channel_bounds(self.settings.backlog, new)  # ConfigError before anything changes
+        if changed_maps:
+            mapper = await asyncio.to_thread(self._new_mapper, mappings, files)
+            await asyncio.to_thread(self.pipeline.use_mappings, mappings, mapper)
+            self.mappings, self._mapping_files = mappings, files
+            log.info("mappings reloaded: %d file(s) changed, %d message maps, %d mapping process(es)",
+                     len(changed_maps), len(mappings.programs), self._mapping_processes)  # fmt: skip
+        return Reloaded(await self._apply_channels(new, bounds), changed_maps)
+
+    def _compile(self, files: dict[str, str]) -> MappingSet:
+        """The maps on disk, compiled (blocking: seconds); ConfigError when invalid or changed meanwhile."""
+        mappings = load_site_mappings(self.settings)
+        if mapping_digests(self.settings) != files:
+            raise ConfigError("mapping files changed while they were compiled; nothing applied (reload again)")
+        return mappings
+
+    def _new_mapper(self, mappings: MappingSet, files: dict[str, str]) -> InThreadMapper | ProcessMapper:
+        """Where the new maps run: new mapping processes (blocking: they compile them) or this process."""
+        if not self._mapping_processes:
+            return InThreadMapper(mappings)
+        try:
+            return ProcessMapper(self.settings, processes=self._mapping_processes, files=mapping_fingerprint(files))
+        except MapperUnavailable as exc:
+            raise ConfigError(f"the new maps were not applied: {exc}") from None
+
+    async def _apply_channels(self, new: list[Channel], bounds: dict[str, Bounds]) -> list[str]:
         old = {c.name: c for c in self.channels}
         changed = [c for c in new if old.get(c.name) != c]
         removed = [name for name in old if name not in {c.name for c in new}]

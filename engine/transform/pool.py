@@ -11,6 +11,11 @@ patient identifiers and order numbers, read from the bundle or the parsed messag
 the engine never parses a message again to index it. A child that dies is restarted and the batch it held fails with
 ``MapperUnavailable`` (the queue retries it).
 
+A reload replaces the maps while messages are mapped (:class:`Switch`): a batch maps wholly on the mapper
+it began on, and a replaced mapper (its processes) is closed once the last batch it holds is answered, so
+no job is dropped or mapped twice across the swap. New processes are told the fingerprint of the mapping
+files the engine compiled (``engine.reload``) and refuse to serve when the files they read differ.
+
 A child never outlives the engine process and leaves quietly: on Linux it asks for a signal when its
 parent dies (``PR_SET_PDEATHSIG``, so a ``kill -9`` of the engine ends a child in the middle of a batch
 at once), and everywhere it ends on the pipe's EOF or a broken pipe without a traceback. It ignores
@@ -19,6 +24,7 @@ SIGINT: a Ctrl-C reaches the whole process group, and the engine then closes its
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import multiprocessing as mp
@@ -278,21 +284,27 @@ def _exit_with_parent() -> None:
         os._exit(0)
 
 
-def _child(conn: Connection, settings_json: str) -> None:
+def _child(conn: Connection, settings_json: str, files: str | None = None) -> None:
     """A mapping process: serve batches until the parent closes the pipe or dies; never a traceback for
     that (a broken pipe is the parent dying while a batch was mapped)."""
     _exit_with_parent()
     allocator.configure()
     try:
-        _serve(conn, settings_json)
+        _serve(conn, settings_json, files)
     except (EOFError, OSError):
         return
 
 
-def _serve(conn: Connection, settings_json: str) -> None:
+def _serve(conn: Connection, settings_json: str, files: str | None) -> None:
+    from engine.reload import mapping_digests, mapping_fingerprint
     from engine.settings import Settings
 
-    mappings = load_site_mappings(Settings.model_validate_json(settings_json))
+    settings = Settings.model_validate_json(settings_json)
+    before = mapping_fingerprint(mapping_digests(settings)) if files else None
+    mappings = load_site_mappings(settings)
+    if files and not before == files == mapping_fingerprint(mapping_digests(settings)):
+        conn.send_bytes(b"stale")  # the files changed since the engine compiled them: not the same maps
+        return
     conn.send_bytes(b"ready")
     while True:
         try:
@@ -346,16 +358,20 @@ def _decode_replies(data: bytes) -> list[Mapped]:
 
 
 class _Child:
-    def __init__(self, ctx: mp.context.SpawnContext, settings_json: str) -> None:
+    def __init__(self, ctx: mp.context.SpawnContext, settings_json: str, files: str | None) -> None:
         self.conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(
-            target=_child, args=(child_conn, settings_json), name="interlink-mapper", daemon=True
+            target=_child, args=(child_conn, settings_json, files), name="interlink-mapper", daemon=True
         )
         self.process.start()
         child_conn.close()
-        if not self.conn.poll(120) or self.conn.recv_bytes() != b"ready":
+        answer = b""
+        with contextlib.suppress(EOFError, OSError):  # a child that failed to compile closed the pipe
+            answer = self.conn.recv_bytes() if self.conn.poll(120) else b""
+        if answer != b"ready":
             self.close()
-            raise MapperUnavailable("mapping process did not start")
+            why = "read other mapping files than the engine" if answer == b"stale" else "did not start"
+            raise MapperUnavailable(f"mapping process {why}")
 
     def call(self, jobs: Sequence[Job]) -> list[Mapped]:
         request = orjson.dumps(
@@ -387,17 +403,25 @@ class _Child:
 class ProcessMapper:
     """Maps in ``processes`` child processes; thread-safe (a calling thread borrows an idle child)."""
 
-    def __init__(self, settings: Settings, *, processes: int = 1) -> None:
-        self._args = (settings.model_dump_json(),)  # the child loads the same maps, overlays and caps
+    def __init__(self, settings: Settings, *, processes: int = 1, files: str | None = None) -> None:
+        """``files``: the fingerprint of the mapping files the engine compiled (``engine.reload``); a child
+        that reads other bytes does not start (MapperUnavailable). None: not checked."""
+        self._settings = settings.model_dump_json()  # the child loads the same maps, overlays and caps
         self._ctx = mp.get_context("spawn")
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
         self._all: list[_Child] = []
         self._lock = threading.Lock()
-        for _ in range(processes):
-            self._add()
+        try:
+            for _ in range(processes):
+                self._add(files)
+        except MapperUnavailable:
+            self.close()  # the children already started
+            raise
 
-    def _add(self) -> None:
-        child = _Child(self._ctx, *self._args)
+    def _add(self, files: str | None = None) -> None:
+        # a replacement for a dead child (files None) compiles what is on disk then, as at start-up: one
+        # checked against files that changed since would leave the pool a process short
+        child = _Child(self._ctx, self._settings, files)
         with self._lock:
             self._all.append(child)
         self._idle.put(child)
@@ -424,3 +448,58 @@ class ProcessMapper:
     @property
     def pids(self) -> list[int]:
         return [c.process.pid for c in self._all if c.process.pid is not None]
+
+
+Mapper = InThreadMapper | ProcessMapper
+
+
+class Switch:
+    """The mapper in use, replaceable while batches are mapped (a reload of the maps); thread-safe.
+
+    A batch maps wholly on the mapper current when it began; :meth:`use` makes the next batches go to the
+    new one and closes the old one when the last batch it holds is answered (at once when it holds none).
+    """
+
+    def __init__(self, mapper: Mapper) -> None:
+        self._lock = threading.Lock()
+        self._current = mapper
+        self._busy: dict[Mapper, int] = {}  # batches in progress per mapper
+        self._retired: list[Mapper] = []  # replaced, closed when their last batch is answered
+
+    @property
+    def current(self) -> Mapper:
+        return self._current
+
+    def map_many(self, jobs: Sequence[Job]) -> list[Mapped]:
+        with self._lock:
+            mapper = self._current
+            self._busy[mapper] = self._busy.get(mapper, 0) + 1
+        try:
+            return mapper.map_many(jobs)
+        finally:
+            done = None
+            with self._lock:
+                self._busy[mapper] -= 1
+                if not self._busy[mapper]:
+                    del self._busy[mapper]
+                    if mapper in self._retired:
+                        self._retired.remove(mapper)
+                        done = mapper
+            if done is not None:
+                done.close()
+
+    def use(self, mapper: Mapper) -> None:
+        """Map the next batches with ``mapper``; the one it replaces finishes what it holds, then closes."""
+        with self._lock:
+            old, self._current = self._current, mapper
+            busy = old in self._busy
+            if busy:
+                self._retired.append(old)
+        if not busy:
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            mappers, self._retired = [self._current, *self._retired], []
+        for m in mappers:
+            m.close()

@@ -227,7 +227,7 @@ def test_alerts_added_by_a_reload_apply_to_hook_and_evaluator(tmp_path: Path, re
         targets = [{"type": "http", "name": "t", "url": f"{receiver.url}/t", "signing": {"secret_env": SECRET_ENV}}]
         ch["alerts"] = {"targets": targets, "interval_s": 0.1, "critical": {"target": "t"}}
         (tmp_path / "channels" / "events.yaml").write_text(yaml.safe_dump(ch))
-        assert asyncio.run_coroutine_threadsafe(eng.engine.reload_channels(), eng.loop).result(30) == ["events"]
+        assert asyncio.run_coroutine_threadsafe(eng.engine.reload(), eng.loop).result(30).channels == ["events"]
         body = body.replace(b"R2", b"R3")
         second = httpx.post(f"{eng.url}/webhooks/events", content=body, headers=fhir).json()["message_id"]
         wait_until(lambda: len(receiver.requests) == 1, 20, "the critical result notice")

@@ -134,7 +134,7 @@ def test_redeliver_and_discard_and_reprocess_through_the_api(
     second = tmp_path / "out" / "second.ndjson"
     channel["destinations"].append({"name": "second", "type": "file", "path": str(second)})
     (tmp_path / "channels" / "events.yaml").write_text(yaml.safe_dump(channel))
-    asyncio.run_coroutine_threadsafe(api.engine.reload_channels(), api.running.loop).result(30)
+    asyncio.run_coroutine_threadsafe(api.engine.reload(), api.running.loop).result(30)
     code, out, err = cli(config, "redeliver", mid[:10], "--destination", "second", token=token)
     assert code == 0, err
     wait_until(lambda: second.exists() and second.read_text().count("\n") == 1, 10, "redelivered at once")

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute
 from engine.api.admin.access import Access, Principal, Role
 from engine.api.problems import Problem
 from engine.config.channel import Channel
+from engine.reload import Reloaded
 from engine.settings import Settings
 from engine.sources.http_body import read_body
 from engine.store import Store
@@ -77,9 +78,10 @@ class EngineControl(Protocol):
     async def resume_channel(self, name: str) -> None:
         """Take messages again after a pause."""
 
-    async def reload_channels(self) -> list[str]:
-        """Re-read the channel files and apply them; the names of the channels that changed. An invalid file
-        raises ``ConfigError`` (naming ``file:line``) and the running configuration stays."""
+    async def reload(self) -> Reloaded:
+        """Re-read the channel and mapping files and apply them; what changed (channel names, mapping file
+        names). An invalid file raises ``ConfigError`` (naming ``file:line``) and the running configuration
+        and maps stay."""
 
     def enqueue_process(self, message_ids: list[str]) -> None:
         """Queue messages for processing now (not via the sweeper)."""

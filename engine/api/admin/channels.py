@@ -7,11 +7,14 @@
   route answers 404); ``pause`` keeps listening and refuses each new message with its protocol's "try later"
   (HL7 NAK AE, HTTP 503 with Retry-After, DICOM 0xA700), committing nothing; work already accepted goes on
   in both. The state lasts until the engine restarts (then ``enabled:`` in the file decides).
-- ``POST /api/v1/channels/reload``: re-reads the channel files. An invalid file is a 422 problem naming
-  ``file:line`` and the running configuration stays; otherwise changed channels restart with their new
-  configuration (``EngineControl.reload_channels``; mappings stay as compiled at start).
+- ``POST /api/v1/channels/reload``: re-reads the channel files and the mapping files (``mappings_dir`` and
+  its overlays). An invalid file, or a channel naming a map no longer there, is a 422 problem naming
+  ``file:line`` and the running configuration and maps stay; otherwise changed maps are swapped in without
+  losing or repeating a message and changed channels restart with their new configuration
+  (``EngineControl.reload``). The answer names the changed channels and mapping files.
 
-Each action is audited (``channel.start`` …, ``channel.reload``; target = the channel, or the changed ones).
+Each action is audited (``channel.start`` …, ``channel.reload``; target = the channel, or the changed ones;
+and ``mapping.reload``, target = the changed mapping files' names, when there are some).
 """
 
 from __future__ import annotations
@@ -73,15 +76,16 @@ def routes(admin: Admin) -> list[BaseRoute]:
     async def reload(request: Request) -> Response:
         who = await access.require(request, Role.admin)
         try:
-            changed = await control.reload_channels()
+            reloaded = await control.reload()
         except ConfigError as exc:
             await access.record(who, "channel.reload", outcome="refused")
             raise Problem(422, "invalid-config", str(exc)) from None
         except ListenError as exc:
             await access.record(who, "channel.reload", outcome="failed")
             raise Problem(409, "channel-not-started", str(exc)) from None
-        await access.record(who, "channel.reload", target=" ".join(changed)[:200])
-        return json({"changed": changed})
+        for action, target in reloaded.audit():
+            await access.record(who, action, target=target)
+        return json({"changed": reloaded.channels, "mappings": reloaded.mappings})
 
     return [
         Route(f"{PREFIX}/channels", listing, methods=["GET"]),
@@ -108,9 +112,14 @@ OPENAPI: dict[str, Any] = {
                                "counters": _COUNTERS}}}}}),
     },
     f"{PREFIX}/channels/reload": {
-        "post": operation("Re-read the channel files; an invalid one is refused and the running version stays",
-                          "admin", "reloadChannels", {"type": "object", "required": ["changed"], "properties": {
-                              "changed": {"type": "array", "items": {"type": "string"}}}}, errors=(409, 422)),
+        "post": operation("Re-read the channel and mapping files; an invalid one is refused and the running "
+                          "version stays", "admin", "reloadChannels", {
+                              "type": "object", "required": ["changed", "mappings"], "properties": {
+                                  "changed": {"type": "array", "items": {"type": "string"},
+                                              "description": "Channels changed, added or removed."},
+                                  "mappings": {"type": "array", "items": {"type": "string"},
+                                               "description": "Mapping files changed, added or removed."}}},
+                          errors=(409, 422)),
     },
     f"{PREFIX}/channels/{{name}}/{{action}}": {
         "post": operation("Start, stop, pause (refuse new messages: try later) or resume a channel", "admin",

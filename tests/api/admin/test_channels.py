@@ -92,10 +92,10 @@ def test_reload_refuses_an_invalid_file_and_keeps_the_running_version(admin_api:
     (channels / "events.yaml").write_text(good)
     second = webhook_channel("second", out=admin_api.tmp / "out")
     (channels / "second.yaml").write_text(yaml.safe_dump(second))
-    assert admin.post("/api/v1/channels/reload").json() == {"changed": ["second"]}
+    assert admin.post("/api/v1/channels/reload").json() == {"changed": ["second"], "mappings": []}
     assert sender.post("/webhooks/second", json=PATIENT, headers=FHIR).status_code == 202
     assert [c["name"] for c in admin.get("/api/v1/channels").json()["channels"]] == ["events", "second"]
-    assert admin.post("/api/v1/channels/reload").json() == {"changed": []}
+    assert admin.post("/api/v1/channels/reload").json() == {"changed": [], "mappings": []}
     assert actions(admin_api) == [
         ("channel.reload", "", "refused"), ("channel.reload", "second", "ok"), ("channel.reload", "", "ok")
     ]  # fmt: skip
@@ -179,7 +179,7 @@ def test_reload_applies_new_channels_bounds_and_keeps_a_pause(admin_api_factory:
     second = webhook_channel("second", out=api.tmp / "out")
     second["backlog"] = {"slow_at": 0, "refuse_at": 1}
     (channels / "second.yaml").write_text(yaml.safe_dump(second))
-    assert admin.post("/api/v1/channels/reload").json() == {"changed": ["events", "second"]}
+    assert admin.post("/api/v1/channels/reload").json() == {"changed": ["events", "second"], "mappings": []}
     listed = {c["name"]: c for c in admin.get("/api/v1/channels").json()["channels"]}
     assert (listed["events"]["state"], listed["events"]["destinations"]) == ("paused", ["ndjson", "copy"])
     assert sender.post("/webhooks/events", json=PATIENT, headers=FHIR).status_code == 503  # still paused
@@ -225,7 +225,7 @@ def test_readiness_follows_channel_control_and_reload(admin_api: AdminAPI) -> No
     assert "channel:events" in checks()
     second = webhook_channel("second", out=admin_api.tmp / "out")
     (admin_api.tmp / "channels" / "second.yaml").write_text(yaml.safe_dump(second))
-    assert admin.post("/api/v1/channels/reload").json() == {"changed": ["second"]}
+    assert admin.post("/api/v1/channels/reload").json() == {"changed": ["second"], "mappings": []}
     assert {"channel:second", "destination:second/ndjson"} <= checks()
 
 

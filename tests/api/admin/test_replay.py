@@ -173,7 +173,7 @@ def test_redeliver_to_a_destination_added_since(admin_api_factory: Callable[...,
     second = tmp_path / "out" / "second.ndjson"
     channel["destinations"].append({"name": "second", "type": "file", "path": str(second)})
     (tmp_path / "channels" / "events.yaml").write_text(yaml.safe_dump(channel))
-    asyncio.run_coroutine_threadsafe(api.engine.reload_channels(), api.running.loop).result(30)
+    asyncio.run_coroutine_threadsafe(api.engine.reload(), api.running.loop).result(30)
 
     r = operator.post(f"/api/v1/messages/{mid}/redeliver", json={"destination": "second"})
     assert r.status_code == 202 and r.json()["message_id"] == mid
