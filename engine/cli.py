@@ -752,22 +752,6 @@ def prune(
 
 
 @app.command()
-def status(config: ConfigOpt = None) -> None:
-    """Message counts per channel and status, the backlog and the dead letters."""
-    store = _store(config)
-    counts = store.status_counts()
-    if not counts:
-        typer.echo("no messages stored")
-        return
-    for (ch, st), n in sorted(counts.items()):
-        typer.echo(f"{ch:<16} {st:<12} {n}")
-    typer.echo(
-        f"backlog: {store.backlog()} message(s) not finished; dead letters: {len(store.dead_letters(limit=100000))}; "
-        f"held in order behind an earlier message: {store.held()}"
-    )
-
-
-@app.command()
 def corpus(
     folder: Annotated[Path, typer.Argument(help="Corpus folder: HL7 v2 messages, some with <name>.expected.json.")],
     report: Annotated[
@@ -851,6 +835,7 @@ def token_revoke(
 # the operator actions (dlq list/replay/discard, reprocess, redeliver, diff) register themselves on the apps above
 from engine import cli_actions as _cli_actions  # noqa: E402, F401
 from engine import cli_alerts as _cli_alerts  # noqa: E402, F401  (interlink alerts list|ack)
+from engine import cli_status as _cli_status  # noqa: E402, F401  (interlink status)
 
 
 @app.command("reload")

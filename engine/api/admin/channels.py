@@ -20,6 +20,7 @@ and ``mapping.reload``, target = the changed mapping files' names, when there ar
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -29,10 +30,12 @@ from starlette.routing import BaseRoute, Route
 from engine.api.admin import PREFIX, Admin, Role, json
 from engine.api.admin.spec import operation, param
 from engine.api.problems import Problem
+from engine.config.channel import Channel
 from engine.errors import ConfigError, ListenError
+from engine.store import Store
 from engine.store.overview import COUNTERS, channel_counters
 
-__all__ = ["ACTIONS", "routes", "rows"]
+__all__ = ["ACTIONS", "routes", "rows", "table"]
 
 ACTIONS = ("start", "stop", "pause", "resume")
 
@@ -40,13 +43,22 @@ ACTIONS = ("start", "stop", "pause", "resume")
 def rows(admin: Admin, *, max_age_s: float = 1.0) -> list[dict[str, Any]]:
     """The channel table (blocking: the store is read); counters at most ``max_age_s`` old (a live feed's
     viewers share one count per second; ``GET /api/v1/channels`` counts afresh)."""
-    counts = channel_counters(admin.store, max_age_s=max_age_s)
+    states = [(s.name, s.source, str(s.state)) for s in admin.control.channel_states()]
+    return table(admin.store, states, admin.control.channels, max_age_s=max_age_s)
+
+
+def table(
+    store: Store, states: Sequence[tuple[str, str, str]], channels: Sequence[Channel], *, max_age_s: float = 0.0
+) -> list[dict[str, Any]]:
+    """The rows of :func:`rows` for ``states`` (name, source type, state), from the store alone (also
+    ``interlink status`` when no engine answers)."""
+    counts = channel_counters(store, max_age_s=max_age_s)
     zero = {"received": 0, **{name: 0 for name in COUNTERS}}
-    destinations = {c.name: [d.name for d in c.destinations] for c in admin.control.channels}
+    destinations = {c.name: [d.name for d in c.destinations] for c in channels}
     return [
-        {"name": s.name, "source": s.source, "state": s.state, "destinations": destinations.get(s.name, []),
-         "counters": counts.get(s.name, zero)}
-        for s in admin.control.channel_states()
+        {"name": name, "source": source, "state": state, "destinations": destinations.get(name, []),
+         "counters": counts.get(name, zero)}
+        for name, source, state in states
     ]  # fmt: skip
 
 

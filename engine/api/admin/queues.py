@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -17,17 +18,25 @@ from starlette.routing import BaseRoute, Route
 
 from engine.api.admin import PREFIX, Admin, Role, json
 from engine.api.admin.spec import operation
+from engine.config.channel import Channel
+from engine.store import Store
 from engine.store.overview import queue_depths
 
-__all__ = ["routes", "rows"]
+__all__ = ["routes", "rows", "table"]
 
 
 def rows(admin: Admin) -> list[dict[str, Any]]:
     """The queue table (blocking: the store is read)."""
+    return table(admin.store, admin.control.channels)
+
+
+def table(store: Store, channels: Sequence[Channel]) -> list[dict[str, Any]]:
+    """The rows of :func:`rows` for ``channels``, from the store alone (also ``interlink status`` when no
+    engine answers)."""
     now = time.time()
-    found = {(q.channel, q.destination): q for q in queue_depths(admin.store)}
-    keys: list[tuple[str, str | None]] = [(c.name, None) for c in admin.control.channels]
-    keys += [(c.name, d.name) for c in admin.control.channels for d in c.destinations]
+    found = {(q.channel, q.destination): q for q in queue_depths(store)}
+    keys: list[tuple[str, str | None]] = [(c.name, None) for c in channels]
+    keys += [(c.name, d.name) for c in channels for d in c.destinations]
     keys += sorted((k for k in found if k not in set(keys)), key=lambda k: (k[0], k[1] or ""))
     out = []
     for channel, destination in keys:
