@@ -187,10 +187,10 @@ def test_login_then_counters_move_live(page: Any, site: Site, shots: Path) -> No
     assert site.token["viewer"] not in page.url
     assert page.evaluate("sessionStorage.getItem('interlink.token')") == site.token["viewer"]
     page.wait_for_selector("#live.on")
-    button = page.query_selector("#channels tr[data-channel='lab'] td.actions button")
+    actions = page.query_selector("#channels tr[data-channel='lab'] td.actions")  # a viewer's: no button
     stamp = page.inner_text("#main .toolbar p")
     wait_until(lambda: page.inner_text("#main .toolbar p") != stamp, 5, "the next live sample")
-    assert button.evaluate("b => b.isConnected")  # rows are updated in place: a button survives each sample
+    assert actions.evaluate("b => b.isConnected")  # rows are updated in place (an admin's button: test_actions_…)
     before = cell(page, "lab", "received")
     site.send_lab(*(oru(f"LIVE{i}", mrn=f"LIVE-MRN-{i}") for i in range(3)))
     wait_until(lambda: cell(page, "lab", "received") >= before + 3, 10, "the received counter to move")
@@ -212,6 +212,41 @@ def test_login_then_counters_move_live(page: Any, site: Site, shots: Path) -> No
     assert "needs an operator" in page.inner_text("#main")
     assert page.locator("#raw").count() == 0
     assert not page.console_errors
+
+
+def test_actions_follow_the_role(page: Any, site: Site, shots: Path) -> None:
+    """The page offers only what the token's role may do (GET /api/v1/me): a viewer no action at all, an
+    operator the message and dead-letter actions but no channel control, an admin everything."""
+    site.send_lab(oru("ROLE1", mrn="ROLE-MRN-1"))
+    wait_until(lambda: site.status(site.id_of("ROLE1")) == "sent", 20, "the message to be sent")
+    offered: dict[str, dict[str, Any]] = {}
+    for role in ("viewer", "operator", "admin"):
+        login(page, site, role)
+        row = "#channels tr[data-channel='lab'] td.actions"
+        seen = {
+            "channel control": page.locator(f"{row} button").count(),
+            "reload": page.locator("#reload").count(),
+            "views": [v for v in ("diff", "audit", "tokens") if page.is_visible(f"#nav a[data-view={v}]")],
+        }
+        if role == "admin":  # rows are updated in place: a button under the pointer survives the next sample
+            button, stamp = page.query_selector(f"{row} button"), page.inner_text("#main .toolbar p")
+            wait_until(lambda s=stamp: page.inner_text("#main .toolbar p") != s, 5, "the next live sample")
+            assert button.evaluate("b => b.isConnected")
+        page.goto(f"{site.url}/#/message/{site.id_of('ROLE1')}")
+        page.wait_for_selector("#main dl.meta")
+        seen["message actions"] = page.locator("#main button:text-is('Reprocess')").count()
+        page.click("#nav a[data-view=deadletters]")
+        page.wait_for_selector("#deadletters, #no-deadletters")
+        seen["replay"] = page.locator("#main button:has-text('Replay')").count() > 0
+        page.screenshot(path=str(shots / f"{role}.png"), full_page=True)
+        offered[role] = seen
+        page.click("#logout")
+    assert offered["viewer"] == {"channel control": 0, "reload": 0, "views": [], "message actions": 0,
+                                 "replay": False}  # fmt: skip
+    assert offered["operator"] == {"channel control": 0, "reload": 0, "views": ["diff"], "message actions": 1,
+                                   "replay": True}  # fmt: skip
+    assert offered["admin"]["channel control"] >= 1 and offered["admin"]["reload"] == 1
+    assert offered["admin"]["views"] == ["diff", "audit", "tokens"] and offered["admin"]["message actions"] == 1
 
 
 def test_search_by_mrn_and_detail(page: Any, site: Site, shots: Path) -> None:

@@ -12,6 +12,7 @@ const SAMPLES = 90; // live samples kept and drawn per channel (~1.5 minutes at 
 const COUNTERS = ["received", "filtered", "queued", "sent", "errored", "dead"];
 const STATUSES = ["received", "transformed", "sent", "filtered", "error", "dead", "duplicate", "held", "grouped"];
 const SVG = "http://www.w3.org/2000/svg";
+const RANKS = { viewer: 1, operator: 2, admin: 3 }; // a role includes the ones below it
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
@@ -21,6 +22,7 @@ const state = {
   onTick: null, // the current view's live-update hook
   search: {}, // the message browser's last filter (kept in memory, never in the URL)
   ticks: 0, // live samples received (the alert count is re-read every few)
+  role: null, // the token's role (GET /api/v1/me): the page offers only the actions it allows
 };
 
 // ---- DOM -------------------------------------------------------------------------------------------
@@ -117,6 +119,17 @@ function messageId(m) {
 }
 
 // ---- API -------------------------------------------------------------------------------------------
+
+/** Whether the signed-in token's role includes ``role`` (the API checks again: this only hides what would be 403). */
+function may(role) {
+  return (RANKS[state.role] ?? 0) >= RANKS[role];
+}
+
+/** Read the token's role; hide the navigation to views it may not use. */
+async function whoAmI() {
+  state.role = (await api("GET", "/api/v1/me"))?.role ?? null;
+  for (const a of document.querySelectorAll("#nav a[data-role]")) a.hidden = !may(a.dataset.role);
+}
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -331,7 +344,7 @@ function channelsView() {
         row.st = st;
         row.state.textContent = st;
         row.state.className = `state ${st}`;
-        append(clear(row.actions), channelActions(ch.name, st));
+        append(clear(row.actions), may("admin") ? channelActions(ch.name, st) : []);
       }
     }
     for (const [name, row] of rows) {
@@ -359,7 +372,7 @@ function channelsView() {
       toast(explain(err), "bad"); // an invalid file: the problem names file:line; the running version stays
     }
   });
-  return section("Channels", h("div", { class: "toolbar" }, stamp, reload), table, h("p", { class: "legend" },
+  return section("Channels", h("div", { class: "toolbar" }, stamp, may("admin") && reload), table, h("p", { class: "legend" },
     h("span", { class: "key received" }, "received/s"), " ", h("span", { class: "key sent" }, "sent/s")));
 }
 
@@ -488,7 +501,7 @@ function reprocessSelection(filter, listed) {
 /** "Reprocess matching…": a dry-run count first, then the action on a second click. */
 function armReprocess(box, filter, listed) {
   clear(box);
-  if (!reprocessSelection(filter, listed)) return;
+  if (!may("operator") || !reprocessSelection(filter, listed)) return;
   const fresh = h("button", { type: "button", id: "reprocess-matching" });
   const reset = () => {
     fresh.textContent = "Reprocess matching…";
@@ -705,7 +718,7 @@ function messageView(id) {
       append(clear(body), [
         h("dl", { class: "meta" }, meta.filter(([, v]) => v !== undefined && v !== null && v !== "")
           .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
-        messageActions(messageId(m), m.channel),
+        may("operator") && messageActions(messageId(m), m.channel),
         content ? [h("h2", {}, "Raw"), rawView(content.raw), h("h2", {}, "FHIR bundle"), prettyJson(content.transformed)]
           : h("p", { class: "muted" }, "Message content needs an operator token."),
         h("h2", {}, "Attempts"), attemptsView(listOf(m.attempts ?? [], "attempts"))]);
@@ -793,7 +806,7 @@ function deadLettersView() {
   });
   load();
   state.onTick = null;
-  return section("Dead letters", h("div", { class: "toolbar" }, sel, bulk, reason), list);
+  return section("Dead letters", h("div", { class: "toolbar" }, sel, may("operator") && [bulk, reason]), list);
 }
 
 function deadRow(d, reload, reason) {
@@ -831,7 +844,7 @@ function deadRow(d, reload, reason) {
     h("td", { class: "error-text" }, d.last_error ?? (d.last_status_code ? `HTTP ${d.last_status_code}` : "")),
     h("td", { class: "num", title: "Later messages of this patient held behind it (per-patient order)" },
       d.holding ? fmtNum(d.holding) : ""),
-    h("td", { class: "actions" }, replay, discard));
+    h("td", { class: "actions" }, may("operator") && [replay, discard]));
 }
 
 // -- mapping diff
@@ -857,7 +870,7 @@ function diffView() {
   state.onTick = null;
   return section("Mapping diff", h("p", { class: "muted" },
     "Stored messages run through the mapping files on disk now; what their FHIR would become, path by path."),
-  form, out);
+  may("operator") ? form : h("p", { class: "muted" }, "The mapping diff needs an operator token."), out);
 }
 
 function diffValue(v) {
@@ -968,7 +981,7 @@ function alertsView() {
 }
 
 function alertRow(a, reload) {
-  const ack = a.state === "open" || a.state === "escalated"
+  const ack = may("operator") && (a.state === "open" || a.state === "escalated")
     ? h("button", { type: "button", class: "small ack", onclick: async () => {
       try {
         await api("POST", `/api/v1/alerts/${encodeURIComponent(a.id)}/ack`);
@@ -1065,9 +1078,10 @@ function loginView(reason) {
     ev.preventDefault();
     state.token = input.value.trim();
     try {
-      await api("GET", "/api/v1/channels");
+      await whoAmI();
     } catch (err) {
       state.token = null;
+      state.role = null;
       note.textContent = err instanceof ApiError && err.status === 401 ? "This token is not accepted." : explain(err);
       return;
     }
@@ -1091,6 +1105,7 @@ function signedIn() {
 function logout(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
+  state.role = null;
   state.samples.clear();
   state.latest = { channels: [], queues: [] };
   stopLive();
@@ -1130,5 +1145,8 @@ document.getElementById("logout").addEventListener("click", () => {
   location.hash = "";
 });
 window.addEventListener("hashchange", route);
-if (state.token) signedIn();
-route();
+// the role is known before the first view is drawn (a refused stored token signs out, see api())
+(state.token ? whoAmI().catch(() => {}) : Promise.resolve()).then(() => {
+  if (state.token) signedIn();
+  route();
+});
