@@ -543,17 +543,23 @@ def _send_dicom(
 
 
 def _send_webhook(settings: Settings, channel: Channel, files: list[Path], timeout_s: float) -> None:
-    """POST each file to a webhook channel of the running engine, signed when the channel wants signatures."""
+    """POST each file to a webhook channel of the running engine, signed when the channel wants signatures; one
+    line per file as its answer arrives, with a progress bar on a terminal."""
     from engine.sources.webhook_client import post_files
 
-    try:
-        answers = post_files(settings, channel, files, timeout_s=timeout_s)
-    except (ConfigError, OSError) as exc:
-        _fail(str(exc))
     bad = 0
-    for f, (status, text) in zip(files, answers, strict=True):
-        bad += not 200 <= status < 300
-        typer.echo(f"{f}: {status} {text}")
+    with _progress("POST", len(files)) as advance:
+
+        def on_answer(i: int, status: int, text: str) -> None:
+            nonlocal bad
+            bad += not 200 <= status < 300
+            typer.echo(f"{files[i]}: {status} {text}")
+            advance()
+
+        try:
+            post_files(settings, channel, files, timeout_s=timeout_s, on_answer=on_answer)
+        except (ConfigError, OSError) as exc:
+            _fail(str(exc))
     if bad:
         raise typer.Exit(1)
 

@@ -3,11 +3,13 @@ the running engine, signed with the channel's own secret when it wants Standard 
 
 The media type comes from the file: JSON with a ``resourceType`` is ``application/fhir+json``, other JSON
 ``application/json``, anything else ``application/hl7-v2`` (line ends made CR, as HL7 wants). Each answer
-is ``(status, text)``: the message id for a 202, else the problem's ``detail``.
+is ``(status, text)``: the message id for a 202, else the problem's ``detail``; ``on_answer(index, status,
+text)`` is told each as it arrives.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +49,12 @@ def url_of(settings: Settings, channel: str) -> str:
 
 
 def post_files(
-    settings: Settings, channel: Channel, files: list[Path], *, timeout_s: float = 30
+    settings: Settings,
+    channel: Channel,
+    files: list[Path],
+    *,
+    timeout_s: float = 30,
+    on_answer: Callable[[int, int, str], None] | None = None,
 ) -> list[tuple[int, str]]:
     """POST each file; ConfigError when the channel's secret cannot be found, OSError for an unreadable file."""
     auth = channel.source.auth  # type: ignore[attr-defined]
@@ -81,4 +88,6 @@ def post_files(
                 answer = {}
             text = answer.get("message_id", "") if r.status_code == 202 else answer.get("detail", r.reason_phrase)
             out.append((r.status_code, str(text)))
+            if on_answer is not None:
+                on_answer(len(out) - 1, r.status_code, str(text))
     return out
