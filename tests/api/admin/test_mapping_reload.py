@@ -192,3 +192,27 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_the_watcher_applies_a_changed_mapping_file(admin_api_factory: Callable[..., AdminAPI], tmp_path: Path) -> None:
+    api, port = start(admin_api_factory, tmp_path, channels_watch_s=0.2)
+    out, admin = tmp_path / "out", api.client("admin")
+
+    def reloads() -> list[tuple[str, str, str, str, str]]:
+        entries = admin.get("/api/v1/audit").json()["entries"]
+        rows = [(e["action"], e["actor"], e["peer"], e["target"], e["outcome"]) for e in reversed(entries)]
+        return [r for r in rows if r[1] == "engine"]
+
+    pid = tmp_path / "site" / "segments" / "PID-Patient.yaml"
+    pid.write_text(GENDER_UNKNOWN.replace("gender:", "gendr:"))
+    wait_until(lambda: len(reloads()) == 1, 60, "the watcher tried the broken map")
+    assert reloads() == [("channel.reload", "engine", "watch", "", "refused")]
+    pid.write_text(GENDER_UNKNOWN)
+    wait_until(lambda: len(reloads()) == 3, 60, "the watcher applied the map")
+    assert reloads()[1:] == [
+        ("channel.reload", "engine", "watch", "", "ok"),
+        ("mapping.reload", "engine", "watch", "site/segments/PID-Patient.yaml", "ok"),
+    ]
+    send("127.0.0.1", port, [adt("C1", mrn="M1")])
+    wait_until(lambda: len(patients(out)) == 1, 30, "the bundle")
+    assert patients(out)[0]["gender"] == "unknown"
