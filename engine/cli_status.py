@@ -118,6 +118,7 @@ def render(now: Sample, before: Sample | None = None) -> RenderableType:
     from rich import box
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     waiting: dict[str, tuple[int, float | None]] = {}
     for q in now.queues:
@@ -163,7 +164,7 @@ def render(now: Sample, before: Sample | None = None) -> RenderableType:
         parts.append(at_)
     held = sum(q.get("by_status", {}).get("waiting", 0) for q in now.queues)
     received = sum(c["counters"]["received"] for c in now.channels)
-    parts.append(f"{received} message(s) stored; held in order behind an earlier message: {held}")
+    parts.append(Text(f"{received} message(s) stored; held in order behind an earlier message: {held}"))
     return Group(*parts)
 
 
