@@ -444,9 +444,9 @@ def _mllp_tls(
 
 
 @contextmanager
-def _progress(label: str, total: int) -> Iterator[Callable[[], None]]:
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """A progress bar on standard error while it is a terminal (lines printed meanwhile show above it);
-    yields the function that advances it by one."""
+    yields the function that advances it by a number of items."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -454,7 +454,11 @@ def _progress(label: str, total: int) -> Iterator[Callable[[], None]]:
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as progress:
         task = progress.add_task("send", total=total)
-        yield lambda: progress.advance(task)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        yield advance
 
 
 def _send_mllp(
@@ -481,12 +485,15 @@ def _send_mllp(
             code, text = _ack_code(reply)
             bad += code not in ("AA", "CA")
             typer.echo(f"{files[i]}: {code}" + (f" {text}" if text else ""))
-            advance()
+            advance(1)
 
         def on_reconnect(i: int, exc: BaseException) -> None:
-            typer.echo(f"{files[i]}: no ACK ({exc or type(exc).__name__}); reconnecting to {host}:{port} to send it "
-                       "again (if it was stored, the engine recognises its MSH-10 and keeps it as a duplicate)",
-                       err=True)  # fmt: skip
+            why = f"{exc or type(exc).__name__}"
+            if isinstance(exc, ConnectionRefusedError):  # nothing was sent on this attempt
+                typer.echo(f"{files[i]}: cannot connect to {host}:{port} ({why}); trying again", err=True)
+                return
+            typer.echo(f"{files[i]}: no ACK ({why}); reconnecting to {host}:{port} to send it again (if it was "
+                       "stored, the engine recognises its MSH-10 and keeps it as a duplicate)", err=True)  # fmt: skip
 
         try:
             mllp_send(host, port, payloads, timeout_s=timeout_s, tls=tls, reconnects=reconnects,
@@ -532,7 +539,7 @@ def _send_dicom(
 
         def on_result(r: StoreResult) -> None:
             typer.echo(f"{r.path}: {r.line()}")
-            advance()
+            advance(1)
 
         results = send_files(host, port, files, called_ae=str(getattr(source, "ae_title", "")), calling_ae=calling_ae,
                              associations=associations, tls=tls, timeout_s=timeout_s, on_result=on_result)  # fmt: skip
@@ -554,7 +561,7 @@ def _send_webhook(settings: Settings, channel: Channel, files: list[Path], timeo
             nonlocal bad
             bad += not 200 <= status < 300
             typer.echo(f"{files[i]}: {status} {text}")
-            advance()
+            advance(1)
 
         try:
             post_files(settings, channel, files, timeout_s=timeout_s, on_answer=on_answer)

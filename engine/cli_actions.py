@@ -29,6 +29,7 @@ from engine.cli import (
     _audit,
     _fail,
     _message_id,
+    _progress,
     _settings,
     _store,
     app,
@@ -185,16 +186,10 @@ def _body(sel: Selection, **extra: Any) -> dict[str, Any]:
 
 def _batches(batches: Iterator[list[T]], total: int, label: str) -> Iterator[list[T]]:
     """The batches of an action with a progress bar on a terminal (stderr)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as progress:
-        task = progress.add_task(label, total=total)
+    with _progress(label, total) as advance:
         for batch in batches:
             yield batch
-            progress.advance(task, len(batch))
+            advance(len(batch))
 
 
 def _perform(

@@ -134,7 +134,8 @@ def test_reconnects_are_bounded(tmp_path: Path) -> None:
     port = free_port()  # nothing listens
     result = CliRunner().invoke(app, ["send", str(path), "--port", str(port), "--reconnects", "1", "--timeout-s", "2"])
     assert result.exit_code == 1
-    assert result.stderr.count("reconnecting") == 1 and f"cannot send to 127.0.0.1:{port}" in result.stderr
+    assert result.stderr.count(f"cannot connect to 127.0.0.1:{port}") == 1  # once again, then it gives up
+    assert "duplicate" not in result.stderr and f"cannot send to 127.0.0.1:{port}" in result.stderr
 
 
 # -- TLS ------------------------------------------------------------------------------------------------
