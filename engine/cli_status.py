@@ -11,7 +11,7 @@ The numbers have one source, the admin API's (:func:`sample`):
 - ``INTERLINK_TOKEN`` set (a viewer token is enough) and the engine's API answering
   (``engine.cli_actions.Via``): ``GET /api/v1/channels``, ``/queues`` and ``/alerts?state=active``; the
   state is the engine's (running, paused, stopped). A sample the API cannot give (the engine stopped
-  meanwhile) is taken from the store.
+  meanwhile, or answered an error) is taken from the store; a refused token ends the command.
 - otherwise the store, through the functions those routes call (``engine.api.admin.channels.table``,
   ``queues.table``, ``AlertBook.listing``) over the channel files on disk; the state is ``store only``, and a
   channel with stored messages but no file is listed as ``not configured``.
@@ -67,11 +67,10 @@ def sample(settings: Settings, store: Store, api: httpx.Client | None) -> Sample
             got = [api.get(path) for path in ("/api/v1/channels", "/api/v1/queues", "/api/v1/alerts?state=active")]
         except httpx.TransportError:
             got = []
-        if got:
-            for r in got:
-                if r.status_code in (401, 403):
-                    raise PermissionError(f"the engine's API refused the token ({r.status_code})")
-                r.raise_for_status()
+        for r in got:
+            if r.status_code in (401, 403):
+                raise PermissionError(f"the engine's API refused the token ({r.status_code})")
+        if got and all(r.status_code == 200 for r in got):  # else (an engine stopping: 503) the store's
             channels, queues, alerts = (r.json() for r in got)
             return Sample(time.monotonic(), f"engine at {api.base_url}", channels["channels"], queues["queues"],
                           alerts["items"])  # fmt: skip
