@@ -110,7 +110,12 @@ def report(idle: Path, gil: Path, seconds: float, top: int) -> None:
     held: Counter[str] = Counter()
     for thread, frames, n in read_raw(gil):
         held[f"{group(thread, frames)}: {place(frames)}"] += n
-    print(f"\nGIL held {100 * sum(held.values()) / samples:.0f} % of wall time; by place (share of wall time):")
+    groups: Counter[str] = Counter()
+    for where, n in held.items():
+        groups[where.split(": ", 1)[0]] += n
+    print(f"\nGIL held {100 * sum(held.values()) / samples:.0f} % of wall time: "
+          + ", ".join(f"{g} {100 * n / samples:.1f} %" for g, n in groups.most_common()))  # fmt: skip
+    print("by place (share of wall time):")
     for where, n in held.most_common(top * 2):
         print(f"  {100 * n / samples:5.1f} %  {where}")
 
