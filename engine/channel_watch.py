@@ -1,9 +1,10 @@
 """Opt-in watching of the channel and mapping files (``channels_watch_s`` > 0): every ``interval_s`` the engine
-of ``interlink run`` reads the files' bytes (channel files, ``mappings_dir`` and its overlays: ~11 ms for the
-project's 219 mapping files, in a thread), and when they differ from the last look it reloads them as
-``POST /api/v1/channels/reload`` does (``EngineControl.reload``). An invalid file is logged with its
-``file:line`` and the running version stays; the same files are not tried again until they change. Each
-reload (or refusal) is audited (``engine.reload.Reloaded.audit``) with actor ``engine`` and peer ``watch``.
+(``interlink run``, and ``interlink worker``, which no API reload reaches) reads the files' bytes (channel
+files, ``mappings_dir`` and its overlays: ~11 ms for the project's 219 mapping files, in a thread), and when
+they differ from the last look it reloads them as ``POST /api/v1/channels/reload`` does
+(``EngineControl.reload``). An invalid file is logged with its ``file:line`` and the running version stays;
+the same files are not tried again until they change. Each reload (or refusal) is audited
+(``engine.reload.Reloaded.audit``) with actor ``engine`` and peer ``watch``.
 
 A file half-written when it is read is simply invalid for one look; the next change (its last write) is
 read again. Content, not modification times, decides: a file saved twice within a clock tick still counts.
@@ -43,10 +44,14 @@ async def watch(
     interval_s: float,
     reload: Callable[[], Awaitable[Reloaded]],
     audit: Callable[[Reloaded | None, str], None],
+    *,
+    seen: str | None = None,
 ) -> None:
     """Run until cancelled: reload on every change of what ``look()`` (blocking: run in a thread) digests.
-    ``audit(what was applied or None, outcome)`` records each try."""
-    seen = await asyncio.to_thread(look)
+    ``audit(what was applied or None, outcome)`` records each try. ``seen``: the look the running version was
+    loaded from (taken before loading, so a change while the engine started is applied); default: now."""
+    if seen is None:
+        seen = await asyncio.to_thread(look)
     while True:
         await asyncio.sleep(interval_s)
         now = await asyncio.to_thread(look)

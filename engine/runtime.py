@@ -104,8 +104,9 @@ class Engine:
     ) -> None:
         self.settings = settings
         self._channel_paths = list(channel_paths or [settings.channels_dir])
-        # read before compiling: a file changed meanwhile differs at the next reload and is compiled then
+        # read before loading: a file changed meanwhile differs at the next reload (or look) and is applied then
         self._mapping_files = mapping_digests(settings)
+        self._files_loaded = fingerprint(self._channel_paths) + mapping_fingerprint(self._mapping_files)
         self.channels, self.mappings = load_config(settings, channel_paths)
         self.store = Store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         self._mapping_processes = settings.mapping_process_count() if workers else 0
@@ -217,16 +218,22 @@ class Engine:
             # the HTTP server carries sources (webhooks) and the listener's probes: `interlink worker`
             # processes, often beside a listener on the same host, do not bind it
             await self._start_http(routes)
-            if self.settings.channels_watch_s > 0:
-                self._watch = asyncio.create_task(
-                    watch(self._files_now, self.settings.channels_watch_s, self.reload, self._audit_watch),
-                    name="channel-watch",
-                )
             for ch in self.channels:  # event feeds run beside their channel's source (engine/events_feed.py)
                 if ch.enabled and ch.events is not None:
                     self.feeds.append(EventFeed(self.store, ch.name, ch.events))
                     self.feeds[-1].start()
             self.alerts.start()
+        if self.settings.channels_watch_s > 0:  # `interlink worker` too: its maps and destinations follow the files
+            self._watch = asyncio.create_task(
+                watch(
+                    self._files_now,
+                    self.settings.channels_watch_s,
+                    self.reload,
+                    self._audit_watch,
+                    seen=self._files_loaded,
+                ),
+                name="channel-watch",
+            )
 
     async def _start_source(self, ch: Channel) -> None:
         """Build and start one channel's source; ListenError/ConfigError name the channel."""

@@ -62,9 +62,9 @@ class Settings(Model):
     channels_watch_s: float = Field(
         0,
         ge=0,
-        description="`interlink run` looks at the channel and mapping files (mappings_dir, mapping_overlays) this "
-        "often (seconds) and applies a change as `interlink reload` does (an invalid file is logged with its "
-        "file:line and the running version stays); 0: not watched.",
+        description="`interlink run` and `interlink worker` look at the channel and mapping files (mappings_dir, "
+        "mapping_overlays) this often (seconds) and apply a change as `interlink reload` does (an invalid file is "
+        "logged with its file:line and the running version stays); 0: not watched.",
     )
     mappings_dir: Path = Field(Path("mappings"), description="Folder of mapping files.")
     mapping_overlays: list[Path] = Field(

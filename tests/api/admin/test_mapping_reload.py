@@ -3,10 +3,12 @@ engine with the project's maps and a site overlay, an MLLP channel in and an NDJ
 
 A changed overlay changes the next message's bundle; a broken map, or a channel naming a map that is gone, is
 refused with file:line and the running maps stay; messages sent while the maps are swapped each end ``sent``
-exactly once (rows and NDJSON lines), mapping in the worker threads and in mapping processes."""
+exactly once (rows and NDJSON lines), mapping in the worker threads and in mapping processes; the watcher
+applies changed maps, in ``interlink run`` and in an ``interlink worker`` process."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import threading
@@ -19,8 +21,13 @@ import yaml
 from typer.testing import CliRunner
 
 from engine.cli import app
+from engine.runtime import Engine
+from engine.settings import Settings
 from engine.sources.mllp_client import send
+from engine.store.access import AuditTrail
 from engine.store.schema import messages
+from engine.transform.authority import Identifiers
+from engine.transform.pool import Job
 from tests.api.admin.conftest import AdminAPI
 from tests.api.running import ROOT
 from tests.integration.harness import free_port, wait_until
@@ -216,3 +223,37 @@ def test_the_watcher_applies_a_changed_mapping_file(admin_api_factory: Callable[
     send("127.0.0.1", port, [adt("C1", mrn="M1")])
     wait_until(lambda: len(patients(out)) == 1, 30, "the bundle")
     assert patients(out)[0]["gender"] == "unknown"
+
+
+def test_a_worker_process_watches_the_mapping_files_too(tmp_path: Path) -> None:
+    """``interlink worker`` (no sources, no API: no reload reaches it) follows the files with the watcher."""
+    (tmp_path / "site" / "segments").mkdir(parents=True)
+    (tmp_path / "channels").mkdir()
+    (tmp_path / "channels" / "adt.yaml").write_text(yaml.safe_dump(mllp_channel(free_port(), tmp_path / "out")))
+    settings = Settings.model_validate({
+        "data_dir": tmp_path / "data", "database_url": f"sqlite:///{tmp_path}/store.db",
+        "channels_dir": tmp_path / "channels", "mappings_dir": ROOT / "mappings",
+        "mapping_overlays": [tmp_path / "site"], "mapping_processes": 0, "metrics_port": 0, "http_port": 0,
+        "channels_watch_s": 0.2,
+    })  # fmt: skip
+    engine = Engine(settings, sources=False, sweeper=False)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    job = Job(adt("C1"), "utf-8", None, "off", identifiers=Identifiers(authority="HOSP"))
+    try:
+        asyncio.run_coroutine_threadsafe(engine.start(), loop).result(60)
+        first = engine.mappings
+        (tmp_path / "site" / "segments" / "PID-Patient.yaml").write_text(GENDER_UNKNOWN)
+        wait_until(lambda: engine.mappings is not first, 60, "the worker's watcher applied the map")
+        [mapped] = engine.pipeline.mapper.map_many([job])
+        assert mapped.bundle is not None and b'"gender":"unknown"' in mapped.bundle
+        trail = AuditTrail(engine.store).page(action="mapping.reload")
+        assert [(e.actor, e.peer, e.target) for e in trail.entries] == [
+            ("engine", "watch", "site/segments/PID-Patient.yaml")
+        ]
+    finally:
+        asyncio.run_coroutine_threadsafe(engine.stop(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
