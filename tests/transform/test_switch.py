@@ -5,7 +5,6 @@ start."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.integration.messages import adt
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 HOSP = Identifiers(authority="HOSP")
+GENDER = "segment: PID\ntarget: Patient\ndescription: Site gender.\nmerge: true\nrules:\n  gender: {value: unknown}\n"
 
 
 class Held(ProcessMapper):
@@ -48,9 +48,7 @@ def gender(m: Mapped) -> str:
 def test_a_batch_in_flight_finishes_on_the_old_process_and_the_next_goes_to_the_new(tmp_path: Path) -> None:
     site = tmp_path / "site" / "segments"
     site.mkdir(parents=True)
-    (site / "PID-Patient.yaml").write_text(
-        "segment: PID\ntarget: Patient\ndescription: Site gender.\nmerge: true\nrules:\n  gender: {value: unknown}\n"
-    )
+    (site / "PID-Patient.yaml").write_text(GENDER)
     old = Held(Settings(mappings_dir=MAPPINGS))
     switch = Switch(old)
     results: list[list[Mapped]] = []
@@ -76,12 +74,9 @@ def test_a_batch_in_flight_finishes_on_the_old_process_and_the_next_goes_to_the_
 
 
 def test_a_mapping_process_that_reads_other_files_does_not_start(tmp_path: Path) -> None:
-    shutil.copytree(MAPPINGS, tmp_path / "maps")
-    settings = Settings(mappings_dir=tmp_path / "maps")
-    compiled = mapping_fingerprint(mapping_digests(settings))
-    (tmp_path / "maps" / "hl7v2" / "codesystems" / "0001-administrative-gender.yaml").write_text(
-        (MAPPINGS / "hl7v2" / "codesystems" / "0001-administrative-gender.yaml").read_text() + "\n# edited\n"
-    )
+    (tmp_path / "site" / "segments").mkdir(parents=True)
+    settings = Settings(mappings_dir=MAPPINGS, mapping_overlays=[tmp_path / "site"])
+    compiled = mapping_fingerprint(mapping_digests(settings))  # what the engine compiled
+    (tmp_path / "site" / "segments" / "PID-Patient.yaml").write_text(GENDER)  # changed since
     with pytest.raises(MapperUnavailable, match="read other mapping files"):
         ProcessMapper(settings, processes=1, files=compiled)
-    ProcessMapper(settings, processes=1, files=mapping_fingerprint(mapping_digests(settings))).close()
