@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import bindparam, delete, func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -111,6 +111,13 @@ class RetentionSettings(Model):
     )
     pause_ms: float = Field(
         10, ge=0, le=10_000, description="Pause between two batches, leaving the write lock to ingest and workers."
+    )
+    secure_delete: bool = Field(
+        True,
+        description="SQLite: overwrite what is deleted with zeros (the default of Debian's SQLite: the freed pages "
+        "are written again); false: only where the page is written anyway (SQLite's FAST mode): about half the "
+        "pages written per batch (measured 105 -> 55 per 100 messages), the rest of the bytes staying in free "
+        "pages until reused.",
     )
     rescan_s: float = Field(
         86_400,
@@ -292,10 +299,21 @@ class Pruner:
     @contextlib.contextmanager
     def _transaction(self, report: Report) -> Iterator[Connection]:
         """One delete transaction under the store's write lock, timed from the lock taken to the commit."""
+        sqlite = self.store.work.dialect.name == "sqlite"
         with self.store._write_lock:
             t0 = time.perf_counter()
-            with self.store.work.begin() as conn:
-                yield conn
+            with self.store.work.connect() as conn:
+                fast = sqlite and not self.settings.secure_delete
+                if fast:
+                    conn.exec_driver_sql("PRAGMA secure_delete=FAST")
+                    conn.commit()
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    if fast:  # back to the build's default for the pool's next user
+                        conn.exec_driver_sql("PRAGMA secure_delete=ON")
+                        conn.commit()
             ms = (time.perf_counter() - t0) * 1000
         report.longest_ms = max(report.longest_ms, ms)
         report.locked_ms += ms
@@ -303,23 +321,21 @@ class Pruner:
     def _delete_messages(self, ids: list[str], report: Report) -> tuple[int, int]:
         """One transaction: the messages still prunable among ``ids``, with what hangs off them (deleted
         here rather than left to the foreign keys' cascade, which SQLite applies only with its pragma on)."""
-        m = messages.c
         with self._transaction(report) as conn:
-            gone = list(conn.execute(select(m.id).where(m.id.in_(ids), m.status.in_(PRUNABLE))).scalars())
+            gone = _still_prunable(conn, ids)
             if not gone:
                 return 0, 0
-            n_contents = int(conn.execute(delete(contents).where(contents.c.message_id.in_(gone))).rowcount)
-            for child in (attempts, deliveries, message_keys):
-                conn.execute(delete(child).where(child.c.message_id.in_(gone)))
-            n_msgs = int(conn.execute(delete(messages).where(m.id.in_(gone))).rowcount)
+            n_contents = int(conn.execute(_DELETE_CONTENT, {"ids": gone}).rowcount)
+            for statement in _DELETE_CHILDREN:
+                conn.execute(statement, {"ids": gone})
+            n_msgs = int(conn.execute(_DELETE_MESSAGES, {"ids": gone}).rowcount)
         return n_msgs, n_contents
 
     def _delete_contents(self, ids: list[str], report: Report) -> int:
         """One transaction: the content of the messages still prunable among ``ids``."""
-        m = messages.c
-        still = select(m.id).where(m.id.in_(ids), m.status.in_(PRUNABLE))
         with self._transaction(report) as conn:
-            return int(conn.execute(delete(contents).where(contents.c.message_id.in_(still))).rowcount)
+            still = _still_prunable(conn, ids)
+            return int(conn.execute(_DELETE_CONTENT, {"ids": still}).rowcount) if still else 0
 
     def _prune_writes(
         self, configured: dict[str, Policy], default: Policy, now: float, dry_run: bool, report: Report
@@ -380,6 +396,24 @@ class Pruner:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
+
+
+# Built once, the id lists bound at execution (expanding): building an IN of 100 literals per statement cost
+# SQLAlchemy ~2.5 ms per batch, inside the write lock (cProfile).
+_STATUS_OF = select(messages.c.id, messages.c.status).where(messages.c.id.in_(bindparam("ids", expanding=True)))
+_DELETE_CONTENT = delete(contents).where(contents.c.message_id.in_(bindparam("ids", expanding=True)))
+_DELETE_CHILDREN = tuple(
+    delete(t).where(t.c.message_id.in_(bindparam("ids", expanding=True))) for t in (attempts, deliveries, message_keys)
+)
+_DELETE_MESSAGES = delete(messages).where(messages.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def _still_prunable(conn: Connection, ids: list[str]) -> list[str]:
+    """Those of ``ids`` still in a prunable status, read by primary key inside the delete's transaction. The
+    status is compared here, not in SQL: with ``status IN (…)`` beside ``id IN (…)`` SQLite takes the status
+    index and reads every sent message per batch (EXPLAIN QUERY PLAN; a 1M-message prune ran for over 19
+    minutes that way)."""
+    return [i for i, status in conn.execute(_STATUS_OF, {"ids": ids}) if status in PRUNABLE]
 
 
 def _prunable(name: str, cutoff: float) -> tuple[ColumnElement[bool], ...]:

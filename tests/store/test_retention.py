@@ -150,6 +150,16 @@ def test_a_large_set_goes_in_several_short_transactions(store: Store) -> None:
     assert report.batches == 5 and len(commits) >= 5  # 10 + 10 + 10 + 10 + 5, one transaction each
 
 
+def test_without_secure_delete_the_pool_gets_its_connections_back_as_they_were(store: Store) -> None:
+    ids = make(store, "sent", n=5)
+    settings = RetentionSettings(content_days=1, metadata_days=2, batch_size=2, pause_ms=0, secure_delete=False)
+    Pruner(store, settings, lambda: channels(lab={})).prune(now=time.time() + 3 * DAY_S)
+    assert alive(store, ids) == 0
+    if store.work.dialect.name == "sqlite":
+        with store.work.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
+
+
 def test_channel_override_default_and_unconfigured_channels(store: Store) -> None:
     lab, adt, gone = make(store, "sent", "lab"), make(store, "sent", "adt"), make(store, "sent", "old-channel")
     settings = RetentionSettings(content_days=5, pause_ms=0)  # metadata kept for ever by default
