@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine.config.channel import channel_files
 from engine.errors import ConfigError, ListenError
-from engine.reload import Reloaded
+from engine.reload import PartlyApplied, Reloaded
 
 __all__ = ["fingerprint", "watch"]
 
@@ -66,6 +66,6 @@ async def watch(
             continue
         except ListenError as exc:
             log.warning("channel files applied, but a listener did not start: %s", exc)
-            await asyncio.to_thread(audit, None, "failed")
+            await asyncio.to_thread(audit, exc.reloaded if isinstance(exc, PartlyApplied) else None, "failed")
             continue
         await asyncio.to_thread(audit, reloaded, "ok")

@@ -5,7 +5,9 @@ the channel files and the mapping files (``mappings_dir`` and ``mapping_overlays
 (``Engine.reload``). Mapping files are told apart by their bytes (:func:`mapping_digests`): only a reload
 that finds one added, removed or changed compiles the maps again. :class:`Reloaded` is what it applied, by
 channel name and mapping file name (the file's path under its mapping folder, after that folder's name),
-never content; :meth:`Reloaded.audit` is the audit rows it makes, for the API and the watcher alike.
+never content; :meth:`Reloaded.audit` is the audit rows it makes, for the API and the watcher alike. A
+changed channel whose listener cannot start raises :class:`PartlyApplied` (a ``ListenError``) once the rest is
+applied: it carries what was, so the maps swapped in are audited all the same.
 
 Site functions (``site_functions``) are Python code loaded once per process: a reload does not load them
 again (a changed package needs a restart).
@@ -19,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.errors import ListenError
+
 if TYPE_CHECKING:
     from engine.settings import Settings
 
-__all__ = ["Reloaded", "changed_files", "mapping_digests", "mapping_fingerprint"]
+__all__ = ["PartlyApplied", "Reloaded", "changed_files", "mapping_digests", "mapping_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -32,13 +36,22 @@ class Reloaded:
     channels: list[str] = field(default_factory=list)
     mappings: list[str] = field(default_factory=list)
 
-    def audit(self) -> list[tuple[str, str]]:
-        """The audit rows (action, target) of this reload: ``channel.reload`` always, ``mapping.reload`` when
-        mapping files changed (targets are names only, cut at 200 characters)."""
-        rows = [("channel.reload", " ".join(self.channels)[:200])]
+    def audit(self, outcome: str = "ok") -> list[tuple[str, str, str]]:
+        """The audit rows (action, target, outcome) of this reload: ``channel.reload`` always, with ``outcome``;
+        ``mapping.reload`` when mapping files changed, ``ok`` (maps are swapped in before channels are applied;
+        a refused reload swaps nothing). Targets are names only, cut at 200 characters."""
+        rows = [("channel.reload", " ".join(self.channels)[:200], outcome)]
         if self.mappings:
-            rows.append(("mapping.reload", " ".join(self.mappings)[:200]))
+            rows.append(("mapping.reload", " ".join(self.mappings)[:200], "ok"))
         return rows
+
+
+class PartlyApplied(ListenError):
+    """A reload applied, except that a changed channel's listener did not start (``str()``: which and why)."""
+
+    def __init__(self, message: str, reloaded: Reloaded) -> None:
+        super().__init__(message)
+        self.reloaded = reloaded
 
 
 def mapping_files(settings: Settings) -> list[tuple[str, Path]]:

@@ -35,7 +35,7 @@ from engine.pipeline import Pipeline
 from engine.queue.actors import DELIVER_QUEUE, PROCESS_QUEUE, Actors
 from engine.queue.broker import make_broker
 from engine.queue.sweeper import Sweeper
-from engine.reload import Reloaded, changed_files, mapping_digests, mapping_fingerprint
+from engine.reload import PartlyApplied, Reloaded, changed_files, mapping_digests, mapping_fingerprint
 from engine.settings import Settings
 from engine.sources import Source, SourceContext, build_source
 from engine.store import Store
@@ -267,9 +267,9 @@ class Engine:
     def _audit_watch(self, reloaded: Reloaded | None, outcome: str) -> None:
         """The watcher's reload (None: refused or failed) in the audit trail, as the API records one."""
         trail = AuditTrail(self.store)
-        for action, target in (reloaded or Reloaded()).audit():
+        for action, target, result in (reloaded or Reloaded()).audit(outcome):
             trail.append(token_id="", actor="engine", role="engine", action=action, target=target, peer="watch",
-                         outcome=outcome)  # fmt: skip
+                         outcome=result)  # fmt: skip
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -444,7 +444,7 @@ class Engine:
         maps, and the old processes finish the batches they hold before they close (``pool.Switch``).
         Channels: changed ones restart their source if it ran (paused ones stay paused), with their new
         destinations and backlog bounds; a removed channel stops, its queued work still goes out. A listener
-        that cannot start raises ListenError (its channel stays stopped, the rest is applied)."""
+        that cannot start raises PartlyApplied, a ListenError (its channel stays stopped, the rest is applied)."""
         async with self._control:
             try:
                 return await self._reload()
@@ -466,7 +466,12 @@ class Engine:
             self.mappings, self._mapping_files = mappings, files
             log.info("mappings reloaded: %d file(s) changed, %d message maps, %d mapping process(es)",
                      len(changed_maps), len(mappings.programs), self._mapping_processes)  # fmt: skip
-        return Reloaded(await self._apply_channels(new, bounds), changed_maps)
+        names, failed = await self._apply_channels(new, bounds)
+        if isinstance(failed, ListenError):
+            raise PartlyApplied(str(failed), Reloaded(names, changed_maps))
+        if failed is not None:
+            raise failed  # a source refusing its configuration when built (the rest is applied)
+        return Reloaded(names, changed_maps)
 
     def _compile(self, files: dict[str, str]) -> MappingSet:
         """The maps on disk, compiled (blocking: seconds); ConfigError when invalid or changed meanwhile."""
@@ -484,7 +489,10 @@ class Engine:
         except MapperUnavailable as exc:
             raise ConfigError(f"the new maps were not applied: {exc}") from None
 
-    async def _apply_channels(self, new: list[Channel], bounds: dict[str, Bounds]) -> list[str]:
+    async def _apply_channels(
+        self, new: list[Channel], bounds: dict[str, Bounds]
+    ) -> tuple[list[str], ListenError | ConfigError | None]:
+        """Apply the channels; the names of those changed or removed, and the first listener that did not start."""
         old = {c.name: c for c in self.channels}
         changed = [c for c in new if old.get(c.name) != c]
         removed = [name for name in old if name not in {c.name for c in new}]
@@ -514,9 +522,7 @@ class Engine:
         names = [*(c.name for c in changed), *removed]
         if names:
             log.info("channels reloaded: %s", ", ".join(names))
-        if failed is not None:
-            raise failed
-        return names
+        return names, failed
 
     def enqueue_process(self, message_ids: list[str]) -> None:
         self.actors.enqueue_process(message_ids)

@@ -32,6 +32,7 @@ from engine.api.admin.spec import operation, param
 from engine.api.problems import Problem
 from engine.config.channel import Channel
 from engine.errors import ConfigError, ListenError
+from engine.reload import PartlyApplied, Reloaded
 from engine.store import Store
 from engine.store.overview import COUNTERS, channel_counters
 
@@ -92,11 +93,13 @@ def routes(admin: Admin) -> list[BaseRoute]:
         except ConfigError as exc:
             await access.record(who, "channel.reload", outcome="refused")
             raise Problem(422, "invalid-config", str(exc)) from None
-        except ListenError as exc:
-            await access.record(who, "channel.reload", outcome="failed")
+        except ListenError as exc:  # the rest was applied (PartlyApplied says what)
+            done = exc.reloaded if isinstance(exc, PartlyApplied) else Reloaded()
+            for action, target, outcome in done.audit("failed"):
+                await access.record(who, action, target=target, outcome=outcome)
             raise Problem(409, "channel-not-started", str(exc)) from None
-        for action, target in reloaded.audit():
-            await access.record(who, action, target=target)
+        for action, target, outcome in reloaded.audit():
+            await access.record(who, action, target=target, outcome=outcome)
         return json({"changed": reloaded.channels, "mappings": reloaded.mappings})
 
     return [

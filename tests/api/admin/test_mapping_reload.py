@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from tests.api.running import ROOT
 from tests.integration.harness import free_port, wait_until
 from tests.integration.messages import adt
 
+HOSP = Identifiers(authority="HOSP")
 GENDER_UNKNOWN = """\
 segment: PID
 target: Patient
@@ -240,20 +242,43 @@ def test_a_worker_process_watches_the_mapping_files_too(tmp_path: Path) -> None:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    job = Job(adt("C1"), "utf-8", None, "off", identifiers=Identifiers(authority="HOSP"))
+    job = Job(adt("C1"), "utf-8", None, "off", identifiers=HOSP)
     try:
         asyncio.run_coroutine_threadsafe(engine.start(), loop).result(60)
         first = engine.mappings
         (tmp_path / "site" / "segments" / "PID-Patient.yaml").write_text(GENDER_UNKNOWN)
-        wait_until(lambda: engine.mappings is not first, 60, "the worker's watcher applied the map")
-        [mapped] = engine.pipeline.mapper.map_many([job])
-        assert mapped.bundle is not None and b'"gender":"unknown"' in mapped.bundle
-        trail = AuditTrail(engine.store).page(action="mapping.reload")
-        assert [(e.actor, e.peer, e.target) for e in trail.entries] == [
+        trail = AuditTrail(engine.store)
+        wait_until(lambda: trail.page(action="mapping.reload").entries, 60, "the worker's watcher applied the map")
+        assert [(e.actor, e.peer, e.target) for e in trail.page(action="mapping.reload").entries] == [
             ("engine", "watch", "site/segments/PID-Patient.yaml")
         ]
+        assert engine.mappings is not first
+        [mapped] = engine.pipeline.mapper.map_many([job])
+        assert mapped.bundle is not None and b'"gender":"unknown"' in mapped.bundle
     finally:
         asyncio.run_coroutine_threadsafe(engine.stop(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def test_maps_swapped_by_a_reload_whose_listener_cannot_start_are_audited(
+    admin_api_factory: Callable[..., AdminAPI], tmp_path: Path
+) -> None:
+    api, _ = start(admin_api_factory, tmp_path)
+    admin = api.client("admin")
+    (tmp_path / "site" / "segments" / "PID-Patient.yaml").write_text(GENDER_UNKNOWN)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        channel = mllp_channel(taken.getsockname()[1], tmp_path / "out")
+        (tmp_path / "channels" / "adt.yaml").write_text(yaml.safe_dump(channel))
+        r = admin.post("/api/v1/channels/reload")
+    assert r.status_code == 409
+    entries = admin.get("/api/v1/audit", params={"action": "channel.reload"}).json()["entries"]
+    entries += admin.get("/api/v1/audit", params={"action": "mapping.reload"}).json()["entries"]
+    assert sorted((e["action"], e["target"], e["outcome"]) for e in entries) == [
+        ("channel.reload", "adt", "failed"), ("mapping.reload", "site/segments/PID-Patient.yaml", "ok")
+    ]  # fmt: skip
+    [mapped] = api.engine.pipeline.mapper.map_many([Job(adt("C1"), "utf-8", None, "off", identifiers=HOSP)])
+    assert mapped.bundle is not None and b'"gender":"unknown"' in mapped.bundle  # the maps were applied
