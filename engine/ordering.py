@@ -17,7 +17,7 @@ The recovery sweeper re-checks waiting deliveries left untouched, as a backstop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from engine.store import Store
@@ -56,6 +56,11 @@ class Gate:
             return False
         # The message ahead finished between the two checks: take the delivery back, unless its waker did.
         return self.store.release(message_id, destination)
+
+    def waiting(self, lanes: Iterable[str]) -> set[str]:
+        """Which of ``lanes`` hold a waiting delivery: a batch wakes only in those (one query for the batch;
+        asked after the batch's change is committed, like :meth:`wake`)."""
+        return self.store.lanes_waiting(lanes)
 
     def wake(self, lane: str, message_id: str, target: str | None = None) -> list[tuple[str, str]]:
         """``message_id`` no longer holds its lane for ``target`` (None: for any target): release the first

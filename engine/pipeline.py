@@ -205,11 +205,13 @@ class Pipeline:
         # Claim before sending: a message another worker already took is not sent twice.
         won = self.store.finish_processing(results) if results else set()
         inline: list[tuple[ProcessResult, Attempted]] = []
+        waiting = self.gate.waiting(r.lane for r in results if r.message_id in won)
         for r in results:
             if r.message_id not in won:
                 continue
             # No longer unprocessed: what waits behind it in its lane may go (or waits on its deliveries now).
-            decision.queue(self.gate.wake(r.lane, r.message_id))
+            if r.lane in waiting:
+                decision.queue(self.gate.wake(r.lane, r.message_id))
             if r.status != MessageStatus.transformed:
                 continue
             if deliver_inline and len(r.destinations) == 1:
@@ -225,8 +227,12 @@ class Pipeline:
                 [(r.message_id, r.destinations[0], a.record, a.status, a.next_attempt_at) for r, a in inline],
                 [(r.message_id, a.written) for r, a in inline if a.written is not None],
             )
+        # a sent delivery wakes what waits behind it: asked once for the batch, after the attempts are recorded
+        waiting = self.gate.waiting(r.lane for r, a in inline if a.status == DeliveryStatus.sent)
         for r, attempted in inline:
-            self._follow_up(decision, r.message_id, r.destinations[0], attempted, r.lane, r.targets[0])
+            self._follow_up(
+                decision, r.message_id, r.destinations[0], attempted, r.lane, r.targets[0], wake=r.lane in waiting
+            )
         return decision
 
     def _result(self, message_id: str, channel: Channel, mapped: Mapped, lane: str) -> ProcessResult:
@@ -372,9 +378,18 @@ class Pipeline:
         return bundle, Written(target, tuple(r for r in resources if r not in newer), source_time)
 
     def _follow_up(
-        self, decision: Decision, message_id: str, destination: str, a: Attempted, lane: str, target: str
+        self,
+        decision: Decision,
+        message_id: str,
+        destination: str,
+        a: Attempted,
+        lane: str,
+        target: str,
+        *,
+        wake: bool = True,
     ) -> None:
-        """After the attempt is recorded: what waits behind it, the retry, or the dead letter."""
+        """After the attempt is recorded: what waits behind it (``wake``: False when the lane is known to
+        hold no waiter), the retry, or the dead letter."""
         decision.status = a.status
         if a.gave_up is not None:
             decision.dead.append(GaveUp(message_id, destination, a.gave_up))
@@ -384,7 +399,7 @@ class Pipeline:
                 destination, a.record.number, a.record.error, a.retry_in_ms,
             )  # fmt: skip
             decision.deliver.append(Delivery(message_id, destination, a.retry_in_ms))
-        elif a.status == DeliveryStatus.sent:
+        elif a.status == DeliveryStatus.sent and wake:
             decision.queue(self.gate.wake(lane, message_id, target))
 
     # -- dead letters -------------------------------------------------------------------------------

@@ -537,6 +537,14 @@ class Store:
                 first[tgt] = (mid, dest)
         return [pair for pair in first.values() if self.release(*pair)]
 
+    def lanes_waiting(self, lanes: Iterable[str]) -> set[str]:
+        """Which of ``lanes`` hold a delivery waiting behind an earlier message (one query)."""
+        todo = sorted({lane for lane in lanes if lane})
+        if not todo:
+            return set()
+        with self.work.connect() as conn:
+            return {r[0] for r in conn.exec_driver_sql(self.sql.lanes_waiting(len(todo)), tuple(todo))}
+
     def newer_writes(self, target: str, resources: Sequence[str], source_time: float) -> set[str]:
         """The resources ``target`` holds from us with a newer source time than ``source_time``."""
         if not resources:

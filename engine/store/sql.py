@@ -99,6 +99,12 @@ class Statements:
             # probing the primary key (seen in EXPLAIN QUERY PLAN)
             f" AND d.status || '' = '{_W}' ORDER BY m.id LIMIT 50"
         )
+        # Which of a batch's lanes hold any waiting delivery: one query per batch instead of a waiting_after
+        # per message (almost always empty), by the same index walk as waiting_after
+        self._lanes_waiting = s(
+            "SELECT DISTINCT m.lane FROM messages m JOIN deliveries d ON d.message_id = m.id"
+            f" WHERE m.lane IN (?) AND m.status = '{MessageStatus.transformed}' AND d.status || '' = '{_W}'"
+        )
         self._newer_writes = s("SELECT resource FROM writes WHERE target = ? AND source_time > ? AND resource IN (?)")
         self.upsert_write = s(
             "INSERT INTO writes (target, resource, source_time, message_id, updated_at) VALUES (?, ?, ?, ?, ?)"
@@ -128,6 +134,10 @@ class Statements:
     def load_for_processing(self, n: int) -> str:
         """Status, channel and raw content of ``n`` messages."""
         return self._in(self._load_for_processing, n)
+
+    def lanes_waiting(self, n: int) -> str:
+        """Which of ``n`` lanes hold a waiting delivery."""
+        return self._in(self._lanes_waiting, n)
 
     def newer_writes(self, n: int) -> str:
         """Which of ``n`` resources a target holds from a newer source time."""

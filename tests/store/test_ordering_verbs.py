@@ -34,6 +34,8 @@ def test_gate_hold_release_and_wake(store_url: str) -> None:
         assert not store.blocked(second, "L", "t2", hold_dead=True)
         assert store.hold(second, "d") and store.hold(third, "d")
         assert store.delivery(second, "d").status == "waiting"
+        # the lanes a batch must wake in: one query for all of them
+        assert store.lanes_waiting(["L", "M", ""]) == {"L"}
         # the first one is delivered: only the next waiting one is released, once
         store.mark_dead(first, "d", "gave up")
         assert store.blocked(second, "L", "t1", hold_dead=True)
@@ -42,6 +44,7 @@ def test_gate_hold_release_and_wake(store_url: str) -> None:
         assert store.wake_after("L", first, "t1") == [(third, "d")]  # second is pending now, not waiting
         assert not store.release(second, "d")
         assert store.held() == 0
+        assert store.lanes_waiting(["L", "M"]) == set()
     finally:
         store.close()
 
