@@ -304,13 +304,14 @@ class Engine:
         self.store.close()
 
     async def serve(self) -> None:
-        """Start, then run until SIGINT/SIGTERM."""
-        await self.start()
+        """Start, then run until SIGINT/SIGTERM. A signal that arrives while the engine starts (Ctrl-C at
+        start-up) is taken once it has started, then it stops as usual: no KeyboardInterrupt mid-start."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        await self.start()
         await stop.wait()
         log.info("stopping")
         await self.stop()

@@ -111,3 +111,28 @@ def test_ctrl_c_to_the_process_group_stops_cleanly_without_tracebacks(tmp_path: 
 def _send_quietly(port: int, message: bytes) -> None:
     with contextlib.suppress(OSError):  # the engine is killed before it answers
         send("127.0.0.1", port, [message], timeout_s=60)
+
+
+def test_ctrl_c_while_the_engine_starts_stops_it_cleanly(tmp_path: Path) -> None:
+    """SIGINT between the first listener starting and the HTTP server starting: the engine finishes
+    starting, then stops as usual (it was a KeyboardInterrupt traceback and exit 1 mid-start)."""
+    engine = EngineProcess(tmp_path, extra_settings={"mapping_processes": 1})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERLINK_")}
+    with open(engine.log, "ab") as log:
+        engine.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "run", "--config", str(engine.config)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: "started (mllp source)" in engine.tail(20_000), 60, "a first listener to start", 0.001)
+        os.killpg(engine.proc.pid, signal.SIGINT)
+        assert engine.proc.wait(timeout=30) == 0
+        text = engine.tail(20_000)
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+        assert "stopping" in text
+    finally:
+        engine.kill()
