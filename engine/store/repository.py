@@ -174,6 +174,13 @@ class Store:
         if migrate_schema:
             migrate.upgrade(self.ingest)
         self.sql = Statements(self.ingest.dialect.paramstyle)
+        # The hot paths' one-statement reads on PostgreSQL without BEGIN and ROLLBACK: two round trips fewer
+        # each (SQLite begins no transaction for a SELECT anyway)
+        self.reads = (
+            self.work.execution_options(isolation_level="AUTOCOMMIT")
+            if self.work.dialect.name == "postgresql"
+            else self.work
+        )
         # SQLite has one writer at a time, and a thread that finds the database locked sleeps in SQLite's
         # busy handler for milliseconds. Writers of this process take turns on a lock instead (measured:
         # 2x end-to-end throughput with 8 worker threads).
@@ -418,7 +425,7 @@ class Store:
         """Each message that exists, in id (arrival) order."""
         if not message_ids:
             return []
-        with self.work.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.exec_driver_sql(self.sql.load_for_processing(len(message_ids)), tuple(message_ids)).all()
         return sorted(Stored(i, s, ch, codec.decode(data, c), lane, k, cs) for i, s, ch, data, c, lane, k, cs in rows)
 
@@ -497,7 +504,7 @@ class Store:
 
     def load_for_delivery(self, message_id: str, destination: str) -> Loaded | None:
         """The delivery's status and attempts, its message's channel, bundle, lane and source time."""
-        with self.work.connect() as conn:
+        with self.reads.connect() as conn:
             row = conn.exec_driver_sql(self.sql.load_for_delivery, (message_id, destination)).first()
         if row is None:
             return None
@@ -512,7 +519,7 @@ class Store:
         ``hold_dead``: a dead delivery blocks its successors too, until replayed or discarded.
         """
         sql = self.sql.gate_hold_dead if hold_dead else self.sql.gate_skip_dead
-        with self.work.connect() as conn:
+        with self.reads.connect() as conn:
             return conn.exec_driver_sql(sql, (target, lane, message_id)).first() is not None
 
     def hold(self, message_id: str, destination: str) -> bool:
@@ -529,7 +536,7 @@ class Store:
     def wake_after(self, lane: str, message_id: str, target: str | None = None) -> list[tuple[str, str]]:
         """Release the first waiting delivery after ``message_id`` in ``lane`` (for ``target``, or for every
         target); returns the (message id, destination) pairs the caller must enqueue."""
-        with self.work.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.exec_driver_sql(self.sql.waiting_after, (lane, message_id)).all()
         first: dict[str, tuple[str, str]] = {}
         for mid, dest, tgt in rows:
@@ -542,7 +549,7 @@ class Store:
         todo = sorted({lane for lane in lanes if lane})
         if not todo:
             return set()
-        with self.work.connect() as conn:
+        with self.reads.connect() as conn:
             return {r[0] for r in conn.exec_driver_sql(self.sql.lanes_waiting(len(todo)), tuple(todo))}
 
     def newer_writes(self, target: str, resources: Sequence[str], source_time: float) -> set[str]:
@@ -550,7 +557,7 @@ class Store:
         if not resources:
             return set()
         keys = {self.pseudonym(r): r for r in resources}
-        with self.work.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.exec_driver_sql(self.sql.newer_writes(len(keys)), (target, source_time, *keys)).all()
         return {keys[r[0]] for r in rows}
 
@@ -625,7 +632,7 @@ class Store:
         if not message_ids:
             return {}
         c = contents.c
-        with self.work.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(
                 select(c.message_id, c.id, c.data, c.codec)
                 .where(c.message_id.in_(set(message_ids)), c.kind == ContentKind.transformed)
