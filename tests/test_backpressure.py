@@ -169,13 +169,17 @@ def stored(eng: RunningEngine, channel: str) -> list:
 
 def drain(eng: RunningEngine, channel: str) -> None:
     """Process and deliver the channel's messages through the real pipeline (file destination), as the workers
-    would, then resync the counts."""
-    ids = [m.id for m in stored(eng, channel) if m.status == MessageStatus.received]
-    pipeline = eng.engine.pipeline
-    todo = list(pipeline.process_many(ids, deliver_inline=True).deliver)
-    while todo:  # what the queue would do: the deliveries each step releases (one patient: one at a time)
-        d = todo.pop(0)
-        todo += pipeline.deliver(d.message_id, d.destination).deliver
+    would (each unsent delivery tried again in arrival order: one patient's go one at a time, and the
+    engine's sweeper may have released a waiting one first), then resync the counts."""
+    pipeline, store = eng.engine.pipeline, eng.engine.store
+    ids = sorted(m.id for m in stored(eng, channel) if m.status == MessageStatus.received)
+    pipeline.process_many(ids, deliver_inline=True)
+    for _ in range(len(ids) + 1):
+        unsent = [(d.message_id, d.destination) for i in ids for d in store.deliveries_of(i) if d.status != "sent"]
+        if not unsent:
+            break
+        for message_id, destination in unsent:
+            pipeline.deliver(message_id, destination)
     assert all(m.status == MessageStatus.sent for m in stored(eng, channel) if m.id in ids)
     eng.engine.backlog.resync()
 
