@@ -408,9 +408,7 @@ class Store:
         with self.work.connect() as conn:
             rows = conn.execute(
                 select(messages.c.channel, func.count())
-                .where(
-                    messages.c.status.in_([MessageStatus.received, MessageStatus.transformed, MessageStatus.held])
-                )
+                .where(messages.c.status.in_([MessageStatus.received, MessageStatus.transformed, MessageStatus.held]))
                 .group_by(messages.c.channel)
             )
             return {channel: n for channel, n in rows}
@@ -439,16 +437,12 @@ class Store:
         sql = self.sql
         # compressed before the write lock (a bundle: ~160k instructions, bench/codec_instructions.py)
         packed = {r.message_id: codec.encode(r.bundle) for r in results if r.bundle is not None}
+        claims = [
+            (r.status.value, r.error, now, r.source_time, r.message_id, MessageStatus.received.value) for r in results
+        ]
         with self._writing(self.work) as conn:
-            won = [
-                r
-                for r in results
-                if conn.exec_driver_sql(
-                    sql.finish_message,
-                    (r.status.value, r.error, now, r.source_time, r.message_id, MessageStatus.received.value),
-                ).rowcount
-                == 1
-            ]
+            claimed = self._claim(conn, claims)
+            won = [r for r in results if r.message_id in claimed]
             content = [
                 (r.message_id, ContentKind.transformed.value, "", *packed[r.message_id], now)
                 for r in won
@@ -471,6 +465,22 @@ class Store:
             if search_keys:
                 conn.exec_driver_sql(sql.insert_key, search_keys)
         return {r.message_id for r in won}
+
+    def _claim(self, conn: Connection, claims: Sequence[tuple[Any, ...]]) -> set[str]:
+        """The ids of ``claims`` (finish_message parameters) that were still ``received`` and are now moved on.
+        PostgreSQL: one pipelined executemany with RETURNING (one round trip for the batch, not one each)."""
+        if self.work.dialect.name != "postgresql":
+            return {c[4] for c in claims if conn.exec_driver_sql(self.sql.finish_message, c).rowcount == 1}
+        cur: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.executemany(self.sql.finish_message + " RETURNING id", claims, returning=True)
+            won: set[str] = set()
+            while True:
+                won.update(row[0] for row in cur.fetchall())
+                if not cur.nextset():
+                    return won
+        finally:
+            cur.close()
 
     def mark_transformed(self, message_id: str, bundle: bytes, destinations: Iterable[str]) -> bool:
         """received → transformed with pending deliveries. False when another worker got there first."""
@@ -620,12 +630,32 @@ class Store:
             ]
             for m, _, a, _, _ in batch
         ]
+        # one executemany per statement for the batch (PostgreSQL pipelines each: one round trip, not one per
+        # message and statement); every delivery is moved on before any message is settled
+        sql = self.sql
+        attempts: list[tuple[Any, ...]] = []
+        stored: list[tuple[Any, ...]] = []
+        moved: list[tuple[Any, ...]] = []
+        settled: list[tuple[Any, ...]] = []
+        for (message_id, destination, a, status, next_attempt_at), kinds in zip(batch, packed, strict=True):
+            attempts.append(
+                (message_id, destination, a.number, a.started_at, a.duration_ms, str(a.outcome), a.status_code, a.error)
+            )
+            stored.extend((message_id, k.value, destination, d, c, now) for k, d, c in kinds)
+            moved.append((str(status), a.number, next_attempt_at, now, a.status_code, a.error, message_id, destination))
+            if status == DeliveryStatus.sent:
+                settled.append((now, message_id, message_id))
+        writes = [(w.target, self.pseudonym(r), w.source_time, mid, now) for mid, w in written for r in w.resources]
         with self._writing(self.work) as conn:
-            for (message_id, destination, attempt, status, next_attempt_at), stored in zip(batch, packed, strict=True):
-                self._record(conn, message_id, destination, attempt, status, next_attempt_at, now, stored)
-            rows = [(w.target, self.pseudonym(r), w.source_time, mid, now) for mid, w in written for r in w.resources]
-            if rows:
-                conn.exec_driver_sql(self.sql.upsert_write, rows)
+            for statement, rows in (
+                (sql.insert_attempt, attempts),
+                (sql.insert_content, stored),
+                (sql.update_delivery, moved),
+                (sql.settle_message, settled),
+                (sql.upsert_write, writes),
+            ):
+                if rows:
+                    conn.exec_driver_sql(statement, rows)
 
     def _bundles(self, message_ids: Sequence[str]) -> dict[str, tuple[bytes, int]]:
         """The newest stored bundle of each message: (content, its contents id)."""
@@ -639,32 +669,6 @@ class Store:
                 .order_by(c.id)
             ).all()
         return {m: (codec.decode(data, kind) or b"", i) for m, i, data, kind in rows}  # the newest last: it wins
-
-    def _record(
-        self,
-        conn: Connection,
-        message_id: str,
-        destination: str,
-        a: AttemptRecord,
-        status: DeliveryStatus,
-        next_attempt_at: float,
-        now: float,
-        stored: Sequence[tuple[ContentKind, bytes, int]],
-    ) -> None:
-        sql = self.sql
-        conn.exec_driver_sql(
-            sql.insert_attempt,
-            [(message_id, destination, a.number, a.started_at, a.duration_ms, str(a.outcome), a.status_code, a.error)],
-        )
-        if stored:
-            rows = [(message_id, k.value, destination, d, c, now) for k, d, c in stored]
-            conn.exec_driver_sql(sql.insert_content, rows)
-        conn.exec_driver_sql(
-            sql.update_delivery,
-            (str(status), a.number, next_attempt_at, now, a.status_code, a.error, message_id, destination),
-        )
-        if status == DeliveryStatus.sent:
-            conn.exec_driver_sql(sql.settle_message, (now, message_id, message_id))
 
     def mark_dead(self, message_id: str, destination: str, error: str) -> None:
         """The dead-letter choke point: a delivery gives up and the message is marked dead."""
