@@ -265,3 +265,25 @@ def test_prune_command_dry_run_then_prune(tmp_path: Path, monkeypatch: pytest.Mo
         assert alive(store, ids) == 1  # the dead letter
     finally:
         store.close()
+
+
+def test_interlink_run_prunes_on_its_schedule(tmp_path: Path) -> None:
+    """The pruner thread of a running engine: old finished messages go, recent ones lose their content, the
+    dead letter stays whole."""
+    from tests.api.running import RunningEngine, webhook_channel
+    from tests.integration.harness import wait_until
+
+    channel = {**webhook_channel("events", out=tmp_path / "out"), "retention": {"content_days": 0, "metadata_days": 1}}
+    with RunningEngine(tmp_path, [channel], workers=False, retention={"interval_s": 0.2}) as running:
+        store = running.engine.store
+        old, recent, dead = (
+            make(store, "sent", "events", 3),
+            make(store, "sent", "events", 2),
+            make(store, "dead", "events"),
+        )
+        with store.work.begin() as conn:
+            conn.execute(
+                messages.update().where(messages.c.id.in_(old + dead)).values(received_at=time.time() - 2 * DAY_S)
+            )
+        wait_until(lambda: alive(store, old) == 0 and rows(store, contents, recent) == 0, 10, "the pruner's passes")
+        assert alive(store, recent) == 2 and alive(store, dead) == 1 and rows(store, contents, dead) == 2
