@@ -12,7 +12,7 @@ each waiting for its ACK. Prints msg/s ACKed and delivered end to end (time unti
 unfinished), and the CPU time per message of each process from ``/proc/<pid>/stat`` (with its children:
 the mapping processes; the PostgreSQL backends of the run's database; Redis, which other users of the
 server may share), far less sensitive than wall time to what else runs on a shared machine.
-``--profile DIR``: py-spy records each process while measuring (speedscope files in DIR).
+``--profile DIR``: py-spy records each process while measuring, where it holds the GIL (speedscope files).
 """
 
 from __future__ import annotations
@@ -39,13 +39,18 @@ from tests.integration.procfs import children  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process and of its children (0 when it is gone)."""
+def own_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 when it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK + sum(cpu_s(c) for c in children(pid))
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of a process and of its children (the mapping processes)."""
+    return own_cpu_s(pid) + sum(cpu_s(c) for c in children(pid))
 
 
 def backends(store_url: str) -> list[int]:
@@ -90,6 +95,7 @@ class Sample:
 
     def __init__(self, groups: dict[str, list[int]], pg: list[int], redis_client: object) -> None:
         self.cpu = {name: sum(cpu_s(p) for p in pids) for name, pids in groups.items()}
+        self.own = {name: sum(own_cpu_s(p) for p in pids) for name, pids in groups.items()}
         self.pg = {p: cpu_s(p) for p in pg}
         self.redis = redis_cpu_s(redis_client)
 
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace, workdir: Path, pg_url: str) -> dict:
                 target = Path(args.profile) / f"{name.replace(' ', '')}.speedscope"
                 spies.append(subprocess.Popen(
                     [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--subprocesses",
-                     "-f", "speedscope", "-o", str(target), "-r", "50", "--pid", str(pids[0])],
+                     "--gil", "-f", "speedscope", "-o", str(target), "-r", "50", "--pid", str(pids[0])],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))  # fmt: skip
             time.sleep(1.0)
@@ -165,7 +171,12 @@ def run(args: argparse.Namespace, workdir: Path, pg_url: str) -> dict:
             client.delete(*keys)
         client.close()
     n = args.messages
-    cpu = {name: (after.cpu[name] - before.cpu[name]) / n * 1000 for name in groups}
+    cpu = {}
+    for name in groups:
+        cpu[name] = (after.own[name] - before.own[name]) / n * 1000
+        mapping = (after.cpu[name] - after.own[name]) - (before.cpu[name] - before.own[name])
+        if mapping > 0:
+            cpu[f"{name}: mapping processes"] = mapping / n * 1000
     cpu["postgresql (run's backends)"] = sum(after.pg[p] - before.pg.get(p, 0.0) for p in after.pg) / n * 1000
     cpu["redis (shared server)"] = (after.redis - before.redis) / n * 1000
     tx = ((tx1[0] - tx0[0]) / n, (tx1[1] - tx0[1]) / n)

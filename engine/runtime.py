@@ -297,6 +297,7 @@ class Engine:
             self.sweeper.stop()
         if self.pruner:
             await asyncio.to_thread(self.pruner.stop)
+        await asyncio.to_thread(self.actors.close)  # the ids held for coalescing go to the queue
         if self.worker:
             await asyncio.to_thread(self.worker.stop)
         self.broker.close()

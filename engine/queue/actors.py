@@ -15,11 +15,15 @@ from dramatiq.brokers.stub import StubBroker
 
 from engine.errors import DeadLetter
 from engine.pipeline import Decision, Pipeline
+from engine.queue.coalesce import Coalescer
 from engine.queue.deadletter import DeadLetters
 
 PROCESS_QUEUE = "process"
 DELIVER_QUEUE = "deliver"
 PROCESS_BATCH_MAX = 20  # more would leave other worker threads idle while one works through a batch
+# On a shared queue, ids committed within this long of each other go as one process message
+# (engine/queue/coalesce.py): bench/pg_pipeline.py, group commits of ~1 message on PostgreSQL
+PROCESS_LINGER_S = 0.005
 
 
 class Actors:
@@ -45,6 +49,16 @@ class Actors:
             options={"max_retries": 5, "throws": (DeadLetter,)},
         )
         broker.add_middleware(DeadLetters(self.record_dead))
+        self._coalescer = (
+            None
+            if isinstance(broker, StubBroker)
+            else Coalescer(self._send_process, max_ids=PROCESS_BATCH_MAX, linger_s=PROCESS_LINGER_S)
+        )
+
+    def close(self) -> None:
+        """Queue the ids still held for coalescing (before the broker closes)."""
+        if self._coalescer is not None:
+            self._coalescer.close()
 
     def _process(self, message_ids: list[str]) -> None:
         self.apply(self.pipeline.process_many(message_ids, deliver_inline=True))
@@ -82,6 +96,12 @@ class Actors:
         return counts(queue_name)[0] if counts else 0
 
     def enqueue_process(self, message_ids: list[str]) -> None:
+        if self._coalescer is not None:
+            self._coalescer.add(message_ids)
+        else:
+            self._send_process(message_ids)
+
+    def _send_process(self, message_ids: list[str]) -> None:
         for i in range(0, len(message_ids), PROCESS_BATCH_MAX):
             self.process.send(message_ids[i : i + PROCESS_BATCH_MAX])
 
