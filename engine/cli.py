@@ -845,6 +845,36 @@ def token_revoke(
     typer.echo(f"token {token_id} revoked")
 
 
+@token_app.command("users")
+def token_users(config: ConfigOpt = None) -> None:
+    """List the names tokens were given to (the admin API's users): live roles, live/revoked counts, dates."""
+    from engine.store.access import Tokens
+    from engine.store.users import users
+
+    for u in users(Tokens(_store(config))):
+        used = _when(u.last_used_at) if u.last_used_at else "never used"
+        roles = ",".join(u.roles) or "-"
+        typer.echo(f"{u.name:<24} {roles:<22} {u.live} live {u.revoked} revoked  created {_when(u.created_at)}  {used}")
+
+
+@token_app.command("revoke-user")
+def token_revoke_user(
+    name: Annotated[str, typer.Argument(help="The name its tokens were given to (from `interlink token users`).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke every live token of a name (each audited as user.revoke with its token id)."""
+    from engine.store.access import Tokens
+    from engine.store.users import revoke_user
+
+    store = _store(config)
+    revoked = revoke_user(Tokens(store), name)
+    if revoked is None:
+        _fail("no token was given to this name")
+    for token_id in revoked:
+        _audit(store, "user.revoke", [], target=token_id)
+    typer.echo(f"{len(revoked)} token(s) revoked: {' '.join(revoked)}" if revoked else "no live token to revoke")
+
+
 # the operator actions (dlq list/replay/discard, reprocess, redeliver, diff) register themselves on the apps above
 from engine import cli_actions as _cli_actions  # noqa: E402, F401
 from engine import cli_alerts as _cli_alerts  # noqa: E402, F401  (interlink alerts list|ack)

@@ -127,6 +127,7 @@ def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 #: ``routes(admin) -> list[BaseRoute]``); names, not modules: the modules import this package
 MODULES: tuple[str, ...] = (
     "tokens",
+    "users",
     "channels",
     "queues",
     "audit",

@@ -1,6 +1,9 @@
 """``/api/v1/tokens`` (admin): list tokens, create one (its secret shown once, in that answer only), revoke one;
 ``/api/v1/me`` (any role): the caller's token id, name and role.
 
+A token's ``name`` is the person or system it was given to: that name is the admin API's user (there is no
+user table; ``/api/v1/users``, engine/api/admin/users.py, groups tokens by it and revokes a name's tokens).
+
 Revocation keeps the row (the audit trail names token ids); there is no deletion. Listings never carry a
 secret or its hash. Creating and revoking are audited (``token.create``, ``token.revoke``; target = the id).
 """
