@@ -125,8 +125,14 @@ class EngineProcess:
     def _listening(self) -> bool:
         if self.proc and self.proc.poll() is not None:
             raise AssertionError(f"engine exited with {self.proc.returncode}: {self.tail()}")
+        # the HTTP server starts after the listeners: a test that posts at once needs it up too
+        ports = [
+            self.lab_port,
+            *([self.dicom_port] if self.imaging else []),
+            *([http] if (http := self.settings.get("http_port")) else []),
+        ]
         try:
-            for port in (self.lab_port, self.dicom_port) if self.imaging else (self.lab_port,):
+            for port in ports:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     pass
             return True

@@ -117,15 +117,19 @@ def test_kill_9_while_posting_every_202_reaches_the_server_exactly_once(tmp_path
 
     progress = {"next": 0}
     t = threading.Thread(target=lambda: progress.update(next=post_from(0)))
-    t.start()
-    wait_until(lambda: len(accepted) >= 200, 60, "200 accepted before the kill")
-    eng.kill()
-    t.join(30)
-    assert 200 <= len(accepted) < total
-    eng.start()
-    assert post_from(progress["next"]) == total and accepted == set(range(total))
-    wait_until(lambda: all_final(eng, total), 240, "every accepted message finished", interval_s=0.5)
-    eng.stop()
+    try:
+        t.start()
+        wait_until(lambda: len(accepted) >= 200, 60, "200 accepted before the kill")
+        eng.kill()
+        t.join(30)
+        assert 200 <= len(accepted) < total
+        eng.start()
+        assert post_from(progress["next"]) == total and accepted == set(range(total))
+        wait_until(lambda: all_final(eng, total), 240, "every accepted message finished", interval_s=0.5)
+        eng.stop()
+    finally:
+        stop.set()
+        eng.kill()  # a failure above must not leave an engine running for the rest of the session
     found = [i["value"] for r in fhir.search("Observation", _count="5000") for i in r.get("identifier", [])]
     assert sorted(found) == [f"R{i:05d}" for i in range(total)]  # each exactly once
     assert os.path.exists(eng.workdir / "data" / "events.secret")
