@@ -148,6 +148,20 @@ def test_counters_equal_sql_counts_after_a_mixed_run(
         assert got[name]["dead"] == mine.get("dead", 0)
         assert got[name]["filtered"] == mine.get("filtered", 0)
         assert got[name]["queued"] == sum(mine.get(s, 0) for s in ("received", "transformed", "held"))
+    # and the Prometheus metrics of the same run (one engine process, an empty store at its start)
+    registry = api.engine.metrics.registry
+
+    def metric(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    for name in ("events", "hook"):
+        mine = {s: n for (c, s), n in expected.items() if c == name}
+        assert metric("interlink_messages_received_total", channel=name, status="202") == sum(mine.values())
+        assert metric("interlink_messages_processed_total", channel=name, status="error") == mine.get("error", 0)
+        assert metric("interlink_messages_processed_total", channel=name, status="filtered") == mine.get("filtered", 0)
+        transformed = mine.get("sent", 0) + mine.get("dead", 0)
+        assert metric("interlink_messages_processed_total", channel=name, status="transformed") == transformed
+    assert metric("interlink_dead_letters_total", destination="ehr") == expected["hook", "dead"]
 
 
 def test_queue_depth_and_oldest_age_from_the_store(admin_api_factory: Callable[..., AdminAPI]) -> None:
