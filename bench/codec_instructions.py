@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.transform_instructions import _MARK, _helper, instructions, rerun_under_callgrind  # noqa: E402
+from bench.transform_instructions import _MARK, _helper, labelled_counts  # noqa: E402
 
 
 def sample() -> tuple[bytes, bytes]:
@@ -81,12 +80,9 @@ def main() -> None:
         print(f"  {label:<8} raw {len(comp(raw)):>6,} B   bundle {len(comp(bundle)):>6,} B")  # type: ignore[operator]
     with tempfile.TemporaryDirectory() as tmp:
         print(f"instructions per operation (callgrind, {args.n} per row):")
-        for _, text in rerun_under_callgrind(Path(tmp)):
-            label = re.search(r"^desc: Trigger: Client Request: (.*)$", text, re.M)
-            total = instructions(text)
-            if label and total is not None:
-                name, what, step = label[1].split("|")
-                print(f"  {name:<8} {what:<7} {step:<11} {total / args.n / 1e3:>8.1f} k")
+        for label, total in labelled_counts(Path(tmp)):
+            name, what, step = label.split("|")
+            print(f"  {name:<8} {what:<7} {step:<11} {total / args.n / 1e3:>8.1f} k")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.transform_instructions import _MARK, SHORT, _helper, instructions, rerun_under_callgrind  # noqa: E402
+from bench.transform_instructions import _MARK, SHORT, _helper, labelled_counts  # noqa: E402
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> None:
@@ -76,11 +75,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         counts: dict[str, float] = {}
-        for _, text in rerun_under_callgrind(Path(tmp)):
-            label = re.search(r"^desc: Trigger: Client Request: (.*)$", text, re.M)
-            total = instructions(text)
-            if label and total is not None:
-                counts[label[1]] = total / args.n
+        for label, total in labelled_counts(Path(tmp)):
+            counts[label] = total / args.n
         print(f"instructions per message (callgrind, {args.n} per row):")
         for label, per in counts.items():
             case, step = label.split(":")

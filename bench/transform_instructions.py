@@ -104,11 +104,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         print(f"instructions per message (callgrind, {args.n} messages per row):")
-        for _, text in rerun_under_callgrind(Path(tmp)):
-            label = re.search(r"^desc: Trigger: Client Request: (.*)$", text, re.M)
-            total = instructions(text)
-            if label and total is not None:
-                print(f"  {label[1]:<12} {total / args.n / 1e6:>8.3f} M")
+        for label, total in labelled_counts(Path(tmp)):
+            print(f"  {label:<12} {total / args.n / 1e6:>8.3f} M")
 
 
 def rerun_under_callgrind(tmp: Path) -> list[tuple[Path, str]]:
@@ -120,6 +117,18 @@ def rerun_under_callgrind(tmp: Path) -> list[tuple[Path, str]]:
     subprocess.run([*cmd, sys.executable, *sys.argv], env=env, check=True)
     dumps = sorted(tmp.glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:]))
     return [(d, d.read_text(errors="replace")) for d in dumps]
+
+
+def labelled_counts(tmp: Path) -> list[tuple[str, int]]:
+    """Re-run under callgrind (:func:`rerun_under_callgrind`): each labelled dump's label (what the driver
+    passed to ``cg_dump``) and instruction count, in the order they were written."""
+    out = []
+    for _, text in rerun_under_callgrind(tmp):
+        label = re.search(r"^desc: Trigger: Client Request: (.*)$", text, re.M)
+        total = instructions(text)
+        if label and total is not None:
+            out.append((label[1], total))
+    return out
 
 
 def instructions(text: str) -> int | None:

@@ -80,12 +80,12 @@ def test_kill_9_ends_mapping_processes_at_once_and_quietly(tmp_path: Path) -> No
         engine.kill()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
-def test_ctrl_c_to_the_process_group_stops_cleanly_without_tracebacks(tmp_path: Path) -> None:
+def in_own_session(tmp_path: Path) -> EngineProcess:
+    """``interlink run`` (one mapping process) in a session of its own, like a terminal's foreground job:
+    SIGINT to the process group reaches every process in it."""
     engine = EngineProcess(tmp_path, extra_settings={"mapping_processes": 1})
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERLINK_")}
     with open(engine.log, "ab") as log:
-        # A session of its own, like a terminal's foreground job: SIGINT goes to every process in it.
         engine.proc = subprocess.Popen(
             [sys.executable, "-m", "engine", "run", "--config", str(engine.config)],
             cwd=tmp_path,
@@ -94,6 +94,12 @@ def test_ctrl_c_to_the_process_group_stops_cleanly_without_tracebacks(tmp_path: 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return engine
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_ctrl_c_to_the_process_group_stops_cleanly_without_tracebacks(tmp_path: Path) -> None:
+    engine = in_own_session(tmp_path)
     try:
         wait_until(engine._listening, 30, "engine to listen")
         [mapper] = mapping_children(engine, 1)
@@ -116,17 +122,7 @@ def _send_quietly(port: int, message: bytes) -> None:
 def test_ctrl_c_while_the_engine_starts_stops_it_cleanly(tmp_path: Path) -> None:
     """SIGINT between the first listener starting and the HTTP server starting: the engine finishes
     starting, then stops as usual (it was a KeyboardInterrupt traceback and exit 1 mid-start)."""
-    engine = EngineProcess(tmp_path, extra_settings={"mapping_processes": 1})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERLINK_")}
-    with open(engine.log, "ab") as log:
-        engine.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "run", "--config", str(engine.config)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    engine = in_own_session(tmp_path)
     try:
         wait_until(lambda: "started (mllp source)" in engine.tail(20_000), 60, "a first listener to start", 0.001)
         os.killpg(engine.proc.pid, signal.SIGINT)
